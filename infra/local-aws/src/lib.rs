@@ -1,0 +1,501 @@
+//! Reads `template.yaml` and creates its queues and secrets on an AWS-compatible emulator
+//! (moto) through the real SDK, so local names and attributes come from the one template that
+//! is deployed and cannot drift from it.
+//!
+//! Supported: `AWS::SQS::Queue` (FIFO and standard attributes, redrive to a DLQ of the same
+//! template) and `AWS::SecretsManager::Secret` (value from the caller, else generated like
+//! CloudFormation's `GenerateSecretString`). Intrinsics: `Ref`, `Fn::GetAtt` (`Arn`), `Fn::Sub`,
+//! in short (`!Ref`) and long (`{"Ref": …}`) form. Anything else in a property we read is an
+//! error, not a silent guess.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::Value as Json;
+use serde_norway::Value as Yaml;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read template {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("template is not valid YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    #[error("template: {0}")]
+    Template(String),
+    #[error("emulator call failed ({what}): {message}")]
+    Aws { what: String, message: String },
+}
+
+fn aws_err<E: std::fmt::Display>(what: impl Into<String>, e: E) -> Error {
+    Error::Aws {
+        what: what.into(),
+        message: format!("{e}"),
+    }
+}
+
+/// A parsed template.
+pub struct Template {
+    root: Yaml,
+}
+
+impl Template {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        Ok(Self {
+            root: serde_norway::from_str(text)?,
+        })
+    }
+
+    /// The template next to the workspace root (for tests run from any crate).
+    pub fn load_workspace() -> Result<Self, Error> {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Self::load(&here.join("../../template.yaml"))
+    }
+
+    fn resources(&self) -> impl Iterator<Item = (&str, &Yaml)> {
+        self.root
+            .get("Resources")
+            .and_then(Yaml::as_mapping)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter_map(|(k, v)| Some((k.as_str()?, v)))
+    }
+
+    fn resources_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a str, &'a Yaml)> + 'a {
+        self.resources().filter(move |(_, r)| {
+            r.get("Type").and_then(Yaml::as_str) == Some(kind)
+        })
+    }
+
+    fn parameter_default(&self, name: &str) -> Option<String> {
+        let d = self.root.get("Parameters")?.get(name)?.get("Default")?;
+        scalar(d)
+    }
+
+    /// Logical ids of the serverless functions.
+    pub fn functions(&self) -> Vec<String> {
+        self.resources_of("AWS::Serverless::Function")
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    }
+}
+
+/// What was created, by logical id.
+#[derive(Debug, Clone, Default)]
+pub struct Stack {
+    pub name: String,
+    pub region: String,
+    pub account: String,
+    pub parameters: BTreeMap<String, String>,
+    pub queues: BTreeMap<String, Queue>,
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pub name: String,
+    pub url: String,
+    pub arn: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Secret {
+    pub name: String,
+    pub arn: String,
+}
+
+/// Options for [`provision`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Parameter values overriding the template defaults.
+    pub parameters: BTreeMap<String, String>,
+    /// Secret values (the whole SecretString) by logical id.
+    pub secret_values: BTreeMap<String, String>,
+}
+
+impl Stack {
+    pub fn queue(&self, logical_id: &str) -> &Queue {
+        self.queues
+            .get(logical_id)
+            .unwrap_or_else(|| panic!("template has no queue {logical_id}"))
+    }
+
+    /// The environment variables of a function as the template defines them (Globals merged
+    /// with the function's own), with every intrinsic resolved to the local resources.
+    pub fn function_env(
+        &self,
+        template: &Template,
+        function: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let mut env = BTreeMap::new();
+        let globals = template
+            .root
+            .get("Globals")
+            .and_then(|g| g.get("Function"))
+            .and_then(|f| f.get("Environment"))
+            .and_then(|e| e.get("Variables"));
+        let own = template
+            .root
+            .get("Resources")
+            .and_then(|r| r.get(function))
+            .ok_or_else(|| Error::Template(format!("no resource {function}")))?
+            .get("Properties")
+            .and_then(|p| p.get("Environment"))
+            .and_then(|e| e.get("Variables"));
+        for vars in [globals, own].into_iter().flatten() {
+            for (k, v) in vars.as_mapping().into_iter().flatten() {
+                if let Some(k) = k.as_str() {
+                    env.insert(k.to_owned(), self.resolve_string(template, v)?);
+                }
+            }
+        }
+        Ok(env)
+    }
+
+    fn reference(&self, template: &Template, name: &str) -> Result<String, Error> {
+        match name {
+            "AWS::StackName" => return Ok(self.name.clone()),
+            "AWS::Region" => return Ok(self.region.clone()),
+            "AWS::AccountId" => return Ok(self.account.clone()),
+            "AWS::Partition" => return Ok("aws".to_owned()),
+            "AWS::URLSuffix" => return Ok("amazonaws.com".to_owned()),
+            _ => {}
+        }
+        if let Some(v) = self.parameters.get(name) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = template.parameter_default(name) {
+            return Ok(v);
+        }
+        if let Some(q) = self.queues.get(name) {
+            return Ok(q.url.clone());
+        }
+        if let Some(s) = self.secrets.get(name) {
+            return Ok(s.arn.clone());
+        }
+        Err(Error::Template(format!("cannot resolve Ref {name} locally")))
+    }
+
+    fn get_att(&self, logical: &str, attr: &str) -> Result<String, Error> {
+        match (self.queues.get(logical), attr) {
+            (Some(q), "Arn") => Ok(q.arn.clone()),
+            (Some(q), "QueueName") => Ok(q.name.clone()),
+            (Some(q), "QueueUrl") => Ok(q.url.clone()),
+            _ => Err(Error::Template(format!(
+                "cannot resolve GetAtt {logical}.{attr} locally"
+            ))),
+        }
+    }
+
+    fn sub(&self, template: &Template, text: &str) -> Result<String, Error> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| Error::Template(format!("unclosed ${{ in `{text}`")))?;
+            let name = &after[..end];
+            let value = match name.split_once('.') {
+                Some((l, a)) if !name.starts_with("AWS::") => self.get_att(l, a)?,
+                _ => self.reference(template, name)?,
+            };
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// Resolves a property value to a string.
+    pub fn resolve_string(&self, template: &Template, v: &Yaml) -> Result<String, Error> {
+        if let Some(s) = scalar(v) {
+            return Ok(s);
+        }
+        let (tag, inner) = intrinsic(v)
+            .ok_or_else(|| Error::Template(format!("unsupported value {v:?}")))?;
+        match tag.as_str() {
+            "Ref" => self.reference(template, inner.as_str().unwrap_or_default()),
+            "Sub" => match inner {
+                Yaml::String(s) => self.sub(template, s),
+                _ => Err(Error::Template("only the string form of Fn::Sub is supported".into())),
+            },
+            "GetAtt" => {
+                let (l, a) = match inner {
+                    Yaml::String(s) => s
+                        .split_once('.')
+                        .map(|(l, a)| (l.to_owned(), a.to_owned()))
+                        .ok_or_else(|| Error::Template(format!("bad GetAtt {s}")))?,
+                    Yaml::Sequence(seq) if seq.len() == 2 => (
+                        scalar(&seq[0]).unwrap_or_default(),
+                        scalar(&seq[1]).unwrap_or_default(),
+                    ),
+                    _ => return Err(Error::Template("bad GetAtt".into())),
+                };
+                self.get_att(&l, &a)
+            }
+            other => Err(Error::Template(format!("intrinsic {other} is not supported locally"))),
+        }
+    }
+
+    /// Resolves a value to JSON (for RedrivePolicy and the like).
+    fn resolve_json(&self, template: &Template, v: &Yaml) -> Result<Json, Error> {
+        if intrinsic(v).is_some() {
+            return Ok(Json::String(self.resolve_string(template, v)?));
+        }
+        Ok(match v {
+            Yaml::Mapping(m) => {
+                let mut obj = serde_json::Map::new();
+                for (k, v) in m {
+                    let k = scalar(k).unwrap_or_default();
+                    obj.insert(k, self.resolve_json(template, v)?);
+                }
+                Json::Object(obj)
+            }
+            Yaml::Sequence(s) => Json::Array(
+                s.iter()
+                    .map(|v| self.resolve_json(template, v))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Yaml::Bool(b) => Json::Bool(*b),
+            Yaml::Number(n) => serde_json::from_str(&n.to_string()).unwrap_or(Json::Null),
+            Yaml::String(s) => Json::String(s.clone()),
+            _ => Json::Null,
+        })
+    }
+}
+
+fn scalar(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// `(name, argument)` of an intrinsic in short (`!Sub x`) or long (`{"Fn::Sub": x}`) form.
+fn intrinsic(v: &Yaml) -> Option<(String, &Yaml)> {
+    match v {
+        Yaml::Tagged(t) => Some((t.tag.to_string().trim_start_matches('!').to_owned(), &t.value)),
+        Yaml::Mapping(m) if m.len() == 1 => {
+            let (k, inner) = m.iter().next()?;
+            let k = k.as_str()?;
+            let name = k.strip_prefix("Fn::").unwrap_or(k);
+            (k == "Ref" || k.starts_with("Fn::")).then(|| (name.to_owned(), inner))
+        }
+        _ => None,
+    }
+}
+
+/// SQS attribute names for the queue properties we pass through.
+const QUEUE_ATTRIBUTES: &[(&str, &str)] = &[
+    ("FifoQueue", "FifoQueue"),
+    ("ContentBasedDeduplication", "ContentBasedDeduplication"),
+    ("DeduplicationScope", "DeduplicationScope"),
+    ("FifoThroughputLimit", "FifoThroughputLimit"),
+    ("VisibilityTimeout", "VisibilityTimeout"),
+    ("MessageRetentionPeriod", "MessageRetentionPeriod"),
+    ("DelaySeconds", "DelaySeconds"),
+    ("MaximumMessageSize", "MaximumMessageSize"),
+    ("ReceiveMessageWaitTimeSeconds", "ReceiveMessageWaitTimeSeconds"),
+];
+
+/// Creates every queue and secret of `template` under the stack name `stack` (which replaces
+/// `${AWS::StackName}`), against whatever endpoint `sdk` points at. Re-running it is harmless.
+pub async fn provision(
+    template: &Template,
+    stack_name: &str,
+    sdk: &aws_config::SdkConfig,
+    options: &Options,
+) -> Result<Stack, Error> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let sm = aws_sdk_secretsmanager::Client::new(sdk);
+    let mut stack = Stack {
+        name: stack_name.to_owned(),
+        region: sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        account: "123456789012".to_owned(),
+        parameters: options.parameters.clone(),
+        ..Stack::default()
+    };
+
+    // Queues first without redrive (a DLQ must exist before a queue can point at it).
+    for (id, res) in template.resources_of("AWS::SQS::Queue") {
+        let props = res.get("Properties");
+        let name = match props.and_then(|p| p.get("QueueName")) {
+            Some(v) => stack.resolve_string(template, v)?,
+            None => format!("{stack_name}-{id}"),
+        };
+        let mut req = sqs.create_queue().queue_name(&name);
+        for (prop, attr) in QUEUE_ATTRIBUTES {
+            if let Some(v) = props.and_then(|p| p.get(*prop)) {
+                req = req.attributes(
+                    QueueAttributeName::from(*attr),
+                    stack.resolve_string(template, v)?,
+                );
+            }
+        }
+        let url = req
+            .send()
+            .await
+            .map_err(|e| aws_err(format!("CreateQueue {name}"), aws_sdk_sqs::error::DisplayErrorContext(e)))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| aws_err(format!("GetQueueAttributes {name}"), aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        let arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap_or_default();
+        if let Some(account) = arn.split(':').nth(4) {
+            stack.account = account.to_owned();
+        }
+        stack.queues.insert(id.to_owned(), Queue { name, url, arn });
+    }
+    for (id, res) in template.resources_of("AWS::SQS::Queue") {
+        let Some(policy) = res.get("Properties").and_then(|p| p.get("RedrivePolicy")) else {
+            continue;
+        };
+        let policy = stack.resolve_json(template, policy)?;
+        let url = stack.queue(id).url.clone();
+        sqs.set_queue_attributes()
+            .queue_url(&url)
+            .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+            .send()
+            .await
+            .map_err(|e| aws_err(format!("SetQueueAttributes {id}"), aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+    }
+
+    for (id, res) in template.resources_of("AWS::SecretsManager::Secret") {
+        let props = res.get("Properties");
+        let name = match props.and_then(|p| p.get("Name")) {
+            Some(v) => stack.resolve_string(template, v)?,
+            None => format!("{stack_name}/{id}"),
+        };
+        let value = match options.secret_values.get(id) {
+            Some(v) => v.clone(),
+            None => generated_secret(props)?,
+        };
+        let arn = match sm
+            .create_secret()
+            .name(&name)
+            .secret_string(&value)
+            .send()
+            .await
+        {
+            Ok(out) => out.arn().unwrap_or_default().to_owned(),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_exists_exception()) =>
+            {
+                sm.put_secret_value()
+                    .secret_id(&name)
+                    .secret_string(&value)
+                    .send()
+                    .await
+                    .map_err(|e| aws_err(format!("PutSecretValue {name}"), aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?
+                    .arn()
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+            Err(e) => return Err(aws_err(format!("CreateSecret {name}"), aws_sdk_secretsmanager::error::DisplayErrorContext(e))),
+        };
+        stack.secrets.insert(id.to_owned(), Secret { name, arn });
+    }
+    Ok(stack)
+}
+
+/// A value shaped like CloudFormation's `GenerateSecretString` would make it.
+fn generated_secret(props: Option<&Yaml>) -> Result<String, Error> {
+    let random = || uuid::Uuid::new_v4().simple().to_string();
+    let Some(gen) = props.and_then(|p| p.get("GenerateSecretString")) else {
+        return Ok(random());
+    };
+    let template = gen.get("SecretStringTemplate").and_then(Yaml::as_str);
+    let key = gen.get("GenerateStringKey").and_then(Yaml::as_str);
+    match (template, key) {
+        (Some(t), Some(k)) => {
+            let mut obj: serde_json::Map<String, Json> = serde_json::from_str(t)
+                .map_err(|e| Error::Template(format!("SecretStringTemplate is not JSON: {e}")))?;
+            obj.insert(k.to_owned(), Json::String(random()));
+            Ok(Json::Object(obj).to_string())
+        }
+        _ => Ok(random()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_sub_ref_and_getatt() {
+        let t = Template::parse(
+            r#"
+Parameters:
+  Scope: {Type: String, Default: conversation}
+Resources:
+  Q: {Type: AWS::SQS::Queue, Properties: {QueueName: !Sub "${AWS::StackName}-q.fifo"}}
+"#,
+        )
+        .unwrap();
+        let mut stack = Stack {
+            name: "st".into(),
+            region: "us-east-1".into(),
+            account: "1".into(),
+            ..Stack::default()
+        };
+        stack.queues.insert(
+            "Q".into(),
+            Queue {
+                name: "st-q.fifo".into(),
+                url: "http://x/1/st-q.fifo".into(),
+                arn: "arn:aws:sqs:us-east-1:1:st-q.fifo".into(),
+            },
+        );
+        let v: Yaml = serde_norway::from_str("!Sub '${AWS::StackName}-${Scope}-${Q.Arn}'").unwrap();
+        assert_eq!(
+            stack.resolve_string(&t, &v).unwrap(),
+            "st-conversation-arn:aws:sqs:us-east-1:1:st-q.fifo"
+        );
+        let r: Yaml = serde_norway::from_str("{Ref: Q}").unwrap();
+        assert_eq!(stack.resolve_string(&t, &r).unwrap(), "http://x/1/st-q.fifo");
+        let g: Yaml = serde_norway::from_str("!GetAtt Q.Arn").unwrap();
+        assert!(stack.resolve_string(&t, &g).unwrap().ends_with("st-q.fifo"));
+        let bad: Yaml = serde_norway::from_str("!Ref Nope").unwrap();
+        assert!(stack.resolve_string(&t, &bad).is_err());
+    }
+
+    #[test]
+    fn generated_secret_follows_the_template() {
+        let props: Yaml = serde_norway::from_str(
+            r#"{GenerateSecretString: {SecretStringTemplate: '{"a":""}', GenerateStringKey: b}}"#,
+        )
+        .unwrap();
+        let v: Json = serde_json::from_str(&generated_secret(Some(&props)).unwrap()).unwrap();
+        assert_eq!(v["a"], "");
+        assert_eq!(v["b"].as_str().unwrap().len(), 32);
+    }
+}

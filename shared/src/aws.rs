@@ -1,0 +1,21 @@
+//! One place that builds the AWS SDK configuration, with timeouts short enough for a webhook
+//! that must answer Meta quickly. `AWS_ENDPOINT_URL` (or the per-service variables) points every
+//! client at the local emulator; the SDK reads it itself.
+
+use std::time::Duration;
+
+use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, SdkConfig};
+
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(6))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .load()
+        .await
+}

@@ -1,0 +1,26 @@
+//! The project's library crate: everything more than one function needs.
+//!
+//! - [`envelope`]: the versioned queue contract;
+//! - [`meta`]: WhatsApp and Instagram webhook normalisation;
+//! - [`signature`]: `X-Hub-Signature-256` and verify-token checks;
+//! - [`ordering`], [`ingest`], [`queue`]: FIFO keys and publishing to SQS;
+//! - [`config`], [`secrets`], [`aws`], [`telemetry`]: start-up plumbing.
+
+pub mod aws;
+pub mod config;
+pub mod envelope;
+pub mod ingest;
+pub mod meta;
+pub mod ordering;
+pub mod queue;
+pub mod secrets;
+pub mod signature;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

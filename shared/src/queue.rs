@@ -1,0 +1,234 @@
+//! Publishing to SQS with `SendMessageBatch`: entries are packed into batches of at most ten and
+//! at most [`MAX_BATCH_BYTES`], sent in order, and entries SQS fails are retried with jittered
+//! exponential backoff. The call succeeds only when every entry is on the queue.
+//!
+//! Ordering: batches go out one after another, and a batch's failed entries are retried before
+//! the next batch is sent, so within a FIFO group the queue order is the input order. The one
+//! exception SQS allows is an entry that fails while a later entry of the same group in the same
+//! batch succeeds; consumers sort a group's records by provider timestamp for that reason.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+/// SQS limit on entries per batch.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+/// SQS limit on the total size of one batch (and of one message).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub body: String,
+    /// FIFO queues only.
+    pub group_id: Option<String>,
+    /// FIFO queues only.
+    pub dedup_id: Option<String>,
+    /// String message attributes (at most 10).
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+impl OutgoingMessage {
+    fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + "String".len())
+                .sum::<usize>()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// SQS refused entries for a reason that retrying cannot fix (too large, bad attribute…).
+    #[error("{count} message(s) rejected by SQS ({code})")]
+    Rejected { count: usize, code: String },
+    /// SQS could not be reached or kept failing entries after every retry.
+    #[error("{count} message(s) not queued after {attempts} attempts: {last_error}")]
+    Unavailable {
+        count: usize,
+        attempts: usize,
+        last_error: String,
+    },
+}
+
+/// Retry policy for failed entries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_retries: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(800),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct QueuePublisher {
+    client: aws_sdk_sqs::Client,
+    retry: RetryPolicy,
+}
+
+impl QueuePublisher {
+    pub fn new(client: aws_sdk_sqs::Client, retry: RetryPolicy) -> Self {
+        Self { client, retry }
+    }
+
+    /// Sends every message to `queue_url`, in order. Returns the number of SQS calls made.
+    pub async fn send_all(
+        &self,
+        queue_url: &str,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<usize, QueueError> {
+        let mut calls = 0;
+        for batch in pack(messages) {
+            calls += self.send_batch(queue_url, batch).await?;
+        }
+        Ok(calls)
+    }
+
+    async fn send_batch(
+        &self,
+        queue_url: &str,
+        batch: Vec<OutgoingMessage>,
+    ) -> Result<usize, QueueError> {
+        // Entry ids are the positions in `batch`; `pending` keeps the ones not yet accepted.
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_retries)
+            .with_jitter()
+            .build();
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let entries: Vec<SendMessageBatchRequestEntry> =
+                pending.iter().map(|&i| entry(i, &batch[i])).collect();
+            let result = self
+                .client
+                .send_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            let last_error = match result {
+                Ok(out) => {
+                    let mut still = Vec::new();
+                    let mut rejected = Vec::new();
+                    for f in out.failed() {
+                        let Ok(i) = f.id().parse::<usize>() else { continue };
+                        if f.sender_fault() {
+                            rejected.push(f.code().to_owned());
+                        } else {
+                            still.push(i);
+                        }
+                    }
+                    if let Some(code) = rejected.first() {
+                        return Err(QueueError::Rejected {
+                            count: rejected.len(),
+                            code: code.clone(),
+                        });
+                    }
+                    still.sort_unstable();
+                    pending = still;
+                    if pending.is_empty() {
+                        return Ok(calls);
+                    }
+                    format!("{} entries failed on the SQS side", pending.len())
+                }
+                Err(e) => aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+            };
+            match backoff.next() {
+                Some(delay) => {
+                    tracing::warn!(pending = pending.len(), delay_ms = delay.as_millis() as u64, error = %last_error, "SQS batch send incomplete; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    return Err(QueueError::Unavailable {
+                        count: pending.len(),
+                        attempts: calls,
+                        last_error,
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn entry(id: usize, m: &OutgoingMessage) -> SendMessageBatchRequestEntry {
+    let mut b = SendMessageBatchRequestEntry::builder()
+        .id(id.to_string())
+        .message_body(m.body.clone())
+        .set_message_group_id(m.group_id.clone())
+        .set_message_deduplication_id(m.dedup_id.clone());
+    for (k, v) in &m.attributes {
+        b = b.message_attributes(
+            *k,
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v.clone())
+                .build()
+                .expect("data_type is set"),
+        );
+    }
+    b.build().expect("id and body are set")
+}
+
+/// Splits messages, keeping their order, into batches within both SQS limits.
+pub fn pack(messages: Vec<OutgoingMessage>) -> Vec<Vec<OutgoingMessage>> {
+    let mut batches: Vec<Vec<OutgoingMessage>> = Vec::new();
+    let mut bytes = 0;
+    for m in messages {
+        let size = m.size();
+        let full = batches.last().is_none_or(|b| {
+            b.len() >= MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES
+        });
+        if full {
+            batches.push(Vec::with_capacity(MAX_BATCH_ENTRIES));
+            bytes = 0;
+        }
+        bytes += size;
+        batches.last_mut().expect("pushed above").push(m);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: usize, size: usize) -> OutgoingMessage {
+        OutgoingMessage {
+            body: format!("{n:>width$}", width = size),
+            group_id: None,
+            dedup_id: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn packs_at_most_ten_per_batch_in_order() {
+        let batches = pack((0..25).map(|n| msg(n, 10)).collect());
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+        let order: Vec<String> = batches.concat().into_iter().map(|m| m.body).collect();
+        let expected: Vec<String> = (0..25).map(|n| format!("{n:>10}")).collect();
+        assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn packs_by_total_size_too() {
+        let batches = pack((0..4).map(|n| msg(n, 100 * 1024)).collect());
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+        assert!(pack(Vec::new()).is_empty());
+    }
+}
