@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
-use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, SdkConfig};
+use aws_config::{
+    retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, ConfigLoader, SdkConfig,
+};
 
-pub async fn sdk_config() -> SdkConfig {
+/// The loader with the project's timeouts and retry policy (two attempts per SDK call; callers
+/// such as the queue publisher add their own retries of what is left).
+pub fn loader() -> ConfigLoader {
     aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(
             TimeoutConfig::builder()
@@ -16,6 +20,8 @@ pub async fn sdk_config() -> SdkConfig {
                 .build(),
         )
         .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .load()
-        .await
+}
+
+pub async fn sdk_config() -> SdkConfig {
+    loader().load().await
 }

@@ -3,10 +3,13 @@
 
 use std::fmt;
 
+/// Looks a variable up by name.
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// Reads variables from a lookup function (the process environment in production, a map in
 /// tests) and remembers every problem it meets.
 pub struct EnvReader<'a> {
-    lookup: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    lookup: Lookup<'a>,
     problems: Vec<String>,
 }
 
@@ -42,7 +45,7 @@ impl<'a> EnvReader<'a> {
     /// A URL that must be http(s).
     pub fn required_url(&mut self, key: &str) -> String {
         let v = self.required(key);
-        if !v.is_empty() && !(v.starts_with("https://") || v.starts_with("http://")) {
+        if !(v.is_empty() || v.starts_with("https://") || v.starts_with("http://")) {
             self.problems
                 .push(format!("{key} must be an http(s) URL, got `{v}`"));
         }

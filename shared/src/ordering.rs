@@ -88,16 +88,36 @@ mod tests {
 
     #[test]
     fn channel_account_scope_ignores_the_contact() {
-        let a = message_group_id(OrderingScope::ChannelAccount, Channel::Whatsapp, "106540", "A");
-        let b = message_group_id(OrderingScope::ChannelAccount, Channel::Whatsapp, "106540", "B");
+        let a = message_group_id(
+            OrderingScope::ChannelAccount,
+            Channel::Whatsapp,
+            "106540",
+            "A",
+        );
+        let b = message_group_id(
+            OrderingScope::ChannelAccount,
+            Channel::Whatsapp,
+            "106540",
+            "B",
+        );
         assert_eq!(a, "whatsapp:106540");
         assert_eq!(a, b);
     }
 
     #[test]
     fn conversation_scope_separates_contacts_of_one_account() {
-        let a = message_group_id(OrderingScope::Conversation, Channel::Whatsapp, "106540", "MX.1");
-        let b = message_group_id(OrderingScope::Conversation, Channel::Whatsapp, "106540", "MX.2");
+        let a = message_group_id(
+            OrderingScope::Conversation,
+            Channel::Whatsapp,
+            "106540",
+            "MX.1",
+        );
+        let b = message_group_id(
+            OrderingScope::Conversation,
+            Channel::Whatsapp,
+            "106540",
+            "MX.2",
+        );
         assert_eq!(a, "whatsapp:106540:MX.1");
         assert_ne!(a, b);
     }
@@ -112,7 +132,12 @@ mod tests {
     #[test]
     fn overlong_or_odd_keys_are_hashed_to_a_valid_group_id() {
         let long_bsuid = format!("US.{}", "a".repeat(128));
-        let g = message_group_id(OrderingScope::Conversation, Channel::Whatsapp, "1", &long_bsuid);
+        let g = message_group_id(
+            OrderingScope::Conversation,
+            Channel::Whatsapp,
+            "1",
+            &long_bsuid,
+        );
         assert_eq!(g.len(), 64);
         assert!(g.bytes().all(|b| b.is_ascii_hexdigit()));
         let spaced = message_group_id(OrderingScope::Conversation, Channel::Webchat, "s", "a b");
@@ -120,7 +145,12 @@ mod tests {
         // Stable: the same input hashes to the same group.
         assert_eq!(
             g,
-            message_group_id(OrderingScope::Conversation, Channel::Whatsapp, "1", &long_bsuid)
+            message_group_id(
+                OrderingScope::Conversation,
+                Channel::Whatsapp,
+                "1",
+                &long_bsuid
+            )
         );
     }
 
@@ -134,8 +164,14 @@ mod tests {
 
     #[test]
     fn scope_parses_known_values_only() {
-        assert_eq!(OrderingScope::parse("conversation"), Ok(OrderingScope::Conversation));
-        assert_eq!(OrderingScope::parse("channel_account"), Ok(OrderingScope::ChannelAccount));
+        assert_eq!(
+            OrderingScope::parse("conversation"),
+            Ok(OrderingScope::Conversation)
+        );
+        assert_eq!(
+            OrderingScope::parse("channel_account"),
+            Ok(OrderingScope::ChannelAccount)
+        );
         assert!(OrderingScope::parse("per_number").is_err());
     }
 }

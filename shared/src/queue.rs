@@ -126,7 +126,9 @@ impl QueuePublisher {
                     let mut still = Vec::new();
                     let mut rejected = Vec::new();
                     for f in out.failed() {
-                        let Ok(i) = f.id().parse::<usize>() else { continue };
+                        let Ok(i) = f.id().parse::<usize>() else {
+                            continue;
+                        };
                         if f.sender_fault() {
                             rejected.push(f.code().to_owned());
                         } else {
@@ -190,9 +192,9 @@ pub fn pack(messages: Vec<OutgoingMessage>) -> Vec<Vec<OutgoingMessage>> {
     let mut bytes = 0;
     for m in messages {
         let size = m.size();
-        let full = batches.last().is_none_or(|b| {
-            b.len() >= MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES
-        });
+        let full = batches
+            .last()
+            .is_none_or(|b| b.len() >= MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES);
         if full {
             batches.push(Vec::with_capacity(MAX_BATCH_ENTRIES));
             bytes = 0;
@@ -209,7 +211,7 @@ mod tests {
 
     fn msg(n: usize, size: usize) -> OutgoingMessage {
         OutgoingMessage {
-            body: format!("{n:>width$}", width = size),
+            body: format!("{n:0>10}{}", "x".repeat(size.saturating_sub(10))),
             group_id: None,
             dedup_id: None,
             attributes: Vec::new(),
@@ -219,9 +221,12 @@ mod tests {
     #[test]
     fn packs_at_most_ten_per_batch_in_order() {
         let batches = pack((0..25).map(|n| msg(n, 10)).collect());
-        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
         let order: Vec<String> = batches.concat().into_iter().map(|m| m.body).collect();
-        let expected: Vec<String> = (0..25).map(|n| format!("{n:>10}")).collect();
+        let expected: Vec<String> = (0..25).map(|n| format!("{n:0>10}")).collect();
         assert_eq!(order, expected);
     }
 

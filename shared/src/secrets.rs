@@ -29,7 +29,10 @@ impl std::fmt::Debug for MetaSecrets {
 }
 
 impl MetaSecrets {
-    pub fn new(app_secret: &SecretString, verify_token: SecretString) -> Result<Self, SecretsError> {
+    pub fn new(
+        app_secret: &SecretString,
+        verify_token: SecretString,
+    ) -> Result<Self, SecretsError> {
         if app_secret.expose_secret().is_empty() {
             return Err(SecretsError::NotSet(KEY_META_APP_SECRET));
         }
@@ -77,7 +80,11 @@ pub enum MetaSecretSource {
 }
 
 impl MetaSecretSource {
-    pub fn manager(client: aws_sdk_secretsmanager::Client, secret_id: String, ttl: Duration) -> Self {
+    pub fn manager(
+        client: aws_sdk_secretsmanager::Client,
+        secret_id: String,
+        ttl: Duration,
+    ) -> Self {
         Self::Manager {
             client,
             secret_id,
@@ -134,7 +141,11 @@ async fn fetch(
         .secret_id(secret_id)
         .send()
         .await
-        .map_err(|e| SecretsError::Unavailable(aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string()))?;
+        .map_err(|e| {
+            SecretsError::Unavailable(
+                aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+            )
+        })?;
     let text = out.secret_string().ok_or(SecretsError::Malformed)?;
     let parsed: AppSecretJson = serde_json::from_str(text).map_err(|_| SecretsError::Malformed)?;
     let empty = || SecretString::from(String::new());

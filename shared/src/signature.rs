@@ -76,7 +76,7 @@ pub fn verify_token_matches(given: &str, expected: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hmac::{Hmac, Mac};
+    use ::hmac::{Hmac, Mac};
 
     fn reference_signature(secret: &[u8], body: &[u8]) -> String {
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
@@ -107,14 +107,29 @@ mod tests {
         let body = b"{}";
         assert_eq!(key.verify(body, None), Err(SignatureError::Missing));
         assert_eq!(key.verify(body, Some("")), Err(SignatureError::Malformed));
-        assert_eq!(key.verify(body, Some("sha1=abcd")), Err(SignatureError::Malformed));
-        assert_eq!(key.verify(body, Some("sha256=zz")), Err(SignatureError::Malformed));
-        assert_eq!(key.verify(body, Some("sha256=abcd")), Err(SignatureError::Malformed));
+        assert_eq!(
+            key.verify(body, Some("sha1=abcd")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            key.verify(body, Some("sha256=zz")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            key.verify(body, Some("sha256=abcd")),
+            Err(SignatureError::Malformed)
+        );
         let other = SignatureKey::new(b"other").sign(body);
-        assert_eq!(key.verify(body, Some(&other)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            key.verify(body, Some(&other)),
+            Err(SignatureError::Mismatch)
+        );
         // A body changed by one byte (or truncated) no longer matches.
         let sig = key.sign(b"{\"x\":1}");
-        assert_eq!(key.verify(b"{\"x\":1", Some(&sig)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            key.verify(b"{\"x\":1", Some(&sig)),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

@@ -45,8 +45,12 @@ impl Config {
             OrderingScope::default(),
             OrderingScope::parse,
         );
-        let max_body_bytes =
-            env.number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 6 * 1024 * 1024) as usize;
+        let max_body_bytes = env.number(
+            "MAX_BODY_BYTES",
+            DEFAULT_MAX_BODY_BYTES,
+            1024,
+            6 * 1024 * 1024,
+        ) as usize;
         let ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
         let app_secret = env.optional("META_APP_SECRET");
         let verify_token = env.optional("META_VERIFY_TOKEN");
@@ -139,6 +143,8 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.ordering_scope, OrderingScope::ChannelAccount);
         assert_eq!(cfg.max_body_bytes, 3 * 1024 * 1024);
-        assert!(matches!(cfg.secrets, SecretsConfig::Manager { ref secret_id, ttl } if secret_id == "agent/app" && ttl.as_secs() == 300));
+        assert!(
+            matches!(cfg.secrets, SecretsConfig::Manager { ref secret_id, ttl } if secret_id == "agent/app" && ttl.as_secs() == 300)
+        );
     }
 }

@@ -33,7 +33,10 @@ pub struct App {
 
 impl App {
     /// Builds the app from a validated config and an AWS SDK configuration.
-    pub fn new(config: Config, sdk: &aws_config::SdkConfig) -> Result<Self, shared::secrets::SecretsError> {
+    pub fn new(
+        config: Config,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, shared::secrets::SecretsError> {
         Self::with_retry(config, sdk, RetryPolicy::default())
     }
 
@@ -99,8 +102,8 @@ impl App {
             Ok(s) => s,
             Err(e) => return secrets_failure(&e),
         };
-        let token_ok = token
-            .is_some_and(|t| verify_token_matches(t, secrets.verify_token.expose_secret()));
+        let token_ok =
+            token.is_some_and(|t| verify_token_matches(t, secrets.verify_token.expose_secret()));
         match (mode, token_ok, challenge) {
             (Some("subscribe"), true, Some(challenge)) => {
                 info!(outcome = "verified", "webhook subscription verified");
@@ -146,12 +149,22 @@ impl App {
             .get(SIGNATURE_HEADER)
             .map(|v| v.to_str().unwrap_or(""));
         if let Err(e) = secrets.signature_key.verify(body, signature) {
-            return rejected(StatusCode::UNAUTHORIZED, e.reason(), body.len(), "invalid signature");
+            return rejected(
+                StatusCode::UNAUTHORIZED,
+                e.reason(),
+                body.len(),
+                "invalid signature",
+            );
         }
         let parsed = match parse_webhook(body, correlation_id, shared::now_ms()) {
             Ok(p) => p,
             Err(e) => {
-                return rejected(StatusCode::BAD_REQUEST, e.reason(), body.len(), &e.to_string())
+                return rejected(
+                    StatusCode::BAD_REQUEST,
+                    e.reason(),
+                    body.len(),
+                    &e.to_string(),
+                )
             }
         };
         match self.enqueue(parsed).await {
@@ -249,7 +262,13 @@ fn is_unsupported(e: &InboundEnvelope) -> bool {
 }
 
 fn rejected(status: StatusCode, reason: &str, bytes: usize, message: &str) -> Response<Body> {
-    warn!(outcome = "rejected", status = status.as_u16(), reason, bytes, "webhook rejected");
+    warn!(
+        outcome = "rejected",
+        status = status.as_u16(),
+        reason,
+        bytes,
+        "webhook rejected"
+    );
     text(status, message)
 }
 

@@ -8,7 +8,8 @@ use webhook::{App, Config};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "webhook cannot start"))?;
+    let config =
+        Config::from_env().inspect_err(|e| tracing::error!(error = %e, "webhook cannot start"))?;
     let sdk = shared::aws::sdk_config().await;
     let app = Arc::new(App::new(config, &sdk)?);
     run(service_fn(move |req: Request| {

@@ -73,9 +73,8 @@ impl Template {
     }
 
     fn resources_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a str, &'a Yaml)> + 'a {
-        self.resources().filter(move |(_, r)| {
-            r.get("Type").and_then(Yaml::as_str) == Some(kind)
-        })
+        self.resources()
+            .filter(move |(_, r)| r.get("Type").and_then(Yaml::as_str) == Some(kind))
     }
 
     fn parameter_default(&self, name: &str) -> Option<String> {
@@ -184,7 +183,9 @@ impl Stack {
         if let Some(s) = self.secrets.get(name) {
             return Ok(s.arn.clone());
         }
-        Err(Error::Template(format!("cannot resolve Ref {name} locally")))
+        Err(Error::Template(format!(
+            "cannot resolve Ref {name} locally"
+        )))
     }
 
     fn get_att(&self, logical: &str, attr: &str) -> Result<String, Error> {
@@ -224,13 +225,15 @@ impl Stack {
         if let Some(s) = scalar(v) {
             return Ok(s);
         }
-        let (tag, inner) = intrinsic(v)
-            .ok_or_else(|| Error::Template(format!("unsupported value {v:?}")))?;
+        let (tag, inner) =
+            intrinsic(v).ok_or_else(|| Error::Template(format!("unsupported value {v:?}")))?;
         match tag.as_str() {
             "Ref" => self.reference(template, inner.as_str().unwrap_or_default()),
             "Sub" => match inner {
                 Yaml::String(s) => self.sub(template, s),
-                _ => Err(Error::Template("only the string form of Fn::Sub is supported".into())),
+                _ => Err(Error::Template(
+                    "only the string form of Fn::Sub is supported".into(),
+                )),
             },
             "GetAtt" => {
                 let (l, a) = match inner {
@@ -246,7 +249,9 @@ impl Stack {
                 };
                 self.get_att(&l, &a)
             }
-            other => Err(Error::Template(format!("intrinsic {other} is not supported locally"))),
+            other => Err(Error::Template(format!(
+                "intrinsic {other} is not supported locally"
+            ))),
         }
     }
 
@@ -289,7 +294,10 @@ fn scalar(v: &Yaml) -> Option<String> {
 /// `(name, argument)` of an intrinsic in short (`!Sub x`) or long (`{"Fn::Sub": x}`) form.
 fn intrinsic(v: &Yaml) -> Option<(String, &Yaml)> {
     match v {
-        Yaml::Tagged(t) => Some((t.tag.to_string().trim_start_matches('!').to_owned(), &t.value)),
+        Yaml::Tagged(t) => Some((
+            t.tag.to_string().trim_start_matches('!').to_owned(),
+            &t.value,
+        )),
         Yaml::Mapping(m) if m.len() == 1 => {
             let (k, inner) = m.iter().next()?;
             let k = k.as_str()?;
@@ -310,7 +318,10 @@ const QUEUE_ATTRIBUTES: &[(&str, &str)] = &[
     ("MessageRetentionPeriod", "MessageRetentionPeriod"),
     ("DelaySeconds", "DelaySeconds"),
     ("MaximumMessageSize", "MaximumMessageSize"),
-    ("ReceiveMessageWaitTimeSeconds", "ReceiveMessageWaitTimeSeconds"),
+    (
+        "ReceiveMessageWaitTimeSeconds",
+        "ReceiveMessageWaitTimeSeconds",
+    ),
 ];
 
 /// Creates every queue and secret of `template` under the stack name `stack` (which replaces
@@ -353,7 +364,12 @@ pub async fn provision(
         let url = req
             .send()
             .await
-            .map_err(|e| aws_err(format!("CreateQueue {name}"), aws_sdk_sqs::error::DisplayErrorContext(e)))?
+            .map_err(|e| {
+                aws_err(
+                    format!("CreateQueue {name}"),
+                    aws_sdk_sqs::error::DisplayErrorContext(e),
+                )
+            })?
             .queue_url()
             .unwrap_or_default()
             .to_owned();
@@ -363,7 +379,12 @@ pub async fn provision(
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
-            .map_err(|e| aws_err(format!("GetQueueAttributes {name}"), aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                aws_err(
+                    format!("GetQueueAttributes {name}"),
+                    aws_sdk_sqs::error::DisplayErrorContext(e),
+                )
+            })?;
         let arn = attrs
             .attributes()
             .and_then(|a| a.get(&QueueAttributeName::QueueArn))
@@ -385,7 +406,12 @@ pub async fn provision(
             .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
             .send()
             .await
-            .map_err(|e| aws_err(format!("SetQueueAttributes {id}"), aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                aws_err(
+                    format!("SetQueueAttributes {id}"),
+                    aws_sdk_sqs::error::DisplayErrorContext(e),
+                )
+            })?;
     }
 
     for (id, res) in template.resources_of("AWS::SecretsManager::Secret") {
@@ -415,12 +441,22 @@ pub async fn provision(
                     .secret_string(&value)
                     .send()
                     .await
-                    .map_err(|e| aws_err(format!("PutSecretValue {name}"), aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?
+                    .map_err(|e| {
+                        aws_err(
+                            format!("PutSecretValue {name}"),
+                            aws_sdk_secretsmanager::error::DisplayErrorContext(e),
+                        )
+                    })?
                     .arn()
                     .unwrap_or_default()
                     .to_owned()
             }
-            Err(e) => return Err(aws_err(format!("CreateSecret {name}"), aws_sdk_secretsmanager::error::DisplayErrorContext(e))),
+            Err(e) => {
+                return Err(aws_err(
+                    format!("CreateSecret {name}"),
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e),
+                ))
+            }
         };
         stack.secrets.insert(id.to_owned(), Secret { name, arn });
     }
@@ -481,7 +517,10 @@ Resources:
             "st-conversation-arn:aws:sqs:us-east-1:1:st-q.fifo"
         );
         let r: Yaml = serde_norway::from_str("{Ref: Q}").unwrap();
-        assert_eq!(stack.resolve_string(&t, &r).unwrap(), "http://x/1/st-q.fifo");
+        assert_eq!(
+            stack.resolve_string(&t, &r).unwrap(),
+            "http://x/1/st-q.fifo"
+        );
         let g: Yaml = serde_norway::from_str("!GetAtt Q.Arn").unwrap();
         assert!(stack.resolve_string(&t, &g).unwrap().ends_with("st-q.fifo"));
         let bad: Yaml = serde_norway::from_str("!Ref Nope").unwrap();
@@ -497,5 +536,121 @@ Resources:
         let v: Json = serde_json::from_str(&generated_secret(Some(&props)).unwrap()).unwrap();
         assert_eq!(v["a"], "");
         assert_eq!(v["b"].as_str().unwrap().len(), 32);
+    }
+}
+
+/// Helpers for integration tests that run against the emulator.
+pub mod testing {
+    use super::*;
+    use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+
+    /// The app secret value tests and the local stack use.
+    pub const DEV_APP_SECRET: &str = "dev-app-secret";
+    pub const DEV_VERIFY_TOKEN: &str = "dev-verify-token";
+
+    /// SDK configuration for the emulator. Refuses to run unless `AWS_ENDPOINT_URL` points at
+    /// this machine, so a test can never reach a real AWS account.
+    pub async fn emulator_sdk() -> aws_config::SdkConfig {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+        assert!(
+            endpoint.starts_with("http://127.0.0.1:") || endpoint.starts_with("http://localhost:"),
+            "AWS_ENDPOINT_URL must point at the local emulator (got `{endpoint}`); run the tests with `make test`"
+        );
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .endpoint_url(endpoint)
+            .load()
+            .await
+    }
+
+    /// Provisions the workspace template under a fresh, unique stack name.
+    pub async fn fresh_stack(sdk: &aws_config::SdkConfig) -> (Template, Stack) {
+        let template = Template::load_workspace().expect("template.yaml loads");
+        let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut options = Options::default();
+        options.secret_values.insert(
+            "AppSecret".to_owned(),
+            serde_json::json!({"meta_app_secret": DEV_APP_SECRET, "meta_verify_token": DEV_VERIFY_TOKEN})
+                .to_string(),
+        );
+        let stack = provision(&template, &name, sdk, &options)
+            .await
+            .expect("provisioning on the emulator");
+        (template, stack)
+    }
+
+    /// A message taken off a queue, with what the tests look at.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub body: String,
+        pub group_id: Option<String>,
+        pub dedup_id: Option<String>,
+        pub sequence_number: Option<String>,
+        pub attributes: BTreeMap<String, String>,
+    }
+
+    /// Receives and deletes every message on the queue (FIFO groups unblock as messages are
+    /// deleted), in receive order.
+    pub async fn drain(sdk: &aws_config::SdkConfig, queue_url: &str) -> Vec<Received> {
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let mut all = Vec::new();
+        let mut empty_polls = 0;
+        while empty_polls < 2 {
+            let out = sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(60)
+                .wait_time_seconds(0)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .expect("receive");
+            let msgs = out.messages();
+            if msgs.is_empty() {
+                empty_polls += 1;
+                continue;
+            }
+            empty_polls = 0;
+            let mut deletes = Vec::new();
+            for (i, m) in msgs.iter().enumerate() {
+                let sys = m.attributes();
+                let get = |k: MessageSystemAttributeName| sys.and_then(|a| a.get(&k)).cloned();
+                all.push(Received {
+                    body: m.body().unwrap_or_default().to_owned(),
+                    group_id: get(MessageSystemAttributeName::MessageGroupId),
+                    dedup_id: get(MessageSystemAttributeName::MessageDeduplicationId),
+                    sequence_number: get(MessageSystemAttributeName::SequenceNumber),
+                    attributes: m
+                        .message_attributes()
+                        .map(|a| {
+                            a.iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), v.string_value().unwrap_or_default().to_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+                deletes.push(
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle().unwrap_or_default())
+                        .build()
+                        .expect("entry"),
+                );
+            }
+            sqs.delete_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(deletes))
+                .send()
+                .await
+                .expect("delete");
+        }
+        all
     }
 }

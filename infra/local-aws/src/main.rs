@@ -35,7 +35,10 @@ async fn run() -> Result<(), String> {
     let mut env_file = None;
     let mut functions = Vec::new();
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
             "--template" => template = value()?.into(),
             "--stack" => stack = value()?,

@@ -4,22 +4,11 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{de_lenient_i64, synthetic_id, ParseError, Parsed};
+use super::{de_lenient_i64, synthetic_id, Parsed};
 use crate::envelope::{
     Attachment, Channel, Contact, Content, DeliveryState, DeliveryStatus, InboundEnvelope,
     InboundKind, MediaKind, Referral, ReplyKind, ReplyTo, StatusEvent, ENVELOPE_VERSION,
 };
-
-#[derive(Deserialize)]
-struct Entry<'a> {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default, borrow)]
-    messaging: Vec<&'a RawValue>,
-    /// Comment and mention webhooks come as `changes[]`; they are not direct messages.
-    #[serde(default, borrow)]
-    changes: Vec<&'a RawValue>,
-}
 
 #[derive(Deserialize)]
 struct Event {
@@ -161,24 +150,13 @@ struct Edit {
     num_edit: Option<i64>,
 }
 
-pub(super) fn parse(
-    entries: &RawValue,
+pub(super) fn event(
+    raw: &RawValue,
+    entry_id: Option<&str>,
     correlation_id: &str,
     now_ms: i64,
     out: &mut Parsed,
-) -> Result<(), ParseError> {
-    let entries: Vec<Entry<'_>> =
-        serde_json::from_str(entries.get()).map_err(|_| ParseError::NotJson)?;
-    for entry in entries {
-        out.ignored += entry.changes.len();
-        for raw in entry.messaging {
-            event(raw, entry.id.as_deref(), correlation_id, now_ms, out);
-        }
-    }
-    Ok(())
-}
-
-fn event(raw: &RawValue, entry_id: Option<&str>, correlation_id: &str, now_ms: i64, out: &mut Parsed) {
+) {
     let Ok(ev) = serde_json::from_str::<Event>(raw.get()) else {
         tracing::warn!("instagram messaging event of unexpected shape ignored");
         out.ignored += 1;
@@ -285,7 +263,11 @@ fn event(raw: &RawValue, entry_id: Option<&str>, correlation_id: &str, now_ms: i
             id,
             Content::Reaction {
                 target_provider_message_id: target,
-                emoji: if removed { None } else { r.emoji.or(r.reaction) },
+                emoji: if removed {
+                    None
+                } else {
+                    r.emoji.or(r.reaction)
+                },
             },
         )
     } else if let Some(e) = ev.message_edit {

@@ -44,12 +44,25 @@ impl ParseError {
     }
 }
 
+/// The whole body in one pass, for both objects: WhatsApp entries carry `changes[]`,
+/// Instagram entries `messaging[]` (and `changes[]` for comments, which are ignored). Each
+/// message stays a borrowed raw slice, parsed once more on its own so it can be kept verbatim.
 #[derive(Deserialize)]
 struct Top<'a> {
     #[serde(borrow)]
     object: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    entry: Option<&'a RawValue>,
+    entry: Vec<Entry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Entry<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, borrow)]
+    changes: Vec<whatsapp::Change<'a>>,
+    #[serde(default, borrow)]
+    messaging: Vec<&'a RawValue>,
 }
 
 /// Parses a webhook body (already signature-checked) into envelopes stamped with
@@ -60,13 +73,17 @@ pub fn parse_webhook(body: &[u8], correlation_id: &str, now_ms: i64) -> Result<P
     let mut out = Parsed::default();
     match object.as_ref() {
         "whatsapp_business_account" => {
-            if let Some(entries) = top.entry {
-                whatsapp::parse(entries, correlation_id, now_ms, &mut out)?;
+            for entry in top.entry {
+                out.ignored += entry.messaging.len();
+                whatsapp::parse(entry.changes, correlation_id, now_ms, &mut out);
             }
         }
         "instagram" => {
-            if let Some(entries) = top.entry {
-                instagram::parse(entries, correlation_id, now_ms, &mut out)?;
+            for entry in top.entry {
+                out.ignored += entry.changes.len();
+                for raw in entry.messaging {
+                    instagram::event(raw, entry.id.as_deref(), correlation_id, now_ms, &mut out);
+                }
             }
         }
         other => return Err(ParseError::UnknownObject(truncate(other, 64).to_owned())),

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{de_lenient_i64, synthetic_id, ParseError, Parsed};
+use super::{de_lenient_i64, synthetic_id, Parsed};
 use crate::envelope::{
     Channel, ChannelError, Contact, ContactCard, Content, DeliveryState, DeliveryStatus,
     InboundEnvelope, InboundKind, MediaKind, OrderItem, ProviderError, Referral, ReplyKind,
@@ -11,13 +11,7 @@ use crate::envelope::{
 };
 
 #[derive(Deserialize)]
-struct Entry<'a> {
-    #[serde(default, borrow)]
-    changes: Vec<Change<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Change<'a> {
+pub(super) struct Change<'a> {
     #[serde(default)]
     field: Option<String>,
     #[serde(borrow, default)]
@@ -347,39 +341,32 @@ struct UnsupportedInfo {
     kind: Option<String>,
 }
 
-pub(super) fn parse(
-    entries: &RawValue,
-    correlation_id: &str,
-    now_ms: i64,
-    out: &mut Parsed,
-) -> Result<(), ParseError> {
-    let entries: Vec<Entry<'_>> =
-        serde_json::from_str(entries.get()).map_err(|_| ParseError::NotJson)?;
-    for entry in entries {
-        for change in entry.changes {
-            let (Some(value), true) = (change.value, change.field.as_deref() == Some("messages"))
-            else {
-                // Template, quality and account updates are not messages.
-                out.ignored += 1;
-                continue;
-            };
-            let Some(account) = value.metadata.and_then(|m| m.phone_number_id) else {
-                // Without the phone_number_id nothing can be routed; Meta always sends it.
-                tracing::warn!("whatsapp change without metadata.phone_number_id ignored");
-                out.ignored += 1;
-                continue;
-            };
-            for raw in value.messages {
-                out.inbound.push(message(
-                    raw,
-                    &account,
-                    &value.contacts,
-                    correlation_id,
-                    now_ms,
-                ));
-            }
-            for s in value.statuses {
-                out.statuses.push(StatusEvent::DeliveryStatus(DeliveryStatus {
+pub(super) fn parse(changes: Vec<Change<'_>>, correlation_id: &str, now_ms: i64, out: &mut Parsed) {
+    for change in changes {
+        let (Some(value), true) = (change.value, change.field.as_deref() == Some("messages"))
+        else {
+            // Template, quality and account updates are not messages.
+            out.ignored += 1;
+            continue;
+        };
+        let Some(account) = value.metadata.and_then(|m| m.phone_number_id) else {
+            // Without the phone_number_id nothing can be routed; Meta always sends it.
+            tracing::warn!("whatsapp change without metadata.phone_number_id ignored");
+            out.ignored += 1;
+            continue;
+        };
+        for raw in value.messages {
+            out.inbound.push(message(
+                raw,
+                &account,
+                &value.contacts,
+                correlation_id,
+                now_ms,
+            ));
+        }
+        for s in value.statuses {
+            out.statuses
+                .push(StatusEvent::DeliveryStatus(DeliveryStatus {
                     v: ENVELOPE_VERSION,
                     correlation_id: correlation_id.to_owned(),
                     channel: Channel::Whatsapp,
@@ -393,20 +380,18 @@ pub(super) fn parse(
                     pricing_category: s.pricing.and_then(|p| p.category),
                     biz_opaque_callback_data: s.biz_opaque_callback_data,
                 }));
-            }
-            for e in value.errors {
-                out.statuses.push(StatusEvent::ChannelError(ChannelError {
-                    v: ENVELOPE_VERSION,
-                    correlation_id: correlation_id.to_owned(),
-                    channel: Channel::Whatsapp,
-                    channel_account_id: account.clone(),
-                    received_at_ms: now_ms,
-                    error: e.into(),
-                }));
-            }
+        }
+        for e in value.errors {
+            out.statuses.push(StatusEvent::ChannelError(ChannelError {
+                v: ENVELOPE_VERSION,
+                correlation_id: correlation_id.to_owned(),
+                channel: Channel::Whatsapp,
+                channel_account_id: account.clone(),
+                received_at_ms: now_ms,
+                error: e.into(),
+            }));
         }
     }
-    Ok(())
 }
 
 fn message(

@@ -1,0 +1,46 @@
+# The project's commands. `make dev` runs the product locally; `make test` runs every check CI runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+SCRIPTS := infra/scripts
+
+.PHONY: help dev test tools fmt clippy unit lint-template bench invoke build clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+dev: ## Run the product locally: AWS emulator, queues from template.yaml, functions under cargo lambda watch
+	@$(SCRIPTS)/dev.sh
+
+test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint
+	@source $(SCRIPTS)/env.sh && log "make test: all checks passed"
+
+tools: ## Install what the tests need and is missing (Python venvs with moto, cfn-lint, SAM CLI)
+	@$(SCRIPTS)/ensure-tools.sh test
+
+fmt:
+	@source $(SCRIPTS)/env.sh && log "cargo fmt --check" && cargo fmt --all -- --check
+
+clippy:
+	@source $(SCRIPTS)/env.sh && log "cargo clippy -D warnings" && cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit: ## cargo test for the whole workspace, with a throwaway AWS emulator
+	@$(SCRIPTS)/with-emulator.sh cargo test --workspace --locked
+
+lint-template: ## cfn-lint and sam validate --lint on template.yaml
+	@$(SCRIPTS)/lint-template.sh
+
+bench: ## Criterion benchmark of the webhook hot path, plus the Node equivalent for comparison
+	cargo bench -p shared --bench ingest
+	@command -v node >/dev/null && node infra/bench/node-ingest.js target/ingest-body-2kb.json || echo "node not found: comparison skipped"
+
+EVENT ?= wa-text
+invoke: ## Send events/$(EVENT).json to the webhook under `make dev`
+	@source $(SCRIPTS)/env.sh && cargo lambda invoke -A 127.0.0.1 -P $${WATCH_PORT:-9000} webhook --data-file events/$(EVENT).json
+
+build: ## sam build (cargo-lambda + zig, arm64 release binaries)
+	@$(SCRIPTS)/ensure-tools.sh dev
+	@source $(SCRIPTS)/env.sh && sam build --parallel --cached
+
+clean:
+	cargo clean
+	rm -rf .aws-sam .local

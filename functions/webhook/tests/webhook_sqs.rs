@@ -1,0 +1,566 @@
+//! The webhook handler against real SQS FIFO/standard queues and Secrets Manager on the local
+//! emulator, with queues created from template.yaml. Run through `make test`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lambda_http::http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
+use local_aws::testing::{
+    drain, emulator_sdk, fresh_stack, Received, DEV_APP_SECRET, DEV_VERIFY_TOKEN,
+};
+use local_aws::{Stack, Template};
+use serde_json::{json, Value};
+use shared::config::EnvReader;
+use shared::envelope::{Channel, Content, InboundEnvelope, StatusEvent};
+use shared::ordering::dedup_id;
+use shared::queue::RetryPolicy;
+use shared::signature::SignatureKey;
+use webhook::{App, Config};
+
+struct Env {
+    sdk: aws_config::SdkConfig,
+    template: Template,
+    stack: Stack,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let sdk = emulator_sdk().await;
+        let (template, stack) = fresh_stack(&sdk).await;
+        Self {
+            sdk,
+            template,
+            stack,
+        }
+    }
+
+    /// The webhook's environment exactly as template.yaml defines it, resolved locally, plus
+    /// `overrides` (a `None` value removes the variable).
+    fn config(&self, overrides: &[(&str, Option<&str>)]) -> Config {
+        let mut vars = self
+            .stack
+            .function_env(&self.template, "WebhookFunction")
+            .expect("function env");
+        for (k, v) in overrides {
+            match v {
+                Some(v) => vars.insert(k.to_string(), v.to_string()),
+                None => vars.remove(*k),
+            };
+        }
+        Config::from_reader(EnvReader::new(move |k| vars.get(k).cloned())).expect("valid config")
+    }
+
+    /// The app reading its secrets from Secrets Manager (the deployed path).
+    fn app(&self) -> App {
+        self.app_with(&[])
+    }
+
+    fn app_with(&self, overrides: &[(&str, Option<&str>)]) -> App {
+        App::new(self.config(overrides), &self.sdk).expect("app")
+    }
+
+    fn inbound_url(&self) -> &str {
+        &self.stack.queue("InboundQueue").url
+    }
+
+    fn status_url(&self) -> &str {
+        &self.stack.queue("StatusQueue").url
+    }
+
+    async fn inbound(&self) -> Vec<Received> {
+        drain(&self.sdk, self.inbound_url()).await
+    }
+
+    async fn statuses(&self) -> Vec<Received> {
+        drain(&self.sdk, self.status_url()).await
+    }
+
+    async fn assert_nothing_queued(&self) {
+        assert!(
+            self.inbound().await.is_empty(),
+            "inbound queue must stay empty"
+        );
+        assert!(
+            self.statuses().await.is_empty(),
+            "status queue must stay empty"
+        );
+    }
+}
+
+fn event(name: &str) -> Request {
+    let path = format!("{}/../../events/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn post(body: Vec<u8>, signature: Option<String>) -> Request {
+    let mut b = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri("https://example.lambda-url.us-east-1.on.aws/")
+        .header("content-type", "application/json");
+    if let Some(sig) = signature {
+        b = b.header("x-hub-signature-256", sig);
+    }
+    b.body(Body::Binary(body)).unwrap()
+}
+
+fn signed(body: Vec<u8>) -> Request {
+    let sig = SignatureKey::new(DEV_APP_SECRET.as_bytes()).sign(&body);
+    post(body, Some(sig))
+}
+
+fn verify_request(params: &[(&str, &str)]) -> Request {
+    let map: HashMap<String, String> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    lambda_http::http::Request::builder()
+        .method("GET")
+        .uri("https://example.lambda-url.us-east-1.on.aws/")
+        .body(Body::Empty)
+        .unwrap()
+        .with_query_string_parameters(map)
+}
+
+fn body_text(resp: &Response<Body>) -> String {
+    String::from_utf8_lossy(resp.body().as_ref()).into_owned()
+}
+
+fn envelope(r: &Received) -> InboundEnvelope {
+    serde_json::from_str(&r.body).expect("envelope JSON")
+}
+
+fn wa_webhook(groups: &[(&str, Vec<Value>)]) -> Vec<u8> {
+    let changes: Vec<Value> = groups
+        .iter()
+        .map(|(pnid, messages)| {
+            json!({"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "1555", "phone_number_id": pnid},
+                "contacts": [{"profile": {"name": "C"}, "wa_id": "447700900001"}],
+                "messages": messages
+            }})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "waba", "changes": changes}]}))
+        .unwrap()
+}
+
+fn wa_text(id: &str, text: &str) -> Value {
+    json!({"from": "447700900001", "id": id, "timestamp": "1767225600", "type": "text", "text": {"body": text}})
+}
+
+#[tokio::test]
+async fn signed_wa_text_lands_once_on_the_fifo_queue() {
+    let env = Env::new().await;
+    let resp = env.app().handle(event("wa-text")).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", body_text(&resp));
+
+    let got = env.inbound().await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    let e = envelope(m);
+    assert_eq!(e.channel, Channel::Whatsapp);
+    assert_eq!(e.channel_account_id, "106540352242922");
+    assert_eq!(e.contact.id, "MX.8812736450012");
+    assert!(matches!(e.content, Content::Text { ref body } if body.contains("cotización")));
+    assert_eq!(m.group_id.as_deref(), Some("whatsapp:106540352242922"));
+    assert_eq!(
+        m.dedup_id.as_deref(),
+        Some(dedup_id(Channel::Whatsapp, "106540352242922", &e.provider_message_id).as_str())
+    );
+    assert_eq!(
+        m.attributes.get("channel").map(String::as_str),
+        Some("whatsapp")
+    );
+    assert_eq!(
+        m.attributes.get("kind").map(String::as_str),
+        Some("inbound_message")
+    );
+    assert_eq!(
+        m.attributes.get("envelope_version").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(m.attributes.get("correlation_id"), Some(&e.correlation_id));
+    assert_eq!(
+        resp.headers()
+            .get("x-correlation-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        e.correlation_id
+    );
+    assert!(env.statuses().await.is_empty(), "a message is not a status");
+}
+
+#[tokio::test]
+async fn conversation_scope_groups_by_account_and_contact() {
+    let env = Env::new().await;
+    let app = env.app_with(&[("ORDERING_SCOPE", Some("conversation"))]);
+    let resp = app.handle(event("wa-text")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = env.inbound().await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].group_id.as_deref(),
+        Some("whatsapp:106540352242922:MX.8812736450012")
+    );
+}
+
+#[tokio::test]
+async fn twenty_five_messages_across_three_numbers_keep_their_order_per_group() {
+    let env = Env::new().await;
+    // Interleave: 10 on A, 8 on B, 7 on C, in three changes.
+    let mk = |p: &str, n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| wa_text(&format!("wamid.{p}.{i:02}"), &format!("{p} {i}")))
+            .collect()
+    };
+    let body = wa_webhook(&[
+        ("A111", mk("A111", 10)),
+        ("B222", mk("B222", 8)),
+        ("C333", mk("C333", 7)),
+    ]);
+    let resp = env.app().handle(signed(body)).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", body_text(&resp));
+    assert_eq!(body_text(&resp), r#"{"received":25,"statuses":0}"#);
+
+    let got = env.inbound().await;
+    assert_eq!(got.len(), 25);
+    // FIFO delivery order within a group is the guarantee (moto's SequenceNumber is random,
+    // so it is not asserted on).
+    let mut by_group: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in &got {
+        assert!(m.sequence_number.is_some());
+        by_group
+            .entry(m.group_id.clone().unwrap())
+            .or_default()
+            .push(envelope(m).provider_message_id);
+    }
+    assert_eq!(by_group.len(), 3);
+    for (group, received) in by_group {
+        let account = group.strip_prefix("whatsapp:").unwrap().to_owned();
+        let mut expected = received.clone();
+        expected.sort();
+        assert_eq!(received, expected, "receive order in {group}");
+        assert!(expected.iter().all(|id| id.contains(&account)));
+    }
+    let sizes: Vec<usize> = ["A111", "B222", "C333"]
+        .iter()
+        .map(|p| {
+            got.iter()
+                .filter(|m| m.group_id.as_deref() == Some(&format!("whatsapp:{p}")))
+                .count()
+        })
+        .collect();
+    assert_eq!(sizes, [10, 8, 7]);
+}
+
+#[tokio::test]
+async fn meta_retry_of_the_same_webhook_is_deduplicated_by_sqs() {
+    let env = Env::new().await;
+    let app = env.app();
+    for _ in 0..2 {
+        assert_eq!(app.handle(event("wa-text")).await.status(), StatusCode::OK);
+    }
+    assert_eq!(env.inbound().await.len(), 1);
+}
+
+#[tokio::test]
+async fn every_sample_event_type_parses_and_routes() {
+    let env = Env::new().await;
+    let app = env.app();
+    for name in ["wa-image", "wa-interactive", "ig-text"] {
+        let resp = app.handle(event(name)).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{name}: {}",
+            body_text(&resp)
+        );
+    }
+    let got = env.inbound().await;
+    let kinds: Vec<(String, &'static str)> = got
+        .iter()
+        .map(|m| (m.group_id.clone().unwrap(), envelope(m).content.type_name()))
+        .collect();
+    assert!(kinds.contains(&("whatsapp:106540352242922".into(), "media")));
+    assert!(kinds.contains(&("whatsapp:106540352242922".into(), "interactive_reply")));
+    assert!(kinds.contains(&("instagram:17841400000000000".into(), "text")));
+    assert_eq!(got.len(), 3);
+}
+
+#[tokio::test]
+async fn statuses_go_to_the_status_queue_and_echoes_nowhere() {
+    let env = Env::new().await;
+    let app = env.app();
+    for name in ["wa-status-delivered", "wa-status-failed", "ig-echo"] {
+        let resp = app.handle(event(name)).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{name}: {}",
+            body_text(&resp)
+        );
+    }
+    assert!(
+        env.inbound().await.is_empty(),
+        "statuses and echoes never reach the FIFO queue"
+    );
+    let statuses = env.statuses().await;
+    assert_eq!(statuses.len(), 2);
+    let mut states: Vec<String> = statuses
+        .iter()
+        .map(
+            |m| match serde_json::from_str::<StatusEvent>(&m.body).unwrap() {
+                StatusEvent::DeliveryStatus(s) => {
+                    format!(
+                        "{}:{}",
+                        s.status.as_str(),
+                        s.errors.first().map_or(0, |e| e.code)
+                    )
+                }
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    states.sort();
+    assert_eq!(states, ["delivered:0", "failed:131047"]);
+    assert!(statuses.iter().all(|m| m.group_id.is_none()));
+    assert!(statuses
+        .iter()
+        .all(|m| m.attributes.get("kind").map(String::as_str) == Some("delivery_status")));
+}
+
+#[tokio::test]
+async fn bad_requests_are_rejected_and_queue_nothing() {
+    let env = Env::new().await;
+    let app = env.app_with(&[("MAX_BODY_BYTES", Some("4096"))]);
+    let good = wa_webhook(&[("P1", vec![wa_text("wamid.x", "hello")])]);
+    let good_sig = SignatureKey::new(DEV_APP_SECRET.as_bytes()).sign(&good);
+    let wrong_secret = SignatureKey::new(b"some-other-secret").sign(&good);
+    let truncated = good[..good.len() - 5].to_vec();
+
+    let cases: Vec<(&str, Request, StatusCode)> = vec![
+        (
+            "bad signature event",
+            event("bad-signature"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "missing header",
+            post(good.clone(), None),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "malformed header",
+            post(good.clone(), Some("md5=abc".into())),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "wrong secret",
+            post(good.clone(), Some(wrong_secret)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "truncated body, original signature",
+            post(truncated.clone(), Some(good_sig)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "truncated body, signed",
+            signed(truncated),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "not json",
+            signed(b"hello there".to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unknown object",
+            signed(br#"{"object":"page","entry":[]}"#.to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "oversized",
+            signed(vec![b' '; 5000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "oversized and unsigned",
+            post(vec![b'{'; 5000], None),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (name, req, expected) in cases {
+        let resp = app.handle(req).await;
+        assert_eq!(resp.status(), expected, "{name}: {}", body_text(&resp));
+        assert!(
+            !body_text(&resp).contains(DEV_APP_SECRET),
+            "{name}: secret leaked"
+        );
+    }
+    let put = lambda_http::http::Request::builder()
+        .method("PUT")
+        .body(Body::Empty)
+        .unwrap();
+    assert_eq!(
+        app.handle(put).await.status(),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    env.assert_nothing_queued().await;
+}
+
+#[tokio::test]
+async fn get_verification_answers_the_challenge_only_for_the_right_token() {
+    let env = Env::new().await;
+    let app = env.app();
+    let ok = app.handle(event("verify")).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(body_text(&ok), "1158201444");
+
+    let cases: [&[(&str, &str)]; 4] = [
+        &[
+            ("hub.mode", "subscribe"),
+            ("hub.verify_token", "wrong"),
+            ("hub.challenge", "1"),
+        ],
+        &[
+            ("hub.mode", "unsubscribe"),
+            ("hub.verify_token", DEV_VERIFY_TOKEN),
+            ("hub.challenge", "1"),
+        ],
+        &[("hub.mode", "subscribe"), ("hub.challenge", "1")],
+        &[],
+    ];
+    for params in cases {
+        let resp = app.handle(verify_request(params)).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{params:?}");
+        assert_ne!(body_text(&resp), "1");
+    }
+}
+
+#[tokio::test]
+async fn env_override_secrets_work_without_secrets_manager() {
+    let env = Env::new().await;
+    let app = env.app_with(&[
+        ("APP_SECRET_ID", None),
+        ("META_APP_SECRET", Some(DEV_APP_SECRET)),
+        ("META_VERIFY_TOKEN", Some("local-token")),
+    ]);
+    assert_eq!(app.handle(event("wa-text")).await.status(), StatusCode::OK);
+    let resp = app
+        .handle(verify_request(&[
+            ("hub.mode", "subscribe"),
+            ("hub.verify_token", "local-token"),
+            ("hub.challenge", "42"),
+        ]))
+        .await;
+    assert_eq!(body_text(&resp), "42");
+    assert_eq!(env.inbound().await.len(), 1);
+}
+
+#[tokio::test]
+async fn unset_app_secret_fails_loudly_instead_of_rejecting_every_signature() {
+    let env = Env::new().await;
+    let sm = aws_sdk_secretsmanager::Client::new(&env.sdk);
+    sm.put_secret_value()
+        .secret_id(&env.stack.secrets["AppSecret"].name)
+        .secret_string(r#"{"meta_app_secret":"","meta_verify_token":"t"}"#)
+        .send()
+        .await
+        .unwrap();
+    let resp = env.app().handle(event("wa-text")).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    env.assert_nothing_queued().await;
+}
+
+#[tokio::test]
+async fn sqs_unreachable_answers_500_so_meta_retries() {
+    let env = Env::new().await;
+    // Same queues, but the SDK points at a port where nothing listens.
+    let dead = shared::aws::loader()
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "t", "t", None, None, "t",
+        ))
+        .endpoint_url("http://127.0.0.1:9")
+        .load()
+        .await;
+    let config = env.config(&[
+        ("APP_SECRET_ID", None),
+        ("META_APP_SECRET", Some(DEV_APP_SECRET)),
+        ("META_VERIFY_TOKEN", Some(DEV_VERIFY_TOKEN)),
+    ]);
+    // The production retry policy, so the test also shows how long Meta waits for the 500.
+    let app = App::with_retry(config, &dead, RetryPolicy::default()).unwrap();
+    for name in ["wa-text", "wa-status-failed"] {
+        let started = std::time::Instant::now();
+        let resp = app.handle(event(name)).await;
+        eprintln!("{name}: 500 after {:?}", started.elapsed());
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "{name}");
+        assert!(
+            !body_text(&resp).contains("127.0.0.1"),
+            "no internals in the body"
+        );
+    }
+    // The same request succeeds once SQS is back (here: the real emulator).
+    assert_eq!(
+        env.app().handle(event("wa-text")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(env.inbound().await.len(), 1);
+}
+
+#[tokio::test]
+async fn correlation_id_from_the_caller_travels_with_the_message() {
+    let env = Env::new().await;
+    let mut req = event("ig-text");
+    req.headers_mut()
+        .insert("x-correlation-id", "trace-abc-123".parse().unwrap());
+    assert_eq!(env.app().handle(req).await.status(), StatusCode::OK);
+    let got = env.inbound().await;
+    assert_eq!(envelope(&got[0]).correlation_id, "trace-abc-123");
+    assert_eq!(got[0].attributes["correlation_id"], "trace-abc-123");
+}
+
+#[tokio::test]
+async fn an_envelope_too_big_for_sqs_is_queued_without_its_raw_payload() {
+    let env = Env::new().await;
+    let mut msg = wa_text("wamid.big", "small text");
+    msg["padding"] = json!("p".repeat(300 * 1024));
+    let resp = env
+        .app()
+        .handle(signed(wa_webhook(&[("P9", vec![msg])])))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", body_text(&resp));
+    let got = env.inbound().await;
+    assert_eq!(got.len(), 1);
+    let e = envelope(&got[0]);
+    assert!(e.raw_omitted && e.raw.is_none());
+    assert_eq!(
+        e.content,
+        Content::Text {
+            body: "small text".into()
+        }
+    );
+}
+
+#[test]
+fn the_binary_refuses_to_start_and_names_every_missing_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webhook"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("run webhook binary");
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for var in ["INBOUND_QUEUE_URL", "STATUS_QUEUE_URL", "APP_SECRET_ID"] {
+        assert!(all.contains(var), "{var} not named in: {all}");
+    }
+}
