@@ -4,6 +4,10 @@
 
 use std::hint::black_box;
 
+// The same allocator as the function binaries.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use shared::ingest::inbound_message;

@@ -1,7 +1,7 @@
 //! How inbound messages are keyed on the FIFO queue: the one place that decides the
 //! `MessageGroupId` (ordering) and the `MessageDeduplicationId` (first dedup layer).
 
-use sha2::{Digest, Sha256};
+use aws_lc_rs::digest;
 
 use crate::envelope::Channel;
 
@@ -64,17 +64,18 @@ pub fn message_group_id(
 /// The `MessageDeduplicationId`: hex SHA-256 of `channel:account:provider_message_id`. The same
 /// string keys the processor's idempotency record.
 pub fn dedup_id(channel: Channel, channel_account_id: &str, provider_message_id: &str) -> String {
-    let mut h = Sha256::new();
+    let mut h = digest::Context::new(&digest::SHA256);
     h.update(channel.as_str().as_bytes());
     h.update(b":");
     h.update(channel_account_id.as_bytes());
     h.update(b":");
     h.update(provider_message_id.as_bytes());
-    hex::encode(h.finalize())
+    hex::encode(h.finish())
 }
 
+/// Hex SHA-256 (aws-lc's assembly implementation: this runs for every message).
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    hex::encode(digest::digest(&digest::SHA256, data))
 }
 
 /// SQS accepts alphanumerics and ASCII punctuation in group and dedup ids.
@@ -151,6 +152,14 @@ mod tests {
                 "1",
                 &long_bsuid
             )
+        );
+    }
+
+    #[test]
+    fn sha256_hex_matches_a_known_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

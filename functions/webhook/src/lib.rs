@@ -223,24 +223,12 @@ impl App {
             .map(|e| inbound_message(e, scope))
             .collect();
         let status_msgs: Vec<_> = statuses.iter().map(status_message).collect();
-        // The two queues are independent; send to both at once.
+        // The two queues are independent; send to both at once (an empty list costs no call).
         let (a, b) = tokio::join!(
-            async {
-                if inbound_msgs.is_empty() {
-                    return Ok(0);
-                }
-                self.publisher
-                    .send_all(&self.config.inbound_queue_url, inbound_msgs)
-                    .await
-            },
-            async {
-                if status_msgs.is_empty() {
-                    return Ok(0);
-                }
-                self.publisher
-                    .send_all(&self.config.status_queue_url, status_msgs)
-                    .await
-            }
+            self.publisher
+                .send_all(&self.config.inbound_queue_url, inbound_msgs),
+            self.publisher
+                .send_all(&self.config.status_queue_url, status_msgs)
         );
         Ok(Counts {
             sqs_calls: a? + b?,

@@ -5,6 +5,10 @@ use std::sync::Arc;
 use lambda_http::{run, service_fn, Error, Request};
 use webhook::{App, Config};
 
+// Many small allocations per request (envelope strings); mimalloc is faster than glibc's here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();

@@ -126,6 +126,19 @@ fn body_text(resp: &Response<Body>) -> String {
     String::from_utf8_lossy(resp.body().as_ref()).into_owned()
 }
 
+/// Sends each sample event and expects 200 for every one.
+async fn accept_all(app: &App, names: &[&str]) {
+    for name in names {
+        let resp = app.handle(event(name)).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{name}: {}",
+            body_text(&resp)
+        );
+    }
+}
+
 fn envelope(r: &Received) -> InboundEnvelope {
     serde_json::from_str(&r.body).expect("envelope JSON")
 }
@@ -270,15 +283,7 @@ async fn meta_retry_of_the_same_webhook_is_deduplicated_by_sqs() {
 async fn every_sample_event_type_parses_and_routes() {
     let env = Env::new().await;
     let app = env.app();
-    for name in ["wa-image", "wa-interactive", "ig-text"] {
-        let resp = app.handle(event(name)).await;
-        assert_eq!(
-            resp.status(),
-            StatusCode::OK,
-            "{name}: {}",
-            body_text(&resp)
-        );
-    }
+    accept_all(&app, &["wa-image", "wa-interactive", "ig-text"]).await;
     let got = env.inbound().await;
     let kinds: Vec<(String, &'static str)> = got
         .iter()
@@ -294,15 +299,11 @@ async fn every_sample_event_type_parses_and_routes() {
 async fn statuses_go_to_the_status_queue_and_echoes_nowhere() {
     let env = Env::new().await;
     let app = env.app();
-    for name in ["wa-status-delivered", "wa-status-failed", "ig-echo"] {
-        let resp = app.handle(event(name)).await;
-        assert_eq!(
-            resp.status(),
-            StatusCode::OK,
-            "{name}: {}",
-            body_text(&resp)
-        );
-    }
+    accept_all(
+        &app,
+        &["wa-status-delivered", "wa-status-failed", "ig-echo"],
+    )
+    .await;
     assert!(
         env.inbound().await.is_empty(),
         "statuses and echoes never reach the FIFO queue"
@@ -563,4 +564,29 @@ fn the_binary_refuses_to_start_and_names_every_missing_variable() {
     for var in ["INBOUND_QUEUE_URL", "STATUS_QUEUE_URL", "APP_SECRET_ID"] {
         assert!(all.contains(var), "{var} not named in: {all}");
     }
+}
+
+#[test]
+fn sample_events_are_signed_with_the_dev_secret() {
+    let key = SignatureKey::new(DEV_APP_SECRET.as_bytes());
+    let dir = format!("{}/../../events", env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let req = event(stem);
+        if req.method() != "POST" {
+            continue;
+        }
+        let sig = req
+            .headers()
+            .get("x-hub-signature-256")
+            .map(|v| v.to_str().unwrap());
+        let verdict = key.verify(req.body().as_ref(), sig);
+        assert_eq!(verdict.is_ok(), stem != "bad-signature", "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} POST events found");
 }
