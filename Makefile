@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
 
-.PHONY: help dev test tools fmt clippy unit lint-template bench invoke build clean
+.PHONY: help dev test tools fmt clippy unit lint-template migrate bench invoke build clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,11 +23,15 @@ fmt:
 clippy:
 	@source $(SCRIPTS)/env.sh && log "cargo clippy -D warnings" && cargo clippy --workspace --all-targets --locked -- -D warnings
 
-unit: ## cargo test for the whole workspace, with a throwaway AWS emulator
-	@$(SCRIPTS)/with-emulator.sh cargo test --workspace --locked
+unit: ## cargo test for the whole workspace, with a throwaway Postgres (unless DATABASE_URL is set) and AWS emulator
+	@$(SCRIPTS)/with-postgres.sh $(SCRIPTS)/with-emulator.sh cargo test --workspace --locked
 
 lint-template: ## cfn-lint and sam validate --lint on template.yaml
 	@$(SCRIPTS)/lint-template.sh
+
+migrate: ## Apply the Postgres migrations to DATABASE_URL
+	@test -n "$$DATABASE_URL" || { echo "set DATABASE_URL=postgres://…" >&2; exit 1; }
+	cargo run -q -p shared --bin migrate
 
 bench: ## Criterion benchmark of the webhook hot path, plus the Node equivalent for comparison
 	cargo bench -p shared --bench ingest

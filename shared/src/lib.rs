@@ -4,10 +4,12 @@
 //! - [`meta`]: WhatsApp and Instagram webhook normalisation;
 //! - [`signature`]: `X-Hub-Signature-256` and verify-token checks;
 //! - [`ordering`], [`ingest`], [`queue`]: FIFO keys and publishing to SQS;
+//! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: start-up plumbing.
 
 pub mod aws;
 pub mod config;
+pub mod db;
 pub mod envelope;
 pub mod ingest;
 pub mod meta;

@@ -1,0 +1,628 @@
+//! The data layer against a real Postgres (`DATABASE_URL`, a throwaway cluster under
+//! `make test`), one fresh database per test with the migrations applied.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use shared::db::testing::TestDb;
+use shared::db::{store, Db, DbConfig, TenantId};
+use shared::envelope::{Channel, DeliveryState};
+use uuid::Uuid;
+
+/// A tenant with an agent, a WhatsApp number, a contact, a conversation and one inbound message.
+struct Fixture {
+    tenant: TenantId,
+    agent: Uuid,
+    account: Uuid,
+    contact: Uuid,
+    conversation: Uuid,
+}
+
+async fn fixture(db: &Db, name: &str, phone_number_id: &str) -> Fixture {
+    let tenant = store::create_tenant(db, name).await.unwrap();
+    let agent = store::create_agent(db, tenant, "sales", "gpt-4.1-mini", "Be brief.")
+        .await
+        .unwrap();
+    let account = store::create_channel_account(
+        db,
+        tenant,
+        Channel::Whatsapp,
+        phone_number_id,
+        Some(agent),
+        None,
+    )
+    .await
+    .unwrap();
+    let contact = store::upsert_contact(
+        db,
+        tenant,
+        account,
+        "MX.1",
+        Some("5215512345678"),
+        Some("Ana"),
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let conversation = store::conversation_for(db, tenant, account, contact)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let inserted = store::insert_inbound_message(
+        db,
+        tenant,
+        conversation,
+        &format!("wamid.{name}"),
+        &json!({"type": "text", "body": "hola"}),
+        None,
+        SystemTime::now(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!inserted.duplicate);
+    Fixture {
+        tenant,
+        agent,
+        account,
+        contact,
+        conversation,
+    }
+}
+
+async fn count(db: &Db, table: &str) -> i64 {
+    db.client()
+        .await
+        .unwrap()
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn migrations_apply_from_zero_and_reapply_as_a_no_op() {
+    let t = TestDb::new().await; // applied from an empty database
+    for table in [
+        "tenants",
+        "agents",
+        "channel_accounts",
+        "contacts",
+        "conversations",
+        "messages",
+        "credit_accounts",
+        "credit_ledger",
+        "leads",
+    ] {
+        assert_eq!(count(&t.db, table).await, 0, "{table} exists and is empty");
+    }
+    assert_eq!(
+        t.db.migrate().await.unwrap(),
+        0,
+        "second run applies nothing"
+    );
+    assert_eq!(t.db.migrate().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_migration_leaves_the_schema_unchanged() {
+    let t = TestDb::new().await;
+    let bad = refinery::Migration::unapplied(
+        "V999__broken",
+        "CREATE TABLE half_done (id int); INSERT INTO tenants (name) VALUES ('x'); SELECT 1/0;",
+    )
+    .unwrap();
+    let err = t.db.run_migrations(refinery::Runner::new(&[bad])).await;
+    assert!(err.is_err());
+    let c = t.db.client().await.unwrap();
+    let exists: bool = c
+        .query_one("SELECT to_regclass('half_done') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists, "the table of the failed migration must not exist");
+    assert_eq!(
+        count(&t.db, "tenants").await,
+        0,
+        "its data change was rolled back"
+    );
+    let recorded: i64 = c
+        .query_one(
+            "SELECT count(*) FROM refinery_schema_history WHERE version = 999",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 0);
+}
+
+#[tokio::test]
+async fn another_tenants_ids_see_and_change_nothing() {
+    let t = TestDb::new().await;
+    let db = &t.db;
+    let a = fixture(db, "alpha", "111").await;
+    let b = fixture(db, "beta", "222").await;
+    let messages_before = count(db, "messages").await;
+    let contacts_before = count(db, "contacts").await;
+
+    // Reads
+    assert_eq!(
+        store::get_conversation(db, b.tenant, a.conversation)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store::recent_messages(db, b.tenant, a.conversation, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store::message_status(db, b.tenant, a.account, "wamid.alpha")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store::channel_account_channel(db, b.tenant, a.account)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store::conversation_for(db, b.tenant, a.account, a.contact)
+            .await
+            .unwrap(),
+        None
+    );
+    // Writes
+    assert_eq!(
+        store::upsert_contact(db, b.tenant, a.account, "MX.9", None, Some("Eve"), None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store::upsert_contact(db, b.tenant, a.account, "MX.1", None, Some("Renamed"), None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        !store::set_conversation_mode(db, b.tenant, a.conversation, "human")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store::insert_inbound_message(
+            db,
+            b.tenant,
+            a.conversation,
+            "wamid.x",
+            &json!({}),
+            None,
+            SystemTime::now()
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    assert_eq!(
+        store::insert_inbound_message(
+            db,
+            b.tenant,
+            a.conversation,
+            "wamid.alpha",
+            &json!({}),
+            None,
+            SystemTime::now()
+        )
+        .await
+        .unwrap(),
+        None,
+        "not even told it is a duplicate"
+    );
+    assert_eq!(
+        store::insert_outbound_message(
+            db,
+            b.tenant,
+            a.conversation,
+            Some("wamid.out"),
+            &json!({}),
+            None,
+            None,
+            None
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    assert!(!store::update_message_status(
+        db,
+        b.tenant,
+        a.account,
+        "wamid.alpha",
+        DeliveryState::Read,
+        None
+    )
+    .await
+    .unwrap());
+    assert!(
+        !store::set_channel_account_active(db, b.tenant, a.account, false)
+            .await
+            .unwrap()
+    );
+    store::top_up(db, b.tenant, 100, "test", None)
+        .await
+        .unwrap();
+    store::charge(db, b.tenant, 40, "test", None).await.unwrap();
+
+    // A's rows are exactly as they were.
+    let conv = store::get_conversation(db, a.tenant, a.conversation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conv.mode, "ai");
+    assert_eq!(
+        store::message_status(db, a.tenant, a.account, "wamid.alpha")
+            .await
+            .unwrap(),
+        Some(("received".to_owned(), None))
+    );
+    let route = store::resolve_channel_account(db, Channel::Whatsapp, "111")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((route.tenant, route.is_active), (a.tenant, true));
+    assert_eq!(
+        store::credit_state(db, a.tenant).await.unwrap(),
+        Some((0, 0))
+    );
+    assert_eq!(
+        store::credit_state(db, b.tenant).await.unwrap(),
+        Some((60, 60))
+    );
+    assert_eq!(count(db, "messages").await, messages_before);
+    assert_eq!(count(db, "contacts").await, contacts_before);
+    let name: Option<String> = db
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT display_name FROM contacts WHERE id = $1",
+            &[&a.contact],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name.as_deref(), Some("Ana"));
+
+    // The database itself refuses cross-tenant links and a second owner of a number.
+    assert!(store::create_channel_account(
+        db,
+        a.tenant,
+        Channel::Instagram,
+        "333",
+        Some(b.agent),
+        None
+    )
+    .await
+    .is_err());
+    assert!(
+        store::create_channel_account(db, b.tenant, Channel::Whatsapp, "111", None, None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_same_provider_message_id_is_stored_once() {
+    let t = TestDb::new().await;
+    let f = fixture(&t.db, "alpha", "111").await;
+    let first = store::insert_inbound_message(
+        &t.db,
+        f.tenant,
+        f.conversation,
+        "wamid.dup",
+        &json!({"n": 1}),
+        None,
+        SystemTime::now(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let second = store::insert_inbound_message(
+        &t.db,
+        f.tenant,
+        f.conversation,
+        "wamid.dup",
+        &json!({"n": 2}),
+        None,
+        SystemTime::now(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.id, second.id);
+    let n: i64 =
+        t.db.client()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM messages WHERE provider_message_id = 'wamid.dup'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_charges_never_overdraw_and_the_ledger_adds_up() {
+    let t = TestDb::new().await;
+    let f = fixture(&t.db, "alpha", "111").await;
+    store::top_up(&t.db, f.tenant, 1000, "top_up", Some("invoice-1"))
+        .await
+        .unwrap();
+    // Ten connections, five charges each, all at once: 50 × 30 = 1500 asked of 1000.
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let url = t.url.clone();
+            let tenant = f.tenant;
+            tokio::spawn(async move {
+                let db = Db::new(DbConfig::new(url));
+                let mut charges = Vec::new();
+                for i in 0..5 {
+                    charges.push(
+                        store::charge(&db, tenant, 30, "reply", Some(&format!("m{i}")))
+                            .await
+                            .unwrap()
+                            .unwrap(),
+                    );
+                }
+                charges
+            })
+        })
+        .collect();
+    let mut charges = Vec::new();
+    for h in handles {
+        charges.extend(h.await.unwrap());
+    }
+    assert_eq!(charges.len(), 50);
+    let taken: i64 = charges.iter().map(|c| c.charged).sum();
+    assert_eq!(taken, 1000, "every credit is accounted for");
+    assert!(charges
+        .iter()
+        .all(|c| c.requested == 30 && (0..=30).contains(&c.charged)));
+    assert!(charges.iter().all(|c| c.balance_after >= 0));
+    assert_eq!(
+        charges
+            .iter()
+            .filter(|c| c.charged > 0 && c.charged < 30)
+            .count(),
+        1 - (1000 % 30 == 0) as usize
+    );
+    assert_eq!(
+        store::credit_state(&t.db, f.tenant).await.unwrap(),
+        Some((0, 0))
+    );
+    let ledger_rows = count(&t.db, "credit_ledger").await;
+    assert_eq!(
+        ledger_rows,
+        1 + charges.iter().filter(|c| c.charged > 0).count() as i64
+    );
+    // The CHECK constraint holds even against a direct write.
+    let err =
+        t.db.client()
+            .await
+            .unwrap()
+            .execute(
+                "UPDATE credit_accounts SET balance = -1 WHERE user_id = $1",
+                &[&f.tenant.uuid()],
+            )
+            .await;
+    assert!(err.is_err());
+    // And the ledger cannot be rewritten.
+    let err =
+        t.db.client()
+            .await
+            .unwrap()
+            .execute("DELETE FROM credit_ledger", &[])
+            .await;
+    assert!(err.is_err());
+}
+
+#[tokio::test]
+async fn delivery_status_only_moves_forward() {
+    let t = TestDb::new().await;
+    let f = fixture(&t.db, "alpha", "111").await;
+    let db = &t.db;
+    store::insert_outbound_message(
+        db,
+        f.tenant,
+        f.conversation,
+        Some("wamid.out1"),
+        &json!({"body": "hi"}),
+        Some(10),
+        Some(5),
+        Some(2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = || async {
+        store::message_status(db, f.tenant, f.account, "wamid.out1")
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+    };
+    assert_eq!(status().await, "sent");
+    // Out of order: read arrives before delivered, then a late sent.
+    assert!(store::update_message_status(
+        db,
+        f.tenant,
+        f.account,
+        "wamid.out1",
+        DeliveryState::Read,
+        None
+    )
+    .await
+    .unwrap());
+    assert!(!store::update_message_status(
+        db,
+        f.tenant,
+        f.account,
+        "wamid.out1",
+        DeliveryState::Delivered,
+        None
+    )
+    .await
+    .unwrap());
+    assert!(!store::update_message_status(
+        db,
+        f.tenant,
+        f.account,
+        "wamid.out1",
+        DeliveryState::Sent,
+        None
+    )
+    .await
+    .unwrap());
+    assert_eq!(status().await, "read");
+    // failed is terminal.
+    store::insert_outbound_message(
+        db,
+        f.tenant,
+        f.conversation,
+        Some("wamid.out2"),
+        &json!({}),
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(store::update_message_status(
+        db,
+        f.tenant,
+        f.account,
+        "wamid.out2",
+        DeliveryState::Failed,
+        Some(131047)
+    )
+    .await
+    .unwrap());
+    for late in [
+        DeliveryState::Sent,
+        DeliveryState::Delivered,
+        DeliveryState::Read,
+        DeliveryState::Unknown,
+    ] {
+        assert!(
+            !store::update_message_status(db, f.tenant, f.account, "wamid.out2", late, None)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        store::message_status(db, f.tenant, f.account, "wamid.out2")
+            .await
+            .unwrap(),
+        Some(("failed".to_owned(), Some(131047)))
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_remade_on_the_next_call() {
+    let t = TestDb::new().await;
+    let f = fixture(&t.db, "alpha", "111").await;
+    let client = t.db.client().await.unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin = Db::new(DbConfig::new(t.url.clone()));
+    admin
+        .client()
+        .await
+        .unwrap()
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    // The server's goodbye reaches the connection task asynchronously (as for an idle
+    // connection a proxy or Neon's suspend closes between invocations).
+    for _ in 0..100 {
+        if client.is_closed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(client.is_closed());
+    let conv = store::get_conversation(&t.db, f.tenant, f.conversation)
+        .await
+        .unwrap();
+    assert!(conv.is_some(), "the next call succeeds on a new connection");
+    let new_pid: i32 =
+        t.db.client()
+            .await
+            .unwrap()
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_ne!(pid, new_pid);
+}
+
+#[tokio::test]
+async fn statement_timeout_applies_and_is_classified_retryable() {
+    let t = TestDb::new().await;
+    let mut cfg = DbConfig::new(t.url.clone());
+    cfg.statement_timeout = Duration::from_millis(200);
+    let db = Db::new(cfg);
+    let err = db
+        .client()
+        .await
+        .unwrap()
+        .execute("SELECT pg_sleep(2)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"));
+    assert!(shared::db::DbError::from(err).is_retryable());
+}
+
+#[tokio::test]
+async fn unreachable_server_fails_within_the_connect_timeout() {
+    let mut cfg = DbConfig::new("postgres://postgres@127.0.0.1:9/none");
+    cfg.connect_timeout = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let err = Db::new(cfg).client().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn sslmode_require_insists_on_tls() {
+    // The test server has no TLS: with sslmode=require the connection must fail rather than
+    // silently go plain; with the default (prefer) it falls back.
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let err = Db::new(DbConfig::new(format!("{url}{sep}sslmode=require")))
+        .client()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("tls") || err.to_string().contains("SSL"),
+        "{err}"
+    );
+    assert!(Db::new(DbConfig::new(format!("{url}{sep}sslmode=prefer")))
+        .client()
+        .await
+        .is_ok());
+}
