@@ -188,26 +188,31 @@ async fn connect(config: &DbConfig) -> Result<Client, DbError> {
     let fut = async {
         if pg.get_ssl_mode() == SslMode::Disable {
             let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "database connection ended");
-                }
-            });
+            drive(conn);
             Ok::<_, DbError>(client)
         } else {
-            let tls = tls_connector(config.ca_file.as_deref())?;
-            let (client, conn) = pg.connect(tls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "database connection ended");
-                }
-            });
+            let (client, conn) = pg
+                .connect(tls_connector(config.ca_file.as_deref())?)
+                .await?;
+            drive(conn);
             Ok(client)
         }
     };
     tokio::time::timeout(timeout + Duration::from_millis(500), fut)
         .await
         .map_err(|_| DbError::ConnectTimeout(timeout))?
+}
+
+/// Runs a connection's I/O in the background; when it ends the client reports `is_closed()`.
+fn drive<C>(conn: C)
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    });
 }
 
 /// rustls with the Mozilla roots (Neon, most managed Postgres) plus an optional CA bundle (RDS).
