@@ -4,6 +4,8 @@
 //! - [`meta`]: WhatsApp and Instagram webhook normalisation;
 //! - [`signature`]: `X-Hub-Signature-256` and verify-token checks;
 //! - [`ordering`], [`ingest`], [`queue`]: FIFO keys and publishing to SQS;
+//! - [`fifo`]: running a FIFO batch with the skip-group failure rule;
+//! - [`idempotency`]: the DynamoDB claim/complete record per inbound message;
 //! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: start-up plumbing.
 
@@ -11,6 +13,8 @@ pub mod aws;
 pub mod config;
 pub mod db;
 pub mod envelope;
+pub mod fifo;
+pub mod idempotency;
 pub mod ingest;
 pub mod meta;
 pub mod ordering;

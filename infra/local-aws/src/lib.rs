@@ -99,6 +99,8 @@ pub struct Stack {
     pub parameters: BTreeMap<String, String>,
     pub queues: BTreeMap<String, Queue>,
     pub secrets: BTreeMap<String, Secret>,
+    /// DynamoDB table names by logical id.
+    pub tables: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +184,9 @@ impl Stack {
         }
         if let Some(s) = self.secrets.get(name) {
             return Ok(s.arn.clone());
+        }
+        if let Some(t) = self.tables.get(name) {
+            return Ok(t.clone());
         }
         Err(Error::Template(format!(
             "cannot resolve Ref {name} locally"
@@ -414,6 +419,8 @@ pub async fn provision(
             })?;
     }
 
+    provision_tables(template, &mut stack, sdk).await?;
+
     for (id, res) in template.resources_of("AWS::SecretsManager::Secret") {
         let props = res.get("Properties");
         let name = match props.and_then(|p| p.get("Name")) {
@@ -461,6 +468,103 @@ pub async fn provision(
         stack.secrets.insert(id.to_owned(), Secret { name, arn });
     }
     Ok(stack)
+}
+
+/// `AWS::DynamoDB::Table`: key schema, attribute definitions, on-demand billing and TTL.
+async fn provision_tables(
+    template: &Template,
+    stack: &mut Stack,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(), Error> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    };
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    for (id, res) in template.resources_of("AWS::DynamoDB::Table") {
+        let props = res
+            .get("Properties")
+            .ok_or_else(|| Error::Template(format!("{id} has no Properties")))?;
+        let name = match props.get("TableName") {
+            Some(v) => stack.resolve_string(template, v)?,
+            None => format!("{}-{id}", stack.name),
+        };
+        let field = |item: &Yaml, key: &str| -> Result<String, Error> {
+            item.get(key)
+                .and_then(scalar)
+                .ok_or_else(|| Error::Template(format!("{id}: {key} missing")))
+        };
+        let mut req = ddb
+            .create_table()
+            .table_name(&name)
+            .billing_mode(BillingMode::PayPerRequest);
+        for a in props
+            .get("AttributeDefinitions")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            req = req.attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(field(a, "AttributeName")?)
+                    .attribute_type(ScalarAttributeType::from(
+                        field(a, "AttributeType")?.as_str(),
+                    ))
+                    .build()
+                    .map_err(|e| Error::Template(e.to_string()))?,
+            );
+        }
+        for k in props
+            .get("KeySchema")
+            .and_then(Yaml::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            req = req.key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(field(k, "AttributeName")?)
+                    .key_type(KeyType::from(field(k, "KeyType")?.as_str()))
+                    .build()
+                    .map_err(|e| Error::Template(e.to_string()))?,
+            );
+        }
+        match req.send().await {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Err(e) => {
+                return Err(aws_err(
+                    format!("CreateTable {name}"),
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                ))
+            }
+        }
+        if let Some(ttl) = props.get("TimeToLiveSpecification") {
+            let enabled = ttl.get("Enabled").and_then(Yaml::as_bool).unwrap_or(false);
+            if enabled {
+                ddb.update_time_to_live()
+                    .table_name(&name)
+                    .time_to_live_specification(
+                        TimeToLiveSpecification::builder()
+                            .attribute_name(field(ttl, "AttributeName")?)
+                            .enabled(true)
+                            .build()
+                            .map_err(|e| Error::Template(e.to_string()))?,
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        aws_err(
+                            format!("UpdateTimeToLive {name}"),
+                            aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                        )
+                    })?;
+            }
+        }
+        stack.tables.insert(id.to_owned(), name);
+    }
+    Ok(())
 }
 
 /// A value shaped like CloudFormation's `GenerateSecretString` would make it.

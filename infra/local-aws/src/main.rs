@@ -67,6 +67,9 @@ async fn run() -> Result<(), String> {
     for (id, q) in &created.queues {
         println!("queue  {id:<16} {}", q.url);
     }
+    for (id, t) in &created.tables {
+        println!("table  {id:<16} {t}");
+    }
     for (id, s) in &created.secrets {
         println!("secret {id:<16} {}", s.name);
     }
