@@ -4,12 +4,14 @@
 //! - [`meta`]: WhatsApp and Instagram webhook normalisation;
 //! - [`signature`]: `X-Hub-Signature-256` and verify-token checks;
 //! - [`ordering`], [`ingest`], [`queue`]: FIFO keys and publishing to SQS;
+//! - [`openai`], [`breaker`]: the Responses API client with retries and a circuit breaker;
 //! - [`fifo`]: running a FIFO batch with the skip-group failure rule;
 //! - [`idempotency`]: the DynamoDB claim/complete record per inbound message;
 //! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: start-up plumbing.
 
 pub mod aws;
+pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod envelope;
@@ -17,6 +19,7 @@ pub mod fifo;
 pub mod idempotency;
 pub mod ingest;
 pub mod meta;
+pub mod openai;
 pub mod ordering;
 pub mod queue;
 pub mod secrets;
