@@ -5,6 +5,7 @@
 //! - [`signature`]: `X-Hub-Signature-256` and verify-token checks;
 //! - [`ordering`], [`ingest`], [`queue`]: FIFO keys and publishing to SQS;
 //! - [`openai`], [`breaker`]: the Responses API client with retries and a circuit breaker;
+//! - [`graph`], [`split`]: Meta Graph API sends and channel-sized message splitting;
 //! - [`fifo`]: running a FIFO batch with the skip-group failure rule;
 //! - [`idempotency`]: the DynamoDB claim/complete record per inbound message;
 //! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod fifo;
+pub mod graph;
 pub mod idempotency;
 pub mod ingest;
 pub mod meta;
@@ -24,6 +26,7 @@ pub mod ordering;
 pub mod queue;
 pub mod secrets;
 pub mod signature;
+pub mod split;
 pub mod telemetry;
 
 /// Milliseconds since the Unix epoch.

@@ -1,0 +1,205 @@
+//! Meta Graph API sends: WhatsApp text, mark-as-read with typing indicator, Instagram text.
+//! Errors are classified from the error `code` (never the HTTP status or title), per apis.md §3.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+
+/// Pinned Graph API version.
+pub const GRAPH_VERSION: &str = "v25.0";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("Graph API error {code} (HTTP {status})")]
+pub struct SendError {
+    /// Meta's error code; 0 when there was none (transport failure, unparseable body).
+    pub code: i64,
+    pub status: u16,
+    pub retryable: bool,
+}
+
+impl SendError {
+    fn transport() -> Self {
+        Self {
+            code: 0,
+            status: 0,
+            retryable: true,
+        }
+    }
+}
+
+/// Whether a Graph error code is worth retrying (rate limits, temporary errors). Everything else,
+/// e.g. 131047 (24 h window closed), 131026 (undeliverable), 190 (token expired), 100 (bad
+/// parameter), 131049/131050 (marketing suppressed / opted out), 368/131031 (restricted) is
+/// recorded, not retried.
+pub fn is_retryable_code(code: i64) -> bool {
+    matches!(
+        code,
+        1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131056 | 131057
+    )
+}
+
+/// Who a WhatsApp message goes to: the phone (wa_id) when known, else the business-scoped id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaRecipient {
+    WaId(String),
+    Bsuid(String),
+}
+
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    /// `https://graph.facebook.com/v25.0` in production; a stub in tests and the local stack.
+    facebook_base: String,
+    /// `https://graph.instagram.com/v25.0` (Instagram Login accounts).
+    instagram_base: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: i64,
+}
+
+impl GraphClient {
+    pub fn new(facebook_base: impl Into<String>, instagram_base: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(3))
+                .build()
+                .expect("HTTP client"),
+            facebook_base: facebook_base.into(),
+            instagram_base: instagram_base.into(),
+        }
+    }
+
+    pub fn production() -> Self {
+        Self::new(
+            format!("https://graph.facebook.com/{GRAPH_VERSION}"),
+            format!("https://graph.instagram.com/{GRAPH_VERSION}"),
+        )
+    }
+
+    async fn post(&self, url: String, token: &SecretString, body: Json) -> Result<Json, SendError> {
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose_secret())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|_| SendError::transport())?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|_| SendError::transport())?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|_| SendError {
+                code: 0,
+                status,
+                retryable: false,
+            });
+        }
+        let code = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+            .map(|e| e.error.code)
+            .unwrap_or(0);
+        Err(SendError {
+            code,
+            status,
+            retryable: is_retryable_code(code) || (code == 0 && status >= 500),
+        })
+    }
+
+    /// Sends a WhatsApp text (≤ 4096 chars: split first) and returns the new wamid.
+    pub async fn send_whatsapp_text(
+        &self,
+        token: &SecretString,
+        phone_number_id: &str,
+        to: &WaRecipient,
+        body: &str,
+        reply_to: Option<&str>,
+    ) -> Result<String, SendError> {
+        let mut msg = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "type": "text",
+            "text": {"preview_url": false, "body": body},
+        });
+        match to {
+            WaRecipient::WaId(w) => msg["to"] = json!(w),
+            WaRecipient::Bsuid(b) => msg["recipient"] = json!(b),
+        }
+        if let Some(id) = reply_to {
+            msg["context"] = json!({"message_id": id});
+        }
+        let out = self
+            .post(
+                format!("{}/{phone_number_id}/messages", self.facebook_base),
+                token,
+                msg,
+            )
+            .await?;
+        out["messages"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or(SendError {
+                code: 0,
+                status: 200,
+                retryable: false,
+            })
+    }
+
+    /// Marks the inbound message read and shows the typing indicator (up to 25 s or until the
+    /// reply). Best effort: callers log a failure and go on.
+    pub async fn mark_read_and_typing(
+        &self,
+        token: &SecretString,
+        phone_number_id: &str,
+        inbound_wamid: &str,
+    ) -> Result<(), SendError> {
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": inbound_wamid,
+            "typing_indicator": {"type": "text"},
+        });
+        self.post(
+            format!("{}/{phone_number_id}/messages", self.facebook_base),
+            token,
+            body,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sends an Instagram text (≤ 1000 UTF-8 bytes: split first) and returns the new mid.
+    pub async fn send_instagram_text(
+        &self,
+        token: &SecretString,
+        ig_account_id: &str,
+        igsid: &str,
+        text: &str,
+    ) -> Result<String, SendError> {
+        let body = json!({"recipient": {"id": igsid}, "message": {"text": text}});
+        let out = self
+            .post(
+                format!("{}/{ig_account_id}/messages", self.instagram_base),
+                token,
+                body,
+            )
+            .await?;
+        out["message_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or(SendError {
+                code: 0,
+                status: 200,
+                retryable: false,
+            })
+    }
+}
