@@ -51,10 +51,32 @@ pub fn group_of(m: &SqsMessage) -> &str {
         .unwrap_or("")
 }
 
-/// Runs `handler` over the batch as described in the module docs.
+/// Runs `handler` over the batch as described in the module docs, one record at a time.
 pub async fn run_batch<F, Fut>(records: Vec<SqsMessage>, handler: F) -> BatchReport
 where
     F: Fn(SqsMessage) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let handler = &handler;
+    run_batch_coalesced(
+        records,
+        |_| None,
+        |mut unit: Vec<SqsMessage>| handler(unit.remove(0)),
+    )
+    .await
+}
+
+/// Like [`run_batch`], but consecutive records of a group with the same `coalesce_key` (e.g.
+/// one conversation's burst of messages) are handed to `handler` together as one unit, whose
+/// outcome applies to each of its records. A record without a key is a unit of its own.
+pub async fn run_batch_coalesced<K, F, Fut>(
+    records: Vec<SqsMessage>,
+    coalesce_key: K,
+    handler: F,
+) -> BatchReport
+where
+    K: Fn(&SqsMessage) -> Option<String>,
+    F: Fn(Vec<SqsMessage>) -> Fut,
     Fut: Future<Output = Outcome>,
 {
     // Groups in order of first appearance, records in batch order within each.
@@ -66,22 +88,43 @@ where
             None => groups.push((g, vec![m])),
         }
     }
-    let handler = &handler;
+    let (handler, coalesce_key) = (&handler, &coalesce_key);
     let per_group = join_all(groups.into_iter().map(|(_, list)| async move {
+        // Units: runs of consecutive records sharing a key.
+        let mut units: Vec<(Option<String>, Vec<SqsMessage>)> = Vec::new();
+        for m in list {
+            let key = coalesce_key(&m);
+            match units.last_mut() {
+                Some((Some(k), unit)) if key.as_ref() == Some(k) => unit.push(m),
+                _ => units.push((key, vec![m])),
+            }
+        }
         let mut report = BatchReport::default();
-        let mut iter = list.into_iter();
-        while let Some(m) = iter.next() {
-            let id = m.message_id.clone().unwrap_or_default();
-            match handler(m.clone()).await {
-                Outcome::Done => report.done += 1,
-                Outcome::Permanent(reason) => report.permanent.push(Parked { message: m, reason }),
+        let mut iter = units.into_iter();
+        while let Some((_, unit)) = iter.next() {
+            let ids: Vec<String> = unit
+                .iter()
+                .map(|m| m.message_id.clone().unwrap_or_default())
+                .collect();
+            match handler(unit.clone()).await {
+                Outcome::Done => report.done += unit.len(),
+                Outcome::Permanent(reason) => report.permanent.extend(
+                    unit.into_iter().map(|message| Parked {
+                        message,
+                        reason: reason.clone(),
+                    }),
+                ),
                 Outcome::Retry(reason) => {
-                    tracing::warn!(message_id = %id, reason = %reason, "record failed; it and the rest of its group will be retried");
-                    report.retried += 1;
-                    push_failure(&mut report.response, id);
-                    for rest in iter.by_ref() {
-                        report.skipped += 1;
-                        push_failure(&mut report.response, rest.message_id.unwrap_or_default());
+                    tracing::warn!(message_ids = ?ids, reason = %reason, "record failed; it and the rest of its group will be retried");
+                    report.retried += ids.len();
+                    for id in ids {
+                        push_failure(&mut report.response, id);
+                    }
+                    for (_, rest) in iter.by_ref() {
+                        for m in rest {
+                            report.skipped += 1;
+                            push_failure(&mut report.response, m.message_id.unwrap_or_default());
+                        }
                     }
                 }
             }
@@ -182,6 +225,40 @@ mod tests {
             report.permanent[0].message.message_id.as_deref(),
             Some("a1")
         );
+    }
+
+    #[tokio::test]
+    async fn consecutive_records_of_one_key_form_one_unit() {
+        // Group A: x, x, y, x (keys from the body's first letter); group B: x.
+        let batch = vec![
+            record("x1", "A"),
+            record("x2", "A"),
+            record("y1", "A"),
+            record("x3", "A"),
+            record("x9", "B"),
+        ];
+        let units = Mutex::new(Vec::new());
+        let report = run_batch_coalesced(
+            batch,
+            |m| m.body.as_ref().map(|b| b[..1].to_owned()),
+            |unit| {
+                let ids: Vec<String> = unit.iter().map(|m| m.message_id.clone().unwrap()).collect();
+                units.lock().unwrap().push(ids.clone());
+                async move {
+                    if ids.contains(&"y1".to_owned()) {
+                        Outcome::Retry("model timeout".into())
+                    } else {
+                        Outcome::Done
+                    }
+                }
+            },
+        )
+        .await;
+        let mut units = units.into_inner().unwrap();
+        units.sort();
+        assert_eq!(units, [vec!["x1", "x2"], vec!["x9"], vec!["y1"]]);
+        assert_eq!(failures(&report), ["y1", "x3"]);
+        assert_eq!((report.done, report.retried, report.skipped), (3, 1, 1));
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 
 pub mod aws;
 pub mod breaker;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod envelope;

@@ -626,3 +626,89 @@ async fn sslmode_require_insists_on_tls() {
         .await
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_reply_is_recorded_atomically_with_its_charge() {
+    let t = TestDb::new().await;
+    let f = fixture(&t.db, "alpha", "111").await;
+    let other = fixture(&t.db, "beta", "222").await;
+    store::top_up(&t.db, f.tenant, 50, "top_up", None)
+        .await
+        .unwrap();
+    let parts = vec![
+        (
+            Some("wamid.r1".to_owned()),
+            json!({"type": "text", "body": "part one"}),
+        ),
+        (
+            Some("wamid.r2".to_owned()),
+            json!({"type": "text", "body": "part two"}),
+        ),
+    ];
+    let charge = store::record_reply(
+        &t.db,
+        f.tenant,
+        f.conversation,
+        &parts,
+        Some("resp_9"),
+        100,
+        20,
+        80,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (charge.requested, charge.charged, charge.balance_after),
+        (80, 50, 0)
+    );
+    let conv = store::get_conversation(&t.db, f.tenant, f.conversation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conv.previous_response_id.as_deref(), Some("resp_9"));
+    let history = store::recent_messages(&t.db, f.tenant, f.conversation, 10)
+        .await
+        .unwrap();
+    let bodies: Vec<_> = history
+        .iter()
+        .map(|(d, c)| format!("{d}:{}", c["body"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(bodies, ["in:hola", "out:part one", "out:part two"]);
+    assert_eq!(
+        store::credit_state(&t.db, f.tenant).await.unwrap(),
+        Some((0, 0))
+    );
+    // Another tenant's conversation: nothing written, no charge.
+    assert_eq!(
+        store::record_reply(
+            &t.db,
+            other.tenant,
+            f.conversation,
+            &parts,
+            Some("resp_x"),
+            1,
+            1,
+            1
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    assert_eq!(
+        store::recent_messages(&t.db, f.tenant, f.conversation, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let agent = store::agent(&t.db, f.tenant, f.agent)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agent.model, "gpt-4.1-mini");
+    assert_eq!(
+        store::agent(&t.db, other.tenant, f.agent).await.unwrap(),
+        None
+    );
+}

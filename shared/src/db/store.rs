@@ -503,3 +503,115 @@ pub async fn channel_account_channel(
         .await?;
     Ok(row.map(|r| as_channel(r.get(0))))
 }
+
+/// An agent's configuration as the processor uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub id: Uuid,
+    pub instructions: String,
+    pub model: String,
+    pub base_url: Option<String>,
+    pub max_output_tokens: i32,
+    pub temperature: Option<f32>,
+    pub reasoning_effort: Option<String>,
+    pub store: bool,
+    pub history_messages: i32,
+    pub price_input_per_1k: i64,
+    pub price_output_per_1k: i64,
+    pub min_balance: i64,
+    pub fallback_no_credits: Option<String>,
+    pub is_active: bool,
+}
+
+pub async fn agent(db: &Db, tenant: TenantId, agent_id: Uuid) -> Result<Option<Agent>, DbError> {
+    let c = db.client().await?;
+    let row = c
+        .query_opt(
+            "SELECT id, instructions, model, base_url, max_output_tokens, temperature, reasoning_effort,
+                    store, history_messages, price_input_per_1k, price_output_per_1k, min_balance,
+                    fallback_no_credits, is_active
+               FROM agents WHERE user_id = $1 AND id = $2",
+            &[&tenant.0, &agent_id],
+        )
+        .await?;
+    Ok(row.map(|r| Agent {
+        id: r.get(0),
+        instructions: r.get(1),
+        model: r.get(2),
+        base_url: r.get(3),
+        max_output_tokens: r.get(4),
+        temperature: r.get(5),
+        reasoning_effort: r.get(6),
+        store: r.get(7),
+        history_messages: r.get(8),
+        price_input_per_1k: r.get(9),
+        price_output_per_1k: r.get(10),
+        min_balance: r.get(11),
+        fallback_no_credits: r.get(12),
+        is_active: r.get(13),
+    }))
+}
+
+/// Balance of a tenant's credit account.
+pub async fn balance(db: &Db, tenant: TenantId) -> Result<Option<i64>, DbError> {
+    Ok(credit_state(db, tenant).await?.map(|(b, _)| b))
+}
+
+/// Everything one AI reply changes, in one statement (so one transaction): the outbound
+/// message rows (one per sent part, in order), the conversation's `previous_response_id`, and the
+/// charge with its ledger row (taking at most the balance). Returns the charge, or `None` when
+/// the conversation is not the tenant's (nothing is written then).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_reply(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+    parts: &[(Option<String>, Json)],
+    response_id: Option<&str>,
+    input_tokens: i32,
+    output_tokens: i32,
+    cost: i64,
+) -> Result<Option<Charge>, DbError> {
+    let ids: Vec<Option<String>> = parts.iter().map(|(id, _)| id.clone()).collect();
+    let contents: Vec<Json> = parts.iter().map(|(_, c)| c.clone()).collect();
+    let c = db.client().await?;
+    let row = c
+        .query_opt(
+            "WITH conv AS (
+               UPDATE conversations SET previous_response_id = COALESCE($3, previous_response_id)
+                WHERE user_id = $1 AND id = $2 RETURNING id, channel_account_id),
+             parts AS (
+               SELECT p.id, p.content, p.ord FROM unnest($4::text[], $5::jsonb[]) WITH ORDINALITY AS p(id, content, ord)),
+             msgs AS (
+               INSERT INTO messages (user_id, conversation_id, channel_account_id, direction,
+                                     provider_message_id, content, status, input_tokens, output_tokens, cost)
+               SELECT $1, conv.id, conv.channel_account_id, 'out', parts.id, parts.content,
+                      CASE WHEN parts.id IS NULL THEN 'failed' ELSE 'sent' END,
+                      CASE WHEN parts.ord = 1 THEN $6::int END, CASE WHEN parts.ord = 1 THEN $7::int END,
+                      CASE WHEN parts.ord = 1 THEN $8::bigint END
+                 FROM conv, parts ORDER BY parts.ord
+               RETURNING id),
+             cur AS (
+               SELECT a.user_id, LEAST(a.balance, $8) AS take
+                 FROM credit_accounts a, conv WHERE a.user_id = $1 FOR UPDATE OF a),
+             acc AS (
+               UPDATE credit_accounts a SET balance = a.balance - cur.take
+                 FROM cur WHERE a.user_id = cur.user_id RETURNING a.balance, cur.take),
+             led AS (
+               INSERT INTO credit_ledger (user_id, delta, balance_after, reason, reference)
+               SELECT $1, -take, balance, 'reply', $3 FROM acc WHERE take > 0)
+             SELECT (SELECT balance FROM acc), (SELECT take FROM acc), (SELECT count(*) FROM msgs),
+                    EXISTS (SELECT 1 FROM conv)",
+            &[&tenant.0, &conversation_id, &response_id, &ids, &contents, &input_tokens, &output_tokens, &cost],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    if !row.get::<_, bool>(3) {
+        return Ok(None);
+    }
+    Ok(Some(Charge {
+        requested: cost,
+        balance_after: row.get::<_, Option<i64>>(0).unwrap_or(0),
+        charged: row.get::<_, Option<i64>>(1).unwrap_or(0),
+    }))
+}
