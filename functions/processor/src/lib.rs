@@ -1,0 +1,589 @@
+//! The reply pipeline (DESIGN §5) behind the processor Lambda. `main.rs` only wires it.
+//!
+//! Per unit (consecutive records of one conversation in a FIFO group, see `shared::fifo`):
+//! parse → idempotency claim → route (cached) → store inbound → human mode? → credits →
+//! mark read → model → send → record reply + charge (one statement) → extraction job → complete.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
+use secrecy::SecretString;
+use serde_json::json;
+use shared::cache::TtlCache;
+use shared::db::store::{self, Agent, ChannelAccountRoute};
+use shared::db::{Db, DbError, TenantId};
+use shared::envelope::{Channel, Content, InboundEnvelope, ENVELOPE_VERSION};
+use shared::fifo::{run_batch_coalesced, Outcome};
+use shared::graph::{GraphClient, WaRecipient};
+use shared::idempotency::{Claim, IdempotencyStore};
+use shared::openai::{InputMessage, ModelError, ResponseRequest, ResponsesClient};
+use shared::ordering::{dedup_id, sha256_hex};
+use shared::queue::{OutgoingMessage, QueuePublisher};
+use shared::split::{split_text, Measure, INSTAGRAM_MAX_BYTES, WHATSAPP_MAX_CHARS};
+use tracing::{info, warn};
+
+/// Routing lookups are cached this long (an admin change is visible within it).
+pub const ROUTE_TTL: Duration = Duration::from_secs(300);
+
+/// Everything the pipeline talks to.
+pub struct Deps {
+    pub db: Db,
+    pub idempotency: IdempotencyStore,
+    pub model: ResponsesClient,
+    pub graph: GraphClient,
+    /// Graph token used for every channel account (local stack, single-tenant deployments);
+    /// per-account tokens from Secrets Manager come with the deploy work.
+    pub graph_token: SecretString,
+    pub publisher: QueuePublisher,
+    pub extraction_queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+pub struct Processor {
+    deps: Deps,
+    routes: TtlCache<(Channel, String), Option<ChannelAccountRoute>>,
+    agents: TtlCache<uuid::Uuid, Option<Agent>>,
+}
+
+/// Failure of one unit, classified once.
+enum Fail {
+    Retry(String),
+    Permanent(String),
+}
+
+impl From<DbError> for Fail {
+    fn from(e: DbError) -> Self {
+        if e.is_retryable() {
+            Fail::Retry(e.to_string())
+        } else {
+            Fail::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<shared::idempotency::IdempotencyError> for Fail {
+    fn from(e: shared::idempotency::IdempotencyError) -> Self {
+        Fail::Retry(e.to_string())
+    }
+}
+
+/// Key of the conversation a record belongs to, for coalescing.
+fn conversation_key(m: &SqsMessage) -> Option<String> {
+    let env: InboundEnvelope = serde_json::from_str(m.body.as_deref()?).ok()?;
+    Some(format!(
+        "{}:{}:{}",
+        env.channel, env.channel_account_id, env.contact.id
+    ))
+}
+
+/// The text the model sees for one inbound message; `None` for content it cannot use.
+pub fn model_text(c: &Content) -> Option<String> {
+    Some(match c {
+        Content::Text { body } => body.clone(),
+        Content::Media { media, caption, .. } => format!(
+            "[{media:?} sent]{}",
+            caption
+                .as_ref()
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default()
+        )
+        .to_lowercase(),
+        Content::Attachments { items } => format!(
+            "[attachments: {}]",
+            items
+                .iter()
+                .map(|a| a.kind.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Content::Location {
+            latitude,
+            longitude,
+            name,
+            address,
+            ..
+        } => format!(
+            "[location] {} {} ({latitude}, {longitude})",
+            name.as_deref().unwrap_or(""),
+            address.as_deref().unwrap_or("")
+        ),
+        Content::Contacts { cards } => format!(
+            "[shared contact] {}",
+            cards
+                .iter()
+                .map(|c| format!(
+                    "{} {} {}",
+                    c.formatted_name.as_deref().unwrap_or(""),
+                    c.phones.join(" "),
+                    c.emails.join(" ")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Content::InteractiveReply { title, .. } => title.clone(),
+        Content::Button { text, .. } => text.clone(),
+        Content::Order { items, text, .. } => format!(
+            "[order] {} item(s){}",
+            items.len(),
+            text.as_ref().map(|t| format!(": {t}")).unwrap_or_default()
+        ),
+        Content::Reaction { .. } | Content::System { .. } | Content::Unsupported { .. } => {
+            return None
+        }
+    })
+}
+
+impl Processor {
+    pub fn new(deps: Deps) -> Self {
+        Self {
+            deps,
+            routes: TtlCache::new(ROUTE_TTL),
+            agents: TtlCache::new(ROUTE_TTL),
+        }
+    }
+
+    /// Handles one SQS batch. `deadline` is when the invocation must have answered.
+    pub async fn handle_batch(
+        &self,
+        records: Vec<SqsMessage>,
+        deadline: Instant,
+    ) -> SqsBatchResponse {
+        let report =
+            run_batch_coalesced(records, conversation_key, |unit| self.unit(unit, deadline)).await;
+        // Records that can never succeed go to the DLQ explicitly (kept, alarmed, not blocking).
+        let mut response = report.response;
+        if !report.permanent.is_empty() {
+            let parked: Vec<OutgoingMessage> = report
+                .permanent
+                .iter()
+                .map(|p| OutgoingMessage {
+                    body: p.message.body.clone().unwrap_or_default(),
+                    group_id: Some(shared::fifo::group_of(&p.message).to_owned()),
+                    dedup_id: p.message.message_id.clone(),
+                    attributes: vec![("parked_reason", p.reason.chars().take(200).collect())],
+                })
+                .collect();
+            for p in &report.permanent {
+                warn!(message_id = ?p.message.message_id, reason = %p.reason, "record parked in the DLQ");
+            }
+            if let Err(e) = self
+                .deps
+                .publisher
+                .send_all(&self.deps.dead_letter_queue_url, parked)
+                .await
+            {
+                // Could not park them: let SQS redeliver (its own redrive ends in the DLQ too).
+                warn!(error = %e, "parking failed; returning the records for redelivery");
+                for p in report.permanent {
+                    let mut f = aws_lambda_events::sqs::BatchItemFailure::default();
+                    f.item_identifier = p.message.message_id.unwrap_or_default();
+                    response.batch_item_failures.push(f);
+                }
+            }
+        }
+        info!(
+            done = report.done,
+            retried = report.retried,
+            skipped = report.skipped,
+            "batch processed"
+        );
+        response
+    }
+
+    async fn unit(&self, unit: Vec<SqsMessage>, deadline: Instant) -> Outcome {
+        match self.unit_inner(unit, deadline).await {
+            Ok(()) => Outcome::Done,
+            Err(Fail::Retry(r)) => Outcome::Retry(r),
+            Err(Fail::Permanent(r)) => Outcome::Permanent(r),
+        }
+    }
+
+    async fn unit_inner(&self, unit: Vec<SqsMessage>, deadline: Instant) -> Result<(), Fail> {
+        // 1. Parse.
+        let mut envs = Vec::with_capacity(unit.len());
+        for m in &unit {
+            let env: InboundEnvelope = serde_json::from_str(m.body.as_deref().unwrap_or(""))
+                .map_err(|_| Fail::Permanent("body is not an inbound envelope".into()))?;
+            if env.v != ENVELOPE_VERSION {
+                return Err(Fail::Permanent(format!(
+                    "unknown envelope version {}",
+                    env.v
+                )));
+            }
+            envs.push(env);
+        }
+        // 2. Idempotency: drop what is already done; back off from what another run holds.
+        let hold = deadline.saturating_duration_since(Instant::now());
+        let mut fresh = Vec::new();
+        for env in envs {
+            let key = dedup_id(
+                env.channel,
+                &env.channel_account_id,
+                &env.provider_message_id,
+            );
+            if fresh
+                .iter()
+                .any(|(k, _): &(String, InboundEnvelope)| *k == key)
+            {
+                // The same provider message twice in one unit (a late Meta retry): once is enough.
+                continue;
+            }
+            match self.deps.idempotency.claim(&key, hold).await? {
+                Claim::Acquired => fresh.push((key, env)),
+                Claim::Completed => info!(outcome = "duplicate", "already processed; skipped"),
+                Claim::InProgress => {
+                    self.release(&fresh).await;
+                    return Err(Fail::Retry("another invocation holds this message".into()));
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let result = self.process(&fresh).await;
+        match &result {
+            Ok(()) => {
+                for (key, _) in &fresh {
+                    self.deps.idempotency.complete(key).await?;
+                }
+            }
+            // Retry: the redelivery must be able to claim. Permanent: the record is parked in
+            // the DLQ, and a redrive after the cause is fixed (e.g. OpenAI billing) must run.
+            Err(_) => self.release(&fresh).await,
+        }
+        result
+    }
+
+    async fn release(&self, claimed: &[(String, InboundEnvelope)]) {
+        for (key, _) in claimed {
+            if let Err(e) = self.deps.idempotency.release(key).await {
+                warn!(error = %e, "could not release claim; it expires with the invocation");
+            }
+        }
+    }
+
+    async fn process(&self, msgs: &[(String, InboundEnvelope)]) -> Result<(), Fail> {
+        let first = &msgs[0].1;
+        let last = &msgs[msgs.len() - 1].1;
+        // 3. Route (cache-aside).
+        let route_key = (first.channel, first.channel_account_id.clone());
+        let db = &self.deps.db;
+        let route = self
+            .routes
+            .get_or_load(route_key, || {
+                store::resolve_channel_account(db, first.channel, &first.channel_account_id)
+            })
+            .await?;
+        let Some(route) = route.filter(|r| r.is_active && r.tenant_active) else {
+            warn!(outcome = "unknown_channel_account", channel = %first.channel, "no active channel account; recorded and acknowledged");
+            return Ok(());
+        };
+        let tenant: TenantId = route.tenant;
+        // 4. Store the inbound messages.
+        let contact = store::upsert_contact(
+            db,
+            tenant,
+            route.channel_account_id,
+            &last.contact.id,
+            last.contact.wa_id.as_deref(),
+            last.contact.display_name.as_deref(),
+            last.contact.username.as_deref(),
+        )
+        .await?
+        .ok_or_else(|| Fail::Permanent("contact not writable".into()))?;
+        let conv = store::conversation_for(db, tenant, route.channel_account_id, contact)
+            .await?
+            .ok_or_else(|| Fail::Permanent("conversation not writable".into()))?;
+        for (_, env) in msgs {
+            let content = serde_json::to_value(&env.content).unwrap_or(json!(null));
+            let raw: Option<serde_json::Value> = env
+                .raw
+                .as_ref()
+                .and_then(|r| serde_json::from_str(r.get()).ok());
+            let at = std::time::UNIX_EPOCH
+                + Duration::from_millis(env.provider_timestamp_ms.max(0) as u64);
+            store::insert_inbound_message(
+                db,
+                tenant,
+                conv.id,
+                &env.provider_message_id,
+                &content,
+                raw.as_ref(),
+                at,
+            )
+            .await?;
+        }
+        // 5. Human mode: stored, nothing else.
+        if conv.mode == "human" {
+            info!(
+                outcome = "human_mode",
+                "conversation in human mode; no AI reply"
+            );
+            return Ok(());
+        }
+        let texts: Vec<String> = msgs
+            .iter()
+            .filter_map(|(_, e)| model_text(&e.content))
+            .collect();
+        if texts.is_empty() {
+            info!(
+                outcome = "nothing_to_answer",
+                "no content the model can use; stored only"
+            );
+            return Ok(());
+        }
+        let Some(agent_id) = route.agent_id else {
+            warn!(
+                outcome = "no_agent",
+                "channel account has no agent; stored only"
+            );
+            return Ok(());
+        };
+        let agent = self
+            .agents
+            .get_or_load(agent_id, || store::agent(db, tenant, agent_id))
+            .await?
+            .filter(|a| a.is_active);
+        let Some(agent) = agent else {
+            warn!(
+                outcome = "no_agent",
+                "agent missing or inactive; stored only"
+            );
+            return Ok(());
+        };
+        // 6. Credits.
+        let balance = store::balance(db, tenant).await?.unwrap_or(0);
+        if balance < agent.min_balance.max(1) {
+            warn!(
+                outcome = "credits_exhausted",
+                balance, "credits exhausted; no model call"
+            );
+            return Ok(());
+        }
+        // 7. Mark read + typing (best effort, WhatsApp).
+        if first.channel == Channel::Whatsapp {
+            if let Err(e) = self
+                .deps
+                .graph
+                .mark_read_and_typing(
+                    &self.deps.graph_token,
+                    &last.channel_account_id,
+                    &last.provider_message_id,
+                )
+                .await
+            {
+                warn!(code = e.code, "mark-as-read failed (ignored)");
+            }
+        }
+        // 8. Model.
+        let reply = self
+            .ask_model(
+                &agent,
+                tenant,
+                conv.id,
+                conv.previous_response_id.clone(),
+                &texts,
+                &last.contact.id,
+            )
+            .await?;
+        // 9. Send.
+        let (max, measure) = match first.channel {
+            Channel::Instagram => (INSTAGRAM_MAX_BYTES, Measure::Bytes),
+            _ => (WHATSAPP_MAX_CHARS, Measure::Chars),
+        };
+        let mut parts = Vec::new();
+        let mut permanent_error = None;
+        for piece in split_text(&reply.text, max, measure) {
+            let sent = match first.channel {
+                Channel::Whatsapp => {
+                    let to = match &last.contact.wa_id {
+                        Some(w) => WaRecipient::WaId(w.clone()),
+                        None => WaRecipient::Bsuid(last.contact.id.clone()),
+                    };
+                    self.deps
+                        .graph
+                        .send_whatsapp_text(
+                            &self.deps.graph_token,
+                            &last.channel_account_id,
+                            &to,
+                            &piece,
+                            None,
+                        )
+                        .await
+                }
+                Channel::Instagram => {
+                    self.deps
+                        .graph
+                        .send_instagram_text(
+                            &self.deps.graph_token,
+                            &last.channel_account_id,
+                            &last.contact.id,
+                            &piece,
+                        )
+                        .await
+                }
+                Channel::Webchat => Err(shared::graph::SendError {
+                    code: 0,
+                    status: 0,
+                    retryable: false,
+                }),
+            };
+            match sent {
+                Ok(id) => parts.push((Some(id), json!({"type": "text", "body": piece}))),
+                Err(e) if e.retryable && parts.is_empty() => {
+                    return Err(Fail::Retry(format!("send failed with code {}", e.code)));
+                }
+                Err(e) => {
+                    warn!(
+                        outcome = "send_failed",
+                        code = e.code,
+                        "send failed; recorded"
+                    );
+                    parts.push((
+                        None,
+                        json!({"type": "text", "body": piece, "error_code": e.code}),
+                    ));
+                    permanent_error = Some(e.code);
+                    break;
+                }
+            }
+        }
+        // 10. Record reply + charge in one statement.
+        let cost = price(agent.price_input_per_1k, reply.input_tokens)
+            + price(agent.price_output_per_1k, reply.output_tokens);
+        let charge = store::record_reply(
+            db,
+            tenant,
+            conv.id,
+            &parts,
+            Some(&reply.id),
+            reply.input_tokens as i32,
+            reply.output_tokens as i32,
+            cost,
+        )
+        .await?;
+        // 11. Extraction job for this conversation.
+        let job = json!({"v": 1, "kind": "extract", "tenant_id": tenant.uuid().to_string(), "conversation_id": conv.id.to_string()});
+        if let Err(e) = self
+            .deps
+            .publisher
+            .send_all(
+                &self.deps.extraction_queue_url,
+                vec![OutgoingMessage {
+                    body: job.to_string(),
+                    group_id: None,
+                    dedup_id: None,
+                    attributes: vec![],
+                }],
+            )
+            .await
+        {
+            warn!(error = %e, "extraction job not queued; the next turn queues it again");
+        }
+        info!(
+            outcome = if permanent_error.is_some() {
+                "send_failed"
+            } else {
+                "replied"
+            },
+            parts = parts.len(),
+            input_tokens = reply.input_tokens,
+            output_tokens = reply.output_tokens,
+            charged = charge.map_or(0, |c| c.charged),
+            "reply processed"
+        );
+        Ok(())
+    }
+
+    async fn ask_model(
+        &self,
+        agent: &Agent,
+        tenant: TenantId,
+        conversation: uuid::Uuid,
+        previous: Option<String>,
+        texts: &[String],
+        contact_id: &str,
+    ) -> Result<shared::openai::ModelReply, Fail> {
+        let mut req = ResponseRequest {
+            model: agent.model.clone(),
+            instructions: Some(agent.instructions.clone()),
+            input: vec![InputMessage::user(texts.join("\n"))],
+            previous_response_id: previous.filter(|_| agent.store),
+            store: agent.store,
+            max_output_tokens: Some(agent.max_output_tokens.max(16) as u32),
+            temperature: agent.temperature,
+            reasoning: agent
+                .reasoning_effort
+                .as_ref()
+                .map(|e| json!({"effort": e})),
+            text: None,
+            safety_identifier: Some(sha256_hex(contact_id.as_bytes())[..32].to_owned()),
+        };
+        if req.previous_response_id.is_none() {
+            req.input = self.history(agent, tenant, conversation, texts).await?;
+        }
+        match self.deps.model.create(&req).await {
+            Ok(r) => Ok(r),
+            Err(ModelError::PreviousResponseNotFound) => {
+                info!("previous response unknown; falling back to stored history");
+                req.previous_response_id = None;
+                req.input = self.history(agent, tenant, conversation, texts).await?;
+                self.deps.model.create(&req).await.map_err(model_fail)
+            }
+            Err(e) => Err(model_fail(e)),
+        }
+    }
+
+    /// The last N stored messages (the new inbound ones included) as model input.
+    async fn history(
+        &self,
+        agent: &Agent,
+        tenant: TenantId,
+        conversation: uuid::Uuid,
+        texts: &[String],
+    ) -> Result<Vec<InputMessage>, Fail> {
+        let rows = store::recent_messages(
+            &self.deps.db,
+            tenant,
+            conversation,
+            agent.history_messages.max(texts.len() as i32) as i64,
+        )
+        .await?;
+        let mut input: Vec<InputMessage> = rows
+            .iter()
+            .filter_map(|(dir, content)| {
+                let c: Content = serde_json::from_value(content.clone()).ok()?;
+                let text = model_text(&c)?;
+                Some(if dir == "in" {
+                    InputMessage::user(text)
+                } else {
+                    InputMessage::assistant(text)
+                })
+            })
+            .collect();
+        if input.is_empty() {
+            input.push(InputMessage::user(texts.join("\n")));
+        }
+        Ok(input)
+    }
+}
+
+fn model_fail(e: ModelError) -> Fail {
+    if e.is_retryable() {
+        Fail::Retry(e.to_string())
+    } else {
+        warn!(outcome = "model_rejected", error = %e, "model call failed permanently; recorded");
+        Fail::Permanent(e.to_string())
+    }
+}
+
+/// Credits for `tokens` at `per_1k`, rounded up.
+pub fn price(per_1k: i64, tokens: u64) -> i64 {
+    ((tokens as i64).saturating_mul(per_1k) + 999) / 1000
+}
+
+/// Convenience for tests and wiring.
+pub fn shared_processor(deps: Deps) -> Arc<Processor> {
+    Arc::new(Processor::new(deps))
+}

@@ -1,0 +1,414 @@
+//! The reply pipeline end to end on real parts: Postgres (fresh database), SQS and DynamoDB on
+//! the emulator (from template.yaml), OpenAI and the Graph API as wiremock stubs.
+
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::sqs::SqsMessage;
+use local_aws::testing::{drain, emulator_sdk, fresh_stack};
+use processor::{Deps, Processor};
+use serde_json::{json, Value};
+use shared::db::testing::TestDb;
+use shared::db::{store, TenantId};
+use shared::envelope::Channel;
+use shared::graph::GraphClient;
+use shared::idempotency::IdempotencyStore;
+use shared::openai::{ClientSettings, ResponsesClient};
+use shared::queue::{QueuePublisher, RetryPolicy};
+use wiremock::matchers::{body_string_contains, method, path, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const WA_A: &str = "106540352242922";
+const WA_B: &str = "106540352240000";
+const IG: &str = "17841400000000000";
+
+struct Harness {
+    t: TestDb,
+    sdk: aws_config::SdkConfig,
+    stack: local_aws::Stack,
+    openai: MockServer,
+    graph: MockServer,
+    processor: Processor,
+    tenant: TenantId,
+}
+
+fn ok_body(text: &str) -> Value {
+    json!({"id": "resp_1", "status": "completed",
+        "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+        "usage": {"input_tokens": 1000, "output_tokens": 500}})
+}
+
+async fn harness() -> Harness {
+    let t = TestDb::new().await;
+    let sdk = emulator_sdk().await;
+    let (_, stack) = fresh_stack(&sdk).await;
+    let openai = MockServer::start().await;
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/fb/[0-9]+/messages$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"success": true, "messages": [{"id": "wamid.OUT"}]})),
+        )
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/ig/{IG}/messages")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"recipient_id": "1", "message_id": "mid.OUT"})),
+        )
+        .mount(&graph)
+        .await;
+    let db = &t.db;
+    let tenant = store::create_tenant(db, "acme").await.unwrap();
+    let agent = store::create_agent(db, tenant, "sales", "gpt-test", "You sell flats. Be brief.")
+        .await
+        .unwrap();
+    for (channel, id) in [
+        (Channel::Whatsapp, WA_A),
+        (Channel::Whatsapp, WA_B),
+        (Channel::Instagram, IG),
+    ] {
+        store::create_channel_account(db, tenant, channel, id, Some(agent), None)
+            .await
+            .unwrap();
+    }
+    // price: 2 credits per 1k input tokens, 4 per 1k output tokens
+    t.db.client()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE agents SET price_input_per_1k = 2, price_output_per_1k = 4",
+            &[],
+        )
+        .await
+        .unwrap();
+    store::top_up(db, tenant, 1000, "top_up", None)
+        .await
+        .unwrap();
+
+    let mut settings =
+        ClientSettings::new(format!("{}/v1", openai.uri()), "sk-test".to_owned().into());
+    settings.timeout = Duration::from_millis(500);
+    settings.max_retries = 1;
+    settings.min_backoff = Duration::from_millis(5);
+    let deps = Deps {
+        db: shared::db::Db::new(shared::db::DbConfig::new(t.url.clone())),
+        idempotency: IdempotencyStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            stack.tables["IdempotencyTable"].clone(),
+        ),
+        model: ResponsesClient::new(settings),
+        graph: GraphClient::new(format!("{}/fb", graph.uri()), format!("{}/ig", graph.uri())),
+        graph_token: "EAAG-test".to_owned().into(),
+        publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
+        extraction_queue_url: stack.queue("ExtractionQueue").url.clone(),
+        dead_letter_queue_url: stack.queue("InboundDLQ").url.clone(),
+    };
+    Harness {
+        t,
+        sdk,
+        stack,
+        openai,
+        graph,
+        processor: Processor::new(deps),
+        tenant,
+    }
+}
+
+/// An SQS record carrying the envelope of a WhatsApp text, as the webhook would have queued it.
+fn wa_record(account: &str, contact: &str, wamid: &str, text: &str) -> SqsMessage {
+    let body = serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{"field": "messages", "value": {
+        "metadata": {"phone_number_id": account},
+        "contacts": [{"profile": {"name": "Ana"}, "wa_id": contact}],
+        "messages": [{"from": contact, "id": wamid, "timestamp": "1767225600", "type": "text", "text": {"body": text}}]}}]}]}))
+    .unwrap();
+    record_of(&body, "whatsapp", account)
+}
+
+fn ig_record(mid: &str, text: &str) -> SqsMessage {
+    let body = serde_json::to_vec(
+        &json!({"object": "instagram", "entry": [{"id": IG, "messaging": [{
+        "sender": {"id": "6543"}, "recipient": {"id": IG}, "timestamp": 1767225599876_i64,
+        "message": {"mid": mid, "text": text}}]}]}),
+    )
+    .unwrap();
+    record_of(&body, "instagram", IG)
+}
+
+fn record_of(webhook: &[u8], channel: &str, account: &str) -> SqsMessage {
+    let parsed = shared::meta::parse_webhook(webhook, "corr", 0).unwrap();
+    let env = parsed.inbound.into_iter().next().unwrap();
+    let mut m = SqsMessage::default();
+    m.message_id = Some(format!("sqs-{}", env.provider_message_id));
+    m.body = Some(serde_json::to_string(&env).unwrap());
+    m.attributes
+        .insert("MessageGroupId".into(), format!("{channel}:{account}"));
+    m
+}
+
+impl Harness {
+    async fn run(&self, records: Vec<SqsMessage>) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        self.processor
+            .handle_batch(records, deadline)
+            .await
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect()
+    }
+
+    async fn model_requests(&self) -> Vec<Value> {
+        self.openai
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect()
+    }
+
+    /// Text bodies sent through the Graph API (mark-as-read calls excluded), in order.
+    async fn sends(&self) -> Vec<String> {
+        self.graph
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| {
+                let v: Value = serde_json::from_slice(&r.body).ok()?;
+                v["text"]["body"]
+                    .as_str()
+                    .or(v["message"]["text"].as_str())
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.t
+            .db
+            .client()
+            .await
+            .unwrap()
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+async fn answer_with(server: &MockServer, text: &str) {
+    Mock::given(method("POST"))
+        .and(path("/v1/responses"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(text)))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn whatsapp_message_gets_one_reply_stored_and_charged() {
+    let h = harness().await;
+    answer_with(&h.openai, "The 2-bedroom starts at $900.").await;
+    let failures = h
+        .run(vec![wa_record(
+            WA_A,
+            "5215512345678",
+            "wamid.1",
+            "Price for the 2-bedroom?",
+        )])
+        .await;
+    assert!(failures.is_empty());
+
+    let reqs = h.model_requests().await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0]["instructions"], "You sell flats. Be brief.");
+    assert_eq!(reqs[0]["model"], "gpt-test");
+    assert!(reqs[0]["input"]
+        .to_string()
+        .contains("Price for the 2-bedroom?"));
+    assert_eq!(
+        reqs[0]["safety_identifier"].as_str().unwrap().len(),
+        32,
+        "hashed, not the phone"
+    );
+    assert!(!reqs[0].to_string().contains("5215512345678"));
+    assert_eq!(h.sends().await, ["The 2-bedroom starts at $900."]);
+
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'in'")
+            .await,
+        1
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out' AND status = 'sent'")
+            .await,
+        1
+    );
+    // 1000 input tokens × 2/1k + 500 output × 4/1k = 4 credits.
+    assert_eq!(
+        store::credit_state(&h.t.db, h.tenant).await.unwrap(),
+        Some((996, 996))
+    );
+    let jobs = drain(&h.sdk, &h.stack.queue("ExtractionQueue").url).await;
+    assert_eq!(jobs.len(), 1, "one extraction job");
+    assert!(jobs[0].body.contains("\"kind\":\"extract\""));
+}
+
+#[tokio::test]
+async fn instagram_message_gets_a_reply() {
+    let h = harness().await;
+    answer_with(&h.openai, "Desde $900.").await;
+    assert!(h.run(vec![ig_record("mid.1", "Precio?")]).await.is_empty());
+    assert_eq!(h.sends().await, ["Desde $900."]);
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_never_calls_the_model_or_sends_twice() {
+    let h = harness().await;
+    answer_with(&h.openai, "Hi!").await;
+    let rec = wa_record(WA_A, "1", "wamid.dup", "hello");
+    assert!(
+        h.run(vec![rec.clone(), rec.clone()]).await.is_empty(),
+        "same record twice in a batch"
+    );
+    assert!(
+        h.run(vec![rec]).await.is_empty(),
+        "and again after completion"
+    );
+    assert_eq!(h.model_requests().await.len(), 1);
+    assert_eq!(h.sends().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_burst_of_fragments_becomes_one_turn_and_one_reply() {
+    let h = harness().await;
+    answer_with(&h.openai, "Sure, from $900.").await;
+    let batch = vec![
+        wa_record(WA_A, "1", "wamid.b1", "hi"),
+        wa_record(WA_A, "1", "wamid.b2", "I want the 2-bedroom"),
+        wa_record(WA_A, "1", "wamid.b3", "how much?"),
+    ];
+    assert!(h.run(batch).await.is_empty());
+    let reqs = h.model_requests().await;
+    assert_eq!(reqs.len(), 1);
+    let input = reqs[0]["input"].to_string();
+    assert!(input.contains("hi") && input.contains("2-bedroom") && input.contains("how much?"));
+    assert_eq!(h.sends().await.len(), 1);
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'in'")
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn human_mode_and_exhausted_credits_store_without_calling_the_model() {
+    let h = harness().await;
+    answer_with(&h.openai, "unused").await;
+    // Human mode on the conversation of contact "7".
+    let route = store::resolve_channel_account(&h.t.db, Channel::Whatsapp, WA_A)
+        .await
+        .unwrap()
+        .unwrap();
+    let contact = store::upsert_contact(
+        &h.t.db,
+        h.tenant,
+        route.channel_account_id,
+        "7",
+        Some("7"),
+        None,
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let conv = store::conversation_for(&h.t.db, h.tenant, route.channel_account_id, contact)
+        .await
+        .unwrap()
+        .unwrap();
+    store::set_conversation_mode(&h.t.db, h.tenant, conv.id, "human")
+        .await
+        .unwrap();
+    assert!(h
+        .run(vec![wa_record(WA_A, "7", "wamid.h", "agent please")])
+        .await
+        .is_empty());
+    assert!(h.model_requests().await.is_empty());
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'in'")
+            .await,
+        1
+    );
+
+    // No credits left: stored, no model call, acknowledged.
+    store::charge(&h.t.db, h.tenant, 1000, "test", None)
+        .await
+        .unwrap();
+    assert!(h
+        .run(vec![wa_record(WA_A, "8", "wamid.c", "hello?")])
+        .await
+        .is_empty());
+    assert!(h.model_requests().await.is_empty());
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'in'")
+            .await,
+        2
+    );
+    assert!(h.sends().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_model_timeout_fails_its_group_from_that_record_on_and_spares_other_groups() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("slow question"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body("late"))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&h.openai)
+        .await;
+    answer_with(&h.openai, "fast answer").await;
+    let batch = vec![
+        wa_record(WA_A, "1", "wamid.a1", "slow question"),
+        wa_record(WA_A, "2", "wamid.a2", "next in line"),
+        wa_record(WA_B, "3", "wamid.b1", "other number"),
+    ];
+    let failures = h.run(batch).await;
+    assert_eq!(failures, ["sqs-wamid.a1", "sqs-wamid.a2"]);
+    assert_eq!(h.sends().await, ["fast answer"], "group B replied");
+    // The failed record was released: its redelivery is processed normally.
+    h.openai.reset().await;
+    answer_with(&h.openai, "now on time").await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.a1", "slow question")])
+        .await
+        .is_empty());
+    assert_eq!(h.model_requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unparseable_record_is_parked_in_the_dlq_without_blocking_its_group() {
+    let h = harness().await;
+    answer_with(&h.openai, "ok").await;
+    let mut bad = SqsMessage::default();
+    bad.message_id = Some("sqs-bad".into());
+    bad.body = Some("{not an envelope".into());
+    bad.attributes
+        .insert("MessageGroupId".into(), format!("whatsapp:{WA_A}"));
+    let failures = h
+        .run(vec![bad, wa_record(WA_A, "1", "wamid.after", "hello")])
+        .await;
+    assert!(failures.is_empty());
+    assert_eq!(
+        h.sends().await.len(),
+        1,
+        "the next record of the group was answered"
+    );
+    let parked = drain(&h.sdk, &h.stack.queue("InboundDLQ").url).await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].body, "{not an envelope");
+}
