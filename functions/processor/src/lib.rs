@@ -4,7 +4,6 @@
 //! parse → idempotency claim → route (cached) → store inbound → human mode? → credits →
 //! mark read → model → send → record reply + charge (one statement) → extraction job → complete.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
@@ -82,13 +81,13 @@ pub fn model_text(c: &Content) -> Option<String> {
     Some(match c {
         Content::Text { body } => body.clone(),
         Content::Media { media, caption, .. } => format!(
-            "[{media:?} sent]{}",
+            "[{} sent]{}",
+            format!("{media:?}").to_lowercase(),
             caption
                 .as_ref()
                 .map(|c| format!(" {c}"))
                 .unwrap_or_default()
-        )
-        .to_lowercase(),
+        ),
         Content::Attachments { items } => format!(
             "[attachments: {}]",
             items
@@ -583,7 +582,39 @@ pub fn price(per_1k: i64, tokens: u64) -> i64 {
     ((tokens as i64).saturating_mul(per_1k) + 999) / 1000
 }
 
-/// Convenience for tests and wiring.
-pub fn shared_processor(deps: Deps) -> Arc<Processor> {
-    Arc::new(Processor::new(deps))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::envelope::MediaKind;
+
+    #[test]
+    fn model_text_keeps_captions_as_written_and_skips_unusable_content() {
+        let img = Content::Media {
+            media: MediaKind::Image,
+            media_id: Some("1".into()),
+            url: None,
+            mime_type: None,
+            sha256: None,
+            caption: Some("Este modelo en AZUL".into()),
+            filename: None,
+            voice: None,
+        };
+        assert_eq!(
+            model_text(&img).unwrap(),
+            "[image sent] Este modelo en AZUL"
+        );
+        let reaction = Content::Reaction {
+            target_provider_message_id: "w".into(),
+            emoji: Some("👍".into()),
+        };
+        assert_eq!(model_text(&reaction), None);
+    }
+
+    #[test]
+    fn price_rounds_up_per_thousand_tokens() {
+        assert_eq!(price(2, 1000), 2);
+        assert_eq!(price(2, 1001), 3);
+        assert_eq!(price(0, 5000), 0);
+        assert_eq!(price(4, 1), 1);
+    }
 }
