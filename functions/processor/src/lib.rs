@@ -448,20 +448,38 @@ impl Processor {
                 }
             }
         }
-        // 10. Record reply + charge in one statement.
+        // 10. Record reply + charge in one statement. The reply is already out: a failure here
+        // must not lead to a redelivery that sends it again, so it is retried briefly and then
+        // logged as unrecorded rather than failing the record.
         let cost = price(agent.price_input_per_1k, reply.input_tokens)
             + price(agent.price_output_per_1k, reply.output_tokens);
-        let charge = store::record_reply(
-            db,
-            tenant,
-            conv.id,
-            &parts,
-            Some(&reply.id),
-            reply.input_tokens as i32,
-            reply.output_tokens as i32,
-            cost,
-        )
-        .await?;
+        let mut charge = None;
+        for attempt in 0..3u64 {
+            match store::record_reply(
+                db,
+                tenant,
+                conv.id,
+                &parts,
+                Some(&reply.id),
+                reply.input_tokens as i32,
+                reply.output_tokens as i32,
+                cost,
+            )
+            .await
+            {
+                Ok(c) => {
+                    charge = c;
+                    break;
+                }
+                Err(e) if attempt < 2 && e.is_retryable() => {
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
+                Err(e) => {
+                    tracing::error!(outcome = "reply_not_recorded", error = %e, cost, "reply sent but not recorded; not retrying the record to avoid a second send");
+                    break;
+                }
+            }
+        }
         // 11. Extraction job for this conversation.
         let job = json!({"v": 1, "kind": "extract", "tenant_id": tenant.uuid().to_string(), "conversation_id": conv.id.to_string()});
         if let Err(e) = self

@@ -31,6 +31,18 @@ struct Harness {
     tenant: TenantId,
 }
 
+/// Graph stub answering every send with a new wamid, as Meta does.
+#[derive(Default)]
+struct UniqueIds(std::sync::atomic::AtomicUsize);
+
+impl wiremock::Respond for UniqueIds {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"success": true, "messages": [{"id": format!("wamid.OUT{n}")}]}))
+    }
+}
+
 fn ok_body(text: &str) -> Value {
     json!({"id": "resp_1", "status": "completed",
         "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
@@ -45,10 +57,7 @@ async fn harness() -> Harness {
     let graph = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path_regex("^/fb/[0-9]+/messages$"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"success": true, "messages": [{"id": "wamid.OUT"}]})),
-        )
+        .respond_with(UniqueIds::default())
         .mount(&graph)
         .await;
     Mock::given(method("POST"))
@@ -411,4 +420,168 @@ async fn an_unparseable_record_is_parked_in_the_dlq_without_blocking_its_group()
     let parked = drain(&h.sdk, &h.stack.queue("InboundDLQ").url).await;
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].body, "{not an envelope");
+}
+
+fn graph_error(code: i64) -> Value {
+    json!({"error": {"message": format!("(#{code})"), "type": "OAuthException", "code": code}})
+}
+
+#[tokio::test]
+async fn a_closed_window_131047_is_recorded_failed_and_does_not_block_the_group() {
+    let h = harness().await;
+    answer_with(&h.openai, "reply").await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"type\":\"text\""))
+        .and(body_string_contains("\"to\":\"1\""))
+        .respond_with(ResponseTemplate::new(400).set_body_json(graph_error(131047)))
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    let failures = h
+        .run(vec![
+            wa_record(WA_A, "1", "wamid.w1", "late reply?"),
+            wa_record(WA_A, "2", "wamid.w2", "hi"),
+        ])
+        .await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out' AND status = 'failed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out' AND status = 'sent'")
+            .await,
+        1
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE (content->>'error_code')::int = 131047")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_graph_5xx_is_retried_through_sqs() {
+    let h = harness().await;
+    answer_with(&h.openai, "reply").await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"type\":\"text\""))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    let failures = h.run(vec![wa_record(WA_A, "1", "wamid.g1", "hello")]).await;
+    assert_eq!(failures, ["sqs-wamid.g1"]);
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out'")
+            .await,
+        0,
+        "nothing recorded as sent"
+    );
+}
+
+#[tokio::test]
+async fn insufficient_quota_is_permanent_and_parked_not_retried() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"error": {
+            "message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}})))
+        .mount(&h.openai)
+        .await;
+    let failures = h.run(vec![wa_record(WA_A, "1", "wamid.q1", "hello")]).await;
+    assert!(failures.is_empty());
+    assert_eq!(h.model_requests().await.len(), 1, "not retried");
+    assert!(h.sends().await.is_empty());
+    assert_eq!(
+        drain(&h.sdk, &h.stack.queue("InboundDLQ").url).await.len(),
+        1,
+        "parked for a redrive"
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'in'")
+            .await,
+        1,
+        "the message is kept"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_previous_response_id_falls_back_to_the_stored_history() {
+    let h = harness().await;
+    answer_with(&h.openai, "first answer").await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.p1", "first question")])
+        .await
+        .is_empty());
+    // The chained id has expired on the OpenAI side.
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"previous_response_id\":\"resp_1\""))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": {
+            "message": "not found", "type": "invalid_request_error", "param": "previous_response_id",
+            "code": "previous_response_not_found"}})))
+        .with_priority(1)
+        .mount(&h.openai)
+        .await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.p2", "second question")])
+        .await
+        .is_empty());
+    let reqs = h.model_requests().await;
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[1]["previous_response_id"], "resp_1");
+    assert!(reqs[2].get("previous_response_id").is_none());
+    let history = reqs[2]["input"].to_string();
+    assert!(
+        history.contains("first question")
+            && history.contains("first answer")
+            && history.contains("second question")
+    );
+    assert_eq!(h.sends().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_10000_character_reply_is_sent_in_order_in_channel_sized_parts() {
+    let h = harness().await;
+    let long: String = (0..10)
+        .map(|i| format!("Section {i}. {}\n\n", "detail ".repeat(140)))
+        .collect();
+    assert!(long.chars().count() >= 9_900);
+    answer_with(&h.openai, &long).await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.l1", "tell me everything")])
+        .await
+        .is_empty());
+    let sent = h.sends().await;
+    assert!(sent.len() >= 3);
+    assert!(sent.iter().all(|p| p.chars().count() <= 4096));
+    assert!(sent[0].starts_with("Section 0.") && sent.last().unwrap().contains("Section 9."));
+    let joined: Vec<&str> = sent.iter().flat_map(|p| p.split_whitespace()).collect();
+    assert_eq!(joined, long.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out'")
+            .await,
+        sent.len() as i64
+    );
+}
+
+#[tokio::test]
+async fn a_reply_that_cannot_be_recorded_is_never_sent_twice() {
+    let h = harness().await;
+    answer_with(&h.openai, "sent once").await;
+    // The provider answers with an id that collides with a stored message, so the reply's
+    // database write fails after the send went out.
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"type\":\"text\""))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"messages": [{"id": "wamid.r1"}]})),
+        )
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    let rec = wa_record(WA_A, "1", "wamid.r1", "hello");
+    assert!(h.run(vec![rec.clone()]).await.is_empty());
+    assert!(h.run(vec![rec]).await.is_empty());
+    assert_eq!(h.sends().await, ["sent once"]);
+    assert_eq!(h.model_requests().await.len(), 1);
 }
