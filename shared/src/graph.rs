@@ -47,6 +47,19 @@ pub enum WaRecipient {
     Bsuid(String),
 }
 
+/// The new message id at `pointer` of a success body. A 2xx without one is not a send we can
+/// track, and sending again could duplicate it: permanent.
+fn id_at(out: &Json, pointer: &str) -> Result<String, SendError> {
+    out.pointer(pointer)
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+        .ok_or(SendError {
+            code: 0,
+            status: 200,
+            retryable: false,
+        })
+}
+
 #[derive(Clone)]
 pub struct GraphClient {
     http: reqwest::Client,
@@ -78,6 +91,10 @@ impl GraphClient {
             facebook_base: facebook_base.into(),
             instagram_base: instagram_base.into(),
         }
+    }
+
+    fn whatsapp_messages_url(&self, phone_number_id: &str) -> String {
+        format!("{}/{phone_number_id}/messages", self.facebook_base)
     }
 
     pub fn production() -> Self {
@@ -138,20 +155,9 @@ impl GraphClient {
             msg["context"] = json!({"message_id": id});
         }
         let out = self
-            .post(
-                format!("{}/{phone_number_id}/messages", self.facebook_base),
-                token,
-                msg,
-            )
+            .post(self.whatsapp_messages_url(phone_number_id), token, msg)
             .await?;
-        out["messages"][0]["id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or(SendError {
-                code: 0,
-                status: 200,
-                retryable: false,
-            })
+        id_at(&out, "/messages/0/id")
     }
 
     /// Marks the inbound message read and shows the typing indicator (up to 25 s or until the
@@ -168,13 +174,9 @@ impl GraphClient {
             "message_id": inbound_wamid,
             "typing_indicator": {"type": "text"},
         });
-        self.post(
-            format!("{}/{phone_number_id}/messages", self.facebook_base),
-            token,
-            body,
-        )
-        .await
-        .map(|_| ())
+        self.post(self.whatsapp_messages_url(phone_number_id), token, body)
+            .await
+            .map(|_| ())
     }
 
     /// Sends an Instagram text (≤ 1000 UTF-8 bytes: split first) and returns the new mid.
@@ -193,13 +195,6 @@ impl GraphClient {
                 body,
             )
             .await?;
-        out["message_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or(SendError {
-                code: 0,
-                status: 200,
-                retryable: false,
-            })
+        id_at(&out, "/message_id")
     }
 }

@@ -679,6 +679,8 @@ async fn a_reply_is_recorded_atomically_with_its_charge() {
         store::credit_state(&t.db, f.tenant).await.unwrap(),
         Some((0, 0))
     );
+    assert_eq!(store::balance(&t.db, f.tenant).await.unwrap(), Some(0));
+    assert_eq!(store::balance(&t.db, other.tenant).await.unwrap(), Some(0));
     // Another tenant's conversation: nothing written, no charge.
     assert_eq!(
         store::record_reply(

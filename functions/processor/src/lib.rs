@@ -67,12 +67,29 @@ impl From<shared::idempotency::IdempotencyError> for Fail {
     }
 }
 
+/// The fields of an envelope that name its conversation. Reading only these (borrowed) keeps
+/// the coalescing pass from building every envelope twice; the unit parses them in full.
+#[derive(serde::Deserialize)]
+struct ConversationFields<'a> {
+    channel: Channel,
+    #[serde(borrow)]
+    channel_account_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    contact: ContactId<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContactId<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+}
+
 /// Key of the conversation a record belongs to, for coalescing.
 fn conversation_key(m: &SqsMessage) -> Option<String> {
-    let env: InboundEnvelope = serde_json::from_str(m.body.as_deref()?).ok()?;
+    let f: ConversationFields<'_> = serde_json::from_str(m.body.as_deref()?).ok()?;
     Some(format!(
         "{}:{}:{}",
-        env.channel, env.channel_account_id, env.contact.id
+        f.channel, f.channel_account_id, f.contact.id
     ))
 }
 

@@ -552,9 +552,17 @@ pub async fn agent(db: &Db, tenant: TenantId, agent_id: Uuid) -> Result<Option<A
     }))
 }
 
-/// Balance of a tenant's credit account.
+/// Balance of a tenant's credit account. Read on every processed message, so it reads the one
+/// row and never sums the ledger (that is `credit_state`, for audits and tests).
 pub async fn balance(db: &Db, tenant: TenantId) -> Result<Option<i64>, DbError> {
-    Ok(credit_state(db, tenant).await?.map(|(b, _)| b))
+    let c = db.client().await?;
+    let row = c
+        .query_opt(
+            "SELECT balance FROM credit_accounts WHERE user_id = $1",
+            &[&tenant.0],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Everything one AI reply changes, in one statement (so one transaction): the outbound
