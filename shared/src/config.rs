@@ -25,6 +25,15 @@ impl<'a> EnvReader<'a> {
         EnvReader::new(|k| std::env::var(k).ok())
     }
 
+    /// A reader over fixed `(key, value)` pairs (tests, and tools that build an environment).
+    pub fn from_pairs(vars: &[(&str, &str)]) -> EnvReader<'static> {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        EnvReader::new(move |k| map.get(k).cloned())
+    }
+
     /// The value, trimmed; `None` when unset or blank.
     pub fn optional(&self, key: &str) -> Option<String> {
         (self.lookup)(key)

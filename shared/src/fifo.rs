@@ -58,20 +58,51 @@ where
     Fut: Future<Output = Outcome>,
 {
     let handler = &handler;
-    run_batch_coalesced(
+    run_lanes(
         records,
-        |_| None,
+        |_| Some(String::new()),
+        false,
         |mut unit: Vec<SqsMessage>| handler(unit.remove(0)),
     )
     .await
 }
 
-/// Like [`run_batch`], but consecutive records of a group with the same `coalesce_key` (e.g.
-/// one conversation's burst of messages) are handed to `handler` together as one unit, whose
-/// outcome applies to each of its records. A record without a key is a unit of its own.
+/// Like [`run_batch`], but the records of a group are split into lanes by `lane_key` (e.g. the
+/// conversation): each lane's records are handed to `handler` together as one unit (one
+/// conversation's burst becomes one model turn) and different lanes of a group run
+/// concurrently. A record without a key is a lane of its own.
+///
+/// The skip-group rule still holds for the group as a whole: when a unit fails with
+/// `Retry`, every record of the group from that unit's first record on is returned, including
+/// records of other lanes that already succeeded concurrently (their redelivery must be a
+/// no-op for the handler: the processor's idempotency record makes it one). Parked records
+/// are not returned.
 pub async fn run_batch_coalesced<K, F, Fut>(
     records: Vec<SqsMessage>,
-    coalesce_key: K,
+    lane_key: K,
+    handler: F,
+) -> BatchReport
+where
+    K: Fn(&SqsMessage) -> Option<String>,
+    F: Fn(Vec<SqsMessage>) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    run_lanes(records, lane_key, true, handler).await
+}
+
+/// How each record of a group ended, by position in the group.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    NotRun,
+    Done,
+    Retried,
+    Parked,
+}
+
+async fn run_lanes<K, F, Fut>(
+    records: Vec<SqsMessage>,
+    lane_key: K,
+    coalesce: bool,
     handler: F,
 ) -> BatchReport
 where
@@ -88,45 +119,74 @@ where
             None => groups.push((g, vec![m])),
         }
     }
-    let (handler, coalesce_key) = (&handler, &coalesce_key);
+    let (handler, lane_key) = (&handler, &lane_key);
     let per_group = join_all(groups.into_iter().map(|(_, list)| async move {
-        // Units: runs of consecutive records sharing a key.
-        let mut units: Vec<(Option<String>, Vec<SqsMessage>)> = Vec::new();
-        for m in list {
-            let key = coalesce_key(&m);
-            match units.last_mut() {
-                Some((Some(k), unit)) if key.as_ref() == Some(k) => unit.push(m),
-                _ => units.push((key, vec![m])),
+        // Lanes of positions; a record without a key gets a lane of its own.
+        let mut lanes: Vec<(Option<String>, Vec<usize>)> = Vec::new();
+        for (pos, m) in list.iter().enumerate() {
+            let key = lane_key(m);
+            match lanes.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
+                Some((_, positions)) => positions.push(pos),
+                None => lanes.push((key, vec![pos])),
             }
         }
-        let mut report = BatchReport::default();
-        let mut iter = units.into_iter();
-        while let Some((_, unit)) = iter.next() {
-            let ids: Vec<String> = unit
-                .iter()
-                .map(|m| m.message_id.clone().unwrap_or_default())
-                .collect();
-            match handler(unit.clone()).await {
-                Outcome::Done => report.done += unit.len(),
-                Outcome::Permanent(reason) => report.permanent.extend(
-                    unit.into_iter().map(|message| Parked {
-                        message,
-                        reason: reason.clone(),
-                    }),
-                ),
-                Outcome::Retry(reason) => {
-                    tracing::warn!(message_ids = ?ids, reason = %reason, "record failed; it and the rest of its group will be retried");
-                    report.retried += ids.len();
-                    for id in ids {
-                        push_failure(&mut report.response, id);
+        let list = &list;
+        let lane_results = join_all(lanes.into_iter().map(|(_, positions)| async move {
+            let units: Vec<Vec<usize>> = if coalesce {
+                vec![positions]
+            } else {
+                positions.into_iter().map(|p| vec![p]).collect()
+            };
+            let mut fates = Vec::new();
+            let mut parked = Vec::new();
+            for unit in units {
+                let records: Vec<SqsMessage> = unit.iter().map(|&p| list[p].clone()).collect();
+                match handler(records.clone()).await {
+                    Outcome::Done => fates.extend(unit.iter().map(|&p| (p, Fate::Done))),
+                    Outcome::Permanent(reason) => {
+                        fates.extend(unit.iter().map(|&p| (p, Fate::Parked)));
+                        parked.extend(records.into_iter().map(|message| Parked {
+                            message,
+                            reason: reason.clone(),
+                        }));
                     }
-                    for (_, rest) in iter.by_ref() {
-                        for m in rest {
-                            report.skipped += 1;
-                            push_failure(&mut report.response, m.message_id.unwrap_or_default());
-                        }
+                    Outcome::Retry(reason) => {
+                        let ids: Vec<&str> = records
+                            .iter()
+                            .map(|m| m.message_id.as_deref().unwrap_or(""))
+                            .collect();
+                        tracing::warn!(message_ids = ?ids, reason = %reason, "record failed; it and the rest of its group will be retried");
+                        fates.extend(unit.iter().map(|&p| (p, Fate::Retried)));
+                        // The rest of this lane is not run: it would overtake the failed unit.
+                        break;
                     }
                 }
+            }
+            (fates, parked)
+        }))
+        .await;
+        let mut fate = vec![Fate::NotRun; list.len()];
+        let mut report = BatchReport::default();
+        for (fates, parked) in lane_results {
+            for (p, f) in fates {
+                fate[p] = f;
+            }
+            report.permanent.extend(parked);
+        }
+        let first_retry = fate.iter().position(|f| *f == Fate::Retried);
+        for (pos, f) in fate.iter().enumerate() {
+            let returned = first_retry.is_some_and(|r| pos >= r);
+            match f {
+                Fate::Parked => {}
+                Fate::Retried => report.retried += 1,
+                Fate::Done if !returned => report.done += 1,
+                Fate::Done | Fate::NotRun => report.skipped += 1,
+            }
+            if returned && *f != Fate::Parked {
+                push_failure(
+                    &mut report.response,
+                    list[pos].message_id.clone().unwrap_or_default(),
+                );
             }
         }
         report
@@ -228,7 +288,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn consecutive_records_of_one_key_form_one_unit() {
+    async fn a_lane_is_one_unit_and_a_failure_returns_the_group_from_there_on() {
         // Group A: x, x, y, x (keys from the body's first letter); group B: x.
         let batch = vec![
             record("x1", "A"),
@@ -256,9 +316,55 @@ mod tests {
         .await;
         let mut units = units.into_inner().unwrap();
         units.sort();
-        assert_eq!(units, [vec!["x1", "x2"], vec!["x9"], vec!["y1"]]);
+        assert_eq!(units, [vec!["x1", "x2", "x3"], vec!["x9"], vec!["y1"]]);
+        // x3 comes after y1 in the group: returned although its lane succeeded.
         assert_eq!(failures(&report), ["y1", "x3"]);
         assert_eq!((report.done, report.retried, report.skipped), (3, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn lanes_of_one_group_run_concurrently_and_stop_at_their_own_failure() {
+        // Group A holds conversations p and q interleaved; p's first unit fails.
+        let batch = vec![
+            record("q1", "A"),
+            record("p1", "A"),
+            record("q2", "A"),
+            record("p2", "A"),
+        ];
+        let events = Mutex::new(Vec::new());
+        let report = run_lanes(
+            batch,
+            |m| m.body.as_ref().map(|b| b[..1].to_owned()),
+            false,
+            |unit| {
+                let id = unit[0].message_id.clone().unwrap();
+                let events = &events;
+                async move {
+                    events.lock().unwrap().push(format!("start {id}"));
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    events.lock().unwrap().push(format!("end {id}"));
+                    if id == "p1" {
+                        Outcome::Retry("timeout".into())
+                    } else {
+                        Outcome::Done
+                    }
+                }
+            },
+        )
+        .await;
+        let events = events.into_inner().unwrap();
+        assert_eq!(
+            &events[..2],
+            ["start q1", "start p1"],
+            "both lanes started before either finished: {events:?}"
+        );
+        assert!(
+            !events.contains(&"start p2".to_owned()),
+            "p2 must wait for p1"
+        );
+        assert!(events.contains(&"end q2".to_owned()), "q's lane went on");
+        assert_eq!(failures(&report), ["p1", "q2", "p2"]);
+        assert_eq!((report.done, report.retried, report.skipped), (1, 1, 2));
     }
 
     #[tokio::test]

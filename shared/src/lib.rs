@@ -9,7 +9,8 @@
 //! - [`fifo`]: running a FIFO batch with the skip-group failure rule;
 //! - [`idempotency`]: the DynamoDB claim/complete record per inbound message;
 //! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
-//! - [`config`], [`secrets`], [`aws`], [`telemetry`]: start-up plumbing.
+//! - [`config`], [`secrets`], [`aws`], [`telemetry`], [`metrics`]: start-up plumbing, logs
+//!   and CloudWatch EMF metrics.
 
 pub mod aws;
 pub mod breaker;
@@ -22,6 +23,7 @@ pub mod graph;
 pub mod idempotency;
 pub mod ingest;
 pub mod meta;
+pub mod metrics;
 pub mod openai;
 pub mod ordering;
 pub mod queue;

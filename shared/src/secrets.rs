@@ -1,9 +1,11 @@
-//! Application secrets (Meta app secret, verify token, later the OpenAI key and web chat signing
-//! key) from one Secrets Manager secret holding a JSON object, cached in memory with a TTL.
+//! Application secrets (Meta app secret, verify token, the OpenAI key, later the web chat signing
+//! key) from one Secrets Manager secret holding a JSON object, cached in memory with a TTL, and
+//! per-channel-account Graph API tokens ([`SecretCache`]).
 //!
 //! For local use the values can come from plain environment variables instead.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -15,6 +17,9 @@ use crate::signature::SignatureKey;
 /// Keys of the JSON object stored in the app secret.
 pub const KEY_META_APP_SECRET: &str = "meta_app_secret";
 pub const KEY_META_VERIFY_TOKEN: &str = "meta_verify_token";
+pub const KEY_OPENAI_API_KEY: &str = "openai_api_key";
+/// Optional default Graph token (a system-user token) for accounts without their own secret.
+pub const KEY_GRAPH_ACCESS_TOKEN: &str = "graph_access_token";
 
 /// What the webhook needs from the app secret, with the HMAC key prepared once per refresh.
 pub struct MetaSecrets {
@@ -50,10 +55,19 @@ impl MetaSecrets {
 pub enum SecretsError {
     #[error("secret could not be read from Secrets Manager: {0}")]
     Unavailable(String),
+    #[error("secret `{0}` does not exist")]
+    NotFound(String),
     #[error("secret value is not a JSON object with the expected keys")]
     Malformed,
     #[error("`{0}` is empty in the app secret: put the real value into the secret")]
     NotSet(&'static str),
+}
+
+impl SecretsError {
+    /// Secrets Manager unreachable or throttled may pass; a missing or malformed value will not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SecretsError::Unavailable(_))
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,21 +150,157 @@ async fn fetch(
     client: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
 ) -> Result<MetaSecrets, SecretsError> {
+    let text = fetch_string(client, secret_id).await?;
+    let parsed: AppSecretJson =
+        serde_json::from_str(text.expose_secret()).map_err(|_| SecretsError::Malformed)?;
+    let empty = || SecretString::from(String::new());
+    MetaSecrets::new(
+        &parsed.meta_app_secret.unwrap_or_else(empty),
+        parsed.meta_verify_token.unwrap_or_else(empty),
+    )
+}
+
+async fn fetch_string(
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<SecretString, SecretsError> {
     let out = client
         .get_secret_value()
         .secret_id(secret_id)
         .send()
         .await
         .map_err(|e| {
-            SecretsError::Unavailable(
-                aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
-            )
+            let missing = e
+                .as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception());
+            if missing {
+                SecretsError::NotFound(secret_id.to_owned())
+            } else {
+                SecretsError::Unavailable(
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+                )
+            }
         })?;
-    let text = out.secret_string().ok_or(SecretsError::Malformed)?;
-    let parsed: AppSecretJson = serde_json::from_str(text).map_err(|_| SecretsError::Malformed)?;
-    let empty = || SecretString::from(String::new());
-    MetaSecrets::new(
-        &parsed.meta_app_secret.unwrap_or_else(empty),
-        parsed.meta_verify_token.unwrap_or_else(empty),
-    )
+    out.secret_string()
+        .map(|s| SecretString::from(s.to_owned()))
+        .ok_or(SecretsError::Malformed)
+}
+
+/// One string field of a secret holding a JSON object; `None` when absent or empty.
+pub fn json_field(value: &SecretString, key: &str) -> Result<Option<SecretString>, SecretsError> {
+    let map: HashMap<String, serde_json::Value> =
+        serde_json::from_str(value.expose_secret()).map_err(|_| SecretsError::Malformed)?;
+    Ok(map
+        .get(key)
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(|s| SecretString::from(s.to_owned())))
+}
+
+/// A channel account's Graph token secret holds either the bare token or a JSON object with
+/// an `access_token` field (the shape `aws secretsmanager create-secret` users tend to pick).
+pub fn graph_token_of(value: &SecretString) -> Result<SecretString, SecretsError> {
+    let raw = value.expose_secret().trim();
+    if raw.starts_with('{') {
+        return json_field(value, "access_token")?.ok_or(SecretsError::NotSet("access_token"));
+    }
+    if raw.is_empty() {
+        return Err(SecretsError::NotSet("access_token"));
+    }
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+/// Secrets Manager values by id, each cached for `ttl`. A failed refresh keeps serving the last
+/// good value (logged), so a Secrets Manager blip does not stop replies; a value never seen
+/// fails with the error. Concurrent misses may fetch twice; no lock is held across the call.
+pub struct SecretCache {
+    client: aws_sdk_secretsmanager::Client,
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, SecretString)>>,
+}
+
+impl SecretCache {
+    pub fn new(client: aws_sdk_secretsmanager::Client, ttl: Duration) -> Self {
+        Self {
+            client,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn get(&self, secret_id: &str) -> Result<SecretString, SecretsError> {
+        let cached = self
+            .entries
+            .lock()
+            .expect("secret cache lock")
+            .get(secret_id)
+            .cloned();
+        if let Some((at, v)) = &cached {
+            if at.elapsed() < self.ttl {
+                return Ok(v.clone());
+            }
+        }
+        match fetch_string(&self.client, secret_id).await {
+            Ok(v) => {
+                self.entries
+                    .lock()
+                    .expect("secret cache lock")
+                    .insert(secret_id.to_owned(), (Instant::now(), v.clone()));
+                Ok(v)
+            }
+            Err(e) => match cached {
+                Some((_, stale)) => {
+                    tracing::warn!(secret_id, error = %e, "secret refresh failed; using the cached value");
+                    Ok(stale)
+                }
+                None => Err(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> SecretString {
+        SecretString::from(v.to_owned())
+    }
+
+    #[test]
+    fn graph_token_is_the_bare_value_or_the_access_token_field() {
+        assert_eq!(
+            graph_token_of(&s(" EAAG1\n")).unwrap().expose_secret(),
+            "EAAG1"
+        );
+        assert_eq!(
+            graph_token_of(&s(r#"{"access_token":"EAAG2","note":"x"}"#))
+                .unwrap()
+                .expose_secret(),
+            "EAAG2"
+        );
+        assert!(matches!(
+            graph_token_of(&s(r#"{"token":"EAAG3"}"#)),
+            Err(SecretsError::NotSet("access_token"))
+        ));
+        assert!(matches!(
+            graph_token_of(&s("{oops")),
+            Err(SecretsError::Malformed)
+        ));
+        assert!(graph_token_of(&s("  ")).is_err());
+    }
+
+    #[test]
+    fn json_field_treats_empty_as_absent() {
+        let v = s(r#"{"openai_api_key":"sk-1","graph_access_token":""}"#);
+        assert_eq!(
+            json_field(&v, KEY_OPENAI_API_KEY)
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "sk-1"
+        );
+        assert!(json_field(&v, KEY_GRAPH_ACCESS_TOKEN).unwrap().is_none());
+        assert!(json_field(&v, "missing").unwrap().is_none());
+    }
 }

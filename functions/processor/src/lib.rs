@@ -4,6 +4,8 @@
 //! parse → idempotency claim → route (cached) → store inbound → human mode? → credits →
 //! mark read → model → send → record reply + charge (one statement) → extraction job → complete.
 
+mod config;
+
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
@@ -16,11 +18,15 @@ use shared::envelope::{Channel, Content, InboundEnvelope, ENVELOPE_VERSION};
 use shared::fifo::{run_batch_coalesced, Outcome};
 use shared::graph::{GraphClient, WaRecipient};
 use shared::idempotency::{Claim, IdempotencyStore};
+use shared::metrics::Metrics;
 use shared::openai::{InputMessage, ModelError, ResponseRequest, ResponsesClient};
 use shared::ordering::{dedup_id, sha256_hex};
 use shared::queue::{OutgoingMessage, QueuePublisher};
+use shared::secrets::{graph_token_of, SecretCache};
 use shared::split::{split_text, Measure, INSTAGRAM_MAX_BYTES, WHATSAPP_MAX_CHARS};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
+
+pub use config::{Config, Resolved};
 
 /// Routing lookups are cached this long (an admin change is visible within it).
 pub const ROUTE_TTL: Duration = Duration::from_secs(300);
@@ -31,12 +37,40 @@ pub struct Deps {
     pub idempotency: IdempotencyStore,
     pub model: ResponsesClient,
     pub graph: GraphClient,
-    /// Graph token used for every channel account (local stack, single-tenant deployments);
-    /// per-account tokens from Secrets Manager come with the deploy work.
-    pub graph_token: SecretString,
+    pub tokens: GraphTokens,
     pub publisher: QueuePublisher,
     pub extraction_queue_url: String,
     pub dead_letter_queue_url: String,
+    pub metrics: Metrics,
+}
+
+/// Where a channel account's Graph API token comes from: the Secrets Manager secret the account
+/// names (`channel_accounts.access_token_secret`, cached), else the deployment's default token.
+pub struct GraphTokens {
+    pub secrets: SecretCache,
+    pub default: Option<SecretString>,
+}
+
+impl GraphTokens {
+    async fn for_account(&self, route: &ChannelAccountRoute) -> Result<SecretString, Fail> {
+        match (&route.access_token_secret, &self.default) {
+            (Some(id), _) => {
+                let value = self.secrets.get(id).await.map_err(|e| {
+                    if e.is_retryable() {
+                        Fail::Retry(e.to_string())
+                    } else {
+                        Fail::permanent("no_token", e.to_string())
+                    }
+                })?;
+                graph_token_of(&value).map_err(|e| Fail::permanent("no_token", e.to_string()))
+            }
+            (None, Some(token)) => Ok(token.clone()),
+            (None, None) => Err(Fail::permanent(
+                "no_token",
+                "the channel account names no token secret and no default Graph token is set",
+            )),
+        }
+    }
 }
 
 pub struct Processor {
@@ -45,10 +79,23 @@ pub struct Processor {
     agents: TtlCache<uuid::Uuid, Option<Agent>>,
 }
 
-/// Failure of one unit, classified once.
+/// Failure of one unit, classified once. A permanent failure carries the outcome recorded on
+/// the stored inbound messages.
 enum Fail {
     Retry(String),
-    Permanent(String),
+    Permanent {
+        outcome: &'static str,
+        reason: String,
+    },
+}
+
+impl Fail {
+    fn permanent(outcome: &'static str, reason: impl Into<String>) -> Self {
+        Fail::Permanent {
+            outcome,
+            reason: reason.into(),
+        }
+    }
 }
 
 impl From<DbError> for Fail {
@@ -56,7 +103,7 @@ impl From<DbError> for Fail {
         if e.is_retryable() {
             Fail::Retry(e.to_string())
         } else {
-            Fail::Permanent(e.to_string())
+            Fail::permanent("db_rejected", e.to_string())
         }
     }
 }
@@ -150,6 +197,14 @@ pub fn model_text(c: &Content) -> Option<String> {
     })
 }
 
+/// What one turn needs to reach the customer.
+struct Reach<'a> {
+    channel: Channel,
+    token: &'a SecretString,
+    account: &'a str,
+    contact: &'a shared::envelope::Contact,
+}
+
 impl Processor {
     pub fn new(deps: Deps) -> Self {
         Self {
@@ -157,6 +212,11 @@ impl Processor {
             routes: TtlCache::new(ROUTE_TTL),
             agents: TtlCache::new(ROUTE_TTL),
         }
+    }
+
+    /// Counters and timings (EMF); flushed to stdout after every batch.
+    pub fn metrics(&self) -> &Metrics {
+        &self.deps.metrics
     }
 
     /// Handles one SQS batch. `deadline` is when the invocation must have answered.
@@ -169,6 +229,7 @@ impl Processor {
             run_batch_coalesced(records, conversation_key, |unit| self.unit(unit, deadline)).await;
         // Records that can never succeed go to the DLQ explicitly (kept, alarmed, not blocking).
         let mut response = report.response;
+        let metrics = &self.deps.metrics;
         if !report.permanent.is_empty() {
             let parked: Vec<OutgoingMessage> = report
                 .permanent
@@ -183,27 +244,32 @@ impl Processor {
             for p in &report.permanent {
                 warn!(message_id = ?p.message.message_id, reason = %p.reason, "record parked in the DLQ");
             }
-            if let Err(e) = self
+            match self
                 .deps
                 .publisher
                 .send_all(&self.deps.dead_letter_queue_url, parked)
                 .await
             {
-                // Could not park them: let SQS redeliver (its own redrive ends in the DLQ too).
-                warn!(error = %e, "parking failed; returning the records for redelivery");
-                for p in report.permanent {
-                    let mut f = aws_lambda_events::sqs::BatchItemFailure::default();
-                    f.item_identifier = p.message.message_id.unwrap_or_default();
-                    response.batch_item_failures.push(f);
+                Ok(_) => metrics.count("RecordsParked", report.permanent.len() as u64),
+                Err(e) => {
+                    // Could not park them: let SQS redeliver (its own redrive ends in the DLQ too).
+                    warn!(error = %e, "parking failed; returning the records for redelivery");
+                    for p in report.permanent {
+                        let mut f = aws_lambda_events::sqs::BatchItemFailure::default();
+                        f.item_identifier = p.message.message_id.unwrap_or_default();
+                        response.batch_item_failures.push(f);
+                    }
                 }
             }
         }
+        metrics.count("BatchFailures", response.batch_item_failures.len() as u64);
         info!(
             done = report.done,
             retried = report.retried,
             skipped = report.skipped,
             "batch processed"
         );
+        metrics.flush();
         response
     }
 
@@ -211,7 +277,9 @@ impl Processor {
         match self.unit_inner(unit, deadline).await {
             Ok(()) => Outcome::Done,
             Err(Fail::Retry(r)) => Outcome::Retry(r),
-            Err(Fail::Permanent(r)) => Outcome::Permanent(r),
+            Err(Fail::Permanent { outcome, reason }) => {
+                Outcome::Permanent(format!("{outcome}: {reason}"))
+            }
         }
     }
 
@@ -220,15 +288,36 @@ impl Processor {
         let mut envs = Vec::with_capacity(unit.len());
         for m in &unit {
             let env: InboundEnvelope = serde_json::from_str(m.body.as_deref().unwrap_or(""))
-                .map_err(|_| Fail::Permanent("body is not an inbound envelope".into()))?;
+                .map_err(|_| Fail::permanent("unreadable", "body is not an inbound envelope"))?;
             if env.v != ENVELOPE_VERSION {
-                return Err(Fail::Permanent(format!(
-                    "unknown envelope version {}",
-                    env.v
-                )));
+                return Err(Fail::permanent(
+                    "unreadable",
+                    format!("unknown envelope version {}", env.v),
+                ));
             }
             envs.push(env);
         }
+        // Meta posts each message in its own webhook and those can overtake each other, so queue
+        // order is not always the order the customer typed in: the provider timestamp decides
+        // (stable, so equal timestamps keep queue order).
+        envs.sort_by_key(|e| e.provider_timestamp_ms);
+        let span = tracing::info_span!(
+            "unit",
+            correlation_id = %envs[0].correlation_id,
+            channel = %envs[0].channel,
+            tenant = tracing::field::Empty,
+            conversation = tracing::field::Empty,
+        );
+        self.claim_and_process(envs, deadline)
+            .instrument(span)
+            .await
+    }
+
+    async fn claim_and_process(
+        &self,
+        envs: Vec<InboundEnvelope>,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
         // 2. Idempotency: drop what is already done; back off from what another run holds.
         let hold = deadline.saturating_duration_since(Instant::now());
         let mut fresh = Vec::new();
@@ -243,11 +332,15 @@ impl Processor {
                 .any(|(k, _): &(String, InboundEnvelope)| *k == key)
             {
                 // The same provider message twice in one unit (a late Meta retry): once is enough.
+                self.deps.metrics.count("DuplicatesSkipped", 1);
                 continue;
             }
             match self.deps.idempotency.claim(&key, hold).await? {
                 Claim::Acquired => fresh.push((key, env)),
-                Claim::Completed => info!(outcome = "duplicate", "already processed; skipped"),
+                Claim::Completed => {
+                    self.deps.metrics.count("DuplicatesSkipped", 1);
+                    info!(outcome = "duplicate", "already processed; skipped");
+                }
                 Claim::InProgress => {
                     self.release(&fresh).await;
                     return Err(Fail::Retry("another invocation holds this message".into()));
@@ -260,6 +353,9 @@ impl Processor {
         let result = self.process(&fresh).await;
         match &result {
             Ok(()) => {
+                self.deps
+                    .metrics
+                    .count("MessagesProcessed", fresh.len() as u64);
                 for (key, _) in &fresh {
                     self.deps.idempotency.complete(key).await?;
                 }
@@ -279,6 +375,8 @@ impl Processor {
         }
     }
 
+    /// Routes and stores the unit's messages, then answers; the outcome (or the permanent
+    /// failure's class) is recorded on the stored inbound rows.
     async fn process(&self, msgs: &[(String, InboundEnvelope)]) -> Result<(), Fail> {
         let first = &msgs[0].1;
         let last = &msgs[msgs.len() - 1].1;
@@ -292,10 +390,13 @@ impl Processor {
             })
             .await?;
         let Some(route) = route.filter(|r| r.is_active && r.tenant_active) else {
-            warn!(outcome = "unknown_channel_account", channel = %first.channel, "no active channel account; recorded and acknowledged");
+            // No tenant to store it under: the log line and the metric are the record.
+            self.deps.metrics.count("UnknownAccount", msgs.len() as u64);
+            warn!(outcome = "unknown_channel_account", account = %first.channel_account_id, "no active channel account; acknowledged");
             return Ok(());
         };
         let tenant: TenantId = route.tenant;
+        tracing::Span::current().record("tenant", tracing::field::display(tenant.uuid()));
         // 4. Store the inbound messages.
         let contact = store::upsert_contact(
             db,
@@ -307,10 +408,11 @@ impl Processor {
             last.contact.username.as_deref(),
         )
         .await?
-        .ok_or_else(|| Fail::Permanent("contact not writable".into()))?;
+        .ok_or_else(|| Fail::permanent("db_rejected", "contact not writable"))?;
         let conv = store::conversation_for(db, tenant, route.channel_account_id, contact)
             .await?
-            .ok_or_else(|| Fail::Permanent("conversation not writable".into()))?;
+            .ok_or_else(|| Fail::permanent("db_rejected", "conversation not writable"))?;
+        tracing::Span::current().record("conversation", tracing::field::display(conv.id));
         for (_, env) in msgs {
             let content = serde_json::to_value(&env.content).unwrap_or(json!(null));
             let raw: Option<serde_json::Value> = env
@@ -330,13 +432,44 @@ impl Processor {
             )
             .await?;
         }
+        let result = self.respond(msgs, &route, &conv).await;
+        let outcome = match &result {
+            Ok(o) => Some(*o),
+            Err(Fail::Permanent { outcome, .. }) => Some(*outcome),
+            Err(Fail::Retry(_)) => None,
+        };
+        if let Some(outcome) = outcome {
+            let ids: Vec<&str> = msgs
+                .iter()
+                .map(|(_, e)| e.provider_message_id.as_str())
+                .collect();
+            if let Err(e) = store::set_outcome(db, tenant, conv.id, &ids, outcome).await {
+                warn!(error = %e, outcome, "outcome not recorded on the inbound messages");
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// Steps 5–11 for stored messages; returns the outcome to record.
+    async fn respond(
+        &self,
+        msgs: &[(String, InboundEnvelope)],
+        route: &ChannelAccountRoute,
+        conv: &store::Conversation,
+    ) -> Result<&'static str, Fail> {
+        let first = &msgs[0].1;
+        let last = &msgs[msgs.len() - 1].1;
+        let db = &self.deps.db;
+        let metrics = &self.deps.metrics;
+        let tenant = route.tenant;
         // 5. Human mode: stored, nothing else.
         if conv.mode == "human" {
+            metrics.count("HumanMode", 1);
             info!(
                 outcome = "human_mode",
                 "conversation in human mode; no AI reply"
             );
-            return Ok(());
+            return Ok("human_mode");
         }
         let texts: Vec<String> = msgs
             .iter()
@@ -347,14 +480,14 @@ impl Processor {
                 outcome = "nothing_to_answer",
                 "no content the model can use; stored only"
             );
-            return Ok(());
+            return Ok("nothing_to_answer");
         }
         let Some(agent_id) = route.agent_id else {
             warn!(
                 outcome = "no_agent",
                 "channel account has no agent; stored only"
             );
-            return Ok(());
+            return Ok("no_agent");
         };
         let agent = self
             .agents
@@ -366,34 +499,46 @@ impl Processor {
                 outcome = "no_agent",
                 "agent missing or inactive; stored only"
             );
-            return Ok(());
+            return Ok("no_agent");
+        };
+        let token = self.deps.tokens.for_account(route).await?;
+        let reach = Reach {
+            channel: first.channel,
+            token: &token,
+            account: &last.channel_account_id,
+            contact: &last.contact,
         };
         // 6. Credits.
         let balance = store::balance(db, tenant).await?.unwrap_or(0);
         if balance < agent.min_balance.max(1) {
+            metrics.count("CreditsExhausted", 1);
             warn!(
                 outcome = "credits_exhausted",
                 balance, "credits exhausted; no model call"
             );
-            return Ok(());
+            self.fallback(
+                &reach,
+                tenant,
+                conv.id,
+                "no_credits",
+                &agent.fallback_no_credits,
+            )
+            .await;
+            return Ok("credits_exhausted");
         }
         // 7. Mark read + typing (best effort, WhatsApp).
         if first.channel == Channel::Whatsapp {
             if let Err(e) = self
                 .deps
                 .graph
-                .mark_read_and_typing(
-                    &self.deps.graph_token,
-                    &last.channel_account_id,
-                    &last.provider_message_id,
-                )
+                .mark_read_and_typing(&token, &last.channel_account_id, &last.provider_message_id)
                 .await
             {
                 warn!(code = e.code, "mark-as-read failed (ignored)");
             }
         }
         // 8. Model.
-        let reply = self
+        let reply = match self
             .ask_model(
                 &agent,
                 tenant,
@@ -402,101 +547,39 @@ impl Processor {
                 &texts,
                 &last.contact.id,
             )
-            .await?;
-        // 9. Send.
-        let (max, measure) = match first.channel {
-            Channel::Instagram => (INSTAGRAM_MAX_BYTES, Measure::Bytes),
-            _ => (WHATSAPP_MAX_CHARS, Measure::Chars),
-        };
-        let mut parts = Vec::new();
-        let mut permanent_error = None;
-        for piece in split_text(&reply.text, max, measure) {
-            let sent = match first.channel {
-                Channel::Whatsapp => {
-                    let to = match &last.contact.wa_id {
-                        Some(w) => WaRecipient::WaId(w.clone()),
-                        None => WaRecipient::Bsuid(last.contact.id.clone()),
-                    };
-                    self.deps
-                        .graph
-                        .send_whatsapp_text(
-                            &self.deps.graph_token,
-                            &last.channel_account_id,
-                            &to,
-                            &piece,
-                            None,
-                        )
-                        .await
+            .await
+        {
+            Ok(r) => r,
+            Err(f) => {
+                metrics.count("ModelFailures", 1);
+                if let Fail::Permanent { .. } = f {
+                    self.fallback(&reach, tenant, conv.id, "error", &agent.fallback_error)
+                        .await;
                 }
-                Channel::Instagram => {
-                    self.deps
-                        .graph
-                        .send_instagram_text(
-                            &self.deps.graph_token,
-                            &last.channel_account_id,
-                            &last.contact.id,
-                            &piece,
-                        )
-                        .await
-                }
-                Channel::Webchat => Err(shared::graph::SendError {
-                    code: 0,
-                    status: 0,
-                    retryable: false,
-                }),
-            };
-            match sent {
-                Ok(id) => parts.push((Some(id), json!({"type": "text", "body": piece}))),
-                Err(e) if e.retryable && parts.is_empty() => {
-                    return Err(Fail::Retry(format!("send failed with code {}", e.code)));
-                }
-                Err(e) => {
-                    warn!(
-                        outcome = "send_failed",
-                        code = e.code,
-                        "send failed; recorded"
-                    );
-                    parts.push((
-                        None,
-                        json!({"type": "text", "body": piece, "error_code": e.code}),
-                    ));
-                    permanent_error = Some(e.code);
-                    break;
-                }
+                return Err(f);
             }
-        }
+        };
+        metrics.count("InputTokens", reply.input_tokens);
+        metrics.count("OutputTokens", reply.output_tokens);
+        // 9. Send.
+        let (parts, send_error) = self.send_text(&reach, &reply.text, None).await?;
         // 10. Record reply + charge in one statement. The reply is already out: a failure here
         // must not lead to a redelivery that sends it again, so it is retried briefly and then
         // logged as unrecorded rather than failing the record.
         let cost = price(agent.price_input_per_1k, reply.input_tokens)
             + price(agent.price_output_per_1k, reply.output_tokens);
-        let mut charge = None;
-        for attempt in 0..3u64 {
-            match store::record_reply(
-                db,
+        let charge = self
+            .record(
                 tenant,
                 conv.id,
                 &parts,
                 Some(&reply.id),
-                reply.input_tokens as i32,
-                reply.output_tokens as i32,
+                (reply.input_tokens, reply.output_tokens),
                 cost,
             )
-            .await
-            {
-                Ok(c) => {
-                    charge = c;
-                    break;
-                }
-                Err(e) if attempt < 2 && e.is_retryable() => {
-                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
-                }
-                Err(e) => {
-                    tracing::error!(outcome = "reply_not_recorded", error = %e, cost, "reply sent but not recorded; not retrying the record to avoid a second send");
-                    break;
-                }
-            }
-        }
+            .await;
+        let charged = charge.map_or(0, |c| c.charged);
+        metrics.count("CreditsCharged", charged.max(0) as u64);
         // 11. Extraction job for this conversation.
         let job = json!({"v": 1, "kind": "extract", "tenant_id": tenant.uuid().to_string(), "conversation_id": conv.id.to_string()});
         if let Err(e) = self
@@ -515,19 +598,159 @@ impl Processor {
         {
             warn!(error = %e, "extraction job not queued; the next turn queues it again");
         }
+        let outcome = if send_error.is_some() {
+            "send_failed"
+        } else {
+            metrics.count("RepliesSent", 1);
+            "replied"
+        };
         info!(
-            outcome = if permanent_error.is_some() {
-                "send_failed"
-            } else {
-                "replied"
-            },
+            outcome,
             parts = parts.len(),
             input_tokens = reply.input_tokens,
             output_tokens = reply.output_tokens,
-            charged = charge.map_or(0, |c| c.charged),
+            charged,
             "reply processed"
         );
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// Sends `text` in channel-sized parts, in order. A retryable error before anything went
+    /// out fails the unit (retried through SQS); any other error is recorded on the part and
+    /// ends the send (the rest would fail alike). `marker` tags fallback texts.
+    async fn send_text(
+        &self,
+        to: &Reach<'_>,
+        text: &str,
+        marker: Option<&str>,
+    ) -> Result<(Vec<(Option<String>, serde_json::Value)>, Option<i64>), Fail> {
+        let (max, measure) = match to.channel {
+            Channel::Instagram => (INSTAGRAM_MAX_BYTES, Measure::Bytes),
+            _ => (WHATSAPP_MAX_CHARS, Measure::Chars),
+        };
+        let mut parts = Vec::new();
+        for piece in split_text(text, max, measure) {
+            let sent = match to.channel {
+                Channel::Whatsapp => {
+                    let recipient = match &to.contact.wa_id {
+                        Some(w) => WaRecipient::WaId(w.clone()),
+                        None => WaRecipient::Bsuid(to.contact.id.clone()),
+                    };
+                    self.deps
+                        .graph
+                        .send_whatsapp_text(to.token, to.account, &recipient, &piece, None)
+                        .await
+                }
+                Channel::Instagram => {
+                    self.deps
+                        .graph
+                        .send_instagram_text(to.token, to.account, &to.contact.id, &piece)
+                        .await
+                }
+                Channel::Webchat => Err(shared::graph::SendError {
+                    code: 0,
+                    status: 0,
+                    retryable: false,
+                }),
+            };
+            let mut content = json!({"type": "text", "body": piece});
+            if let Some(m) = marker {
+                content["fallback"] = json!(m);
+            }
+            match sent {
+                Ok(id) => parts.push((Some(id), content)),
+                Err(e) if e.retryable && parts.is_empty() => {
+                    self.deps
+                        .metrics
+                        .count_by("SendFailures", "ErrorCode", e.code.to_string(), 1);
+                    return Err(Fail::Retry(format!("send failed with code {}", e.code)));
+                }
+                Err(e) => {
+                    self.deps
+                        .metrics
+                        .count_by("SendFailures", "ErrorCode", e.code.to_string(), 1);
+                    warn!(
+                        outcome = "send_failed",
+                        code = e.code,
+                        "send failed; recorded"
+                    );
+                    content["error_code"] = json!(e.code);
+                    parts.push((None, content));
+                    return Ok((parts, Some(e.code)));
+                }
+            }
+        }
+        Ok((parts, None))
+    }
+
+    /// Writes sent parts with their charge; see step 10 for why a failure is only logged.
+    async fn record(
+        &self,
+        tenant: TenantId,
+        conversation: uuid::Uuid,
+        parts: &[(Option<String>, serde_json::Value)],
+        response_id: Option<&str>,
+        (input_tokens, output_tokens): (u64, u64),
+        cost: i64,
+    ) -> Option<store::Charge> {
+        for attempt in 0..3u64 {
+            match store::record_reply(
+                &self.deps.db,
+                tenant,
+                conversation,
+                parts,
+                response_id,
+                input_tokens as i32,
+                output_tokens as i32,
+                cost,
+            )
+            .await
+            {
+                Ok(c) => return c,
+                Err(e) if attempt < 2 && e.is_retryable() => {
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
+                Err(e) => {
+                    self.deps.metrics.count("ReplyNotRecorded", 1);
+                    tracing::error!(outcome = "reply_not_recorded", error = %e, cost, "reply sent but not recorded; not retrying the record to avoid a second send");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Sends the agent's fallback text for `marker` (best effort), unless the conversation's
+    /// latest outbound message already is that fallback: one notice per episode, not one per
+    /// customer message.
+    async fn fallback(
+        &self,
+        to: &Reach<'_>,
+        tenant: TenantId,
+        conversation: uuid::Uuid,
+        marker: &str,
+        text: &Option<String>,
+    ) {
+        let Some(text) = text.as_deref().filter(|t| !t.trim().is_empty()) else {
+            return;
+        };
+        match store::last_outbound_fallback(&self.deps.db, tenant, conversation).await {
+            Ok(Some(m)) if m == marker => return,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "fallback skipped: conversation state unreadable");
+                return;
+            }
+        }
+        match self.send_text(to, text, Some(marker)).await {
+            Ok((parts, _)) => {
+                self.record(tenant, conversation, &parts, None, (0, 0), 0)
+                    .await;
+                self.deps.metrics.count("FallbacksSent", 1);
+                info!(fallback = marker, "fallback text sent");
+            }
+            Err(_) => warn!(fallback = marker, "fallback text not sent"),
+        }
     }
 
     async fn ask_model(
@@ -557,7 +780,8 @@ impl Processor {
         if req.previous_response_id.is_none() {
             req.input = self.history(agent, tenant, conversation, texts).await?;
         }
-        match self.deps.model.create(&req).await {
+        let started = Instant::now();
+        let result = match self.deps.model.create(&req).await {
             Ok(r) => Ok(r),
             Err(ModelError::PreviousResponseNotFound) => {
                 info!("previous response unknown; falling back to stored history");
@@ -566,7 +790,13 @@ impl Processor {
                 self.deps.model.create(&req).await.map_err(model_fail)
             }
             Err(e) => Err(model_fail(e)),
+        };
+        if result.is_ok() {
+            self.deps
+                .metrics
+                .millis("ModelLatency", started.elapsed().as_secs_f64() * 1000.0);
         }
+        result
     }
 
     /// The last N stored messages (the new inbound ones included) as model input.
@@ -608,7 +838,7 @@ fn model_fail(e: ModelError) -> Fail {
         Fail::Retry(e.to_string())
     } else {
         warn!(outcome = "model_rejected", error = %e, "model call failed permanently; recorded");
-        Fail::Permanent(e.to_string())
+        Fail::permanent("model_rejected", e.to_string())
     }
 }
 

@@ -5,15 +5,17 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::SqsMessage;
 use local_aws::testing::{drain, emulator_sdk, fresh_stack};
-use processor::{Deps, Processor};
+use processor::{Deps, GraphTokens, Processor};
 use serde_json::{json, Value};
 use shared::db::testing::TestDb;
 use shared::db::{store, TenantId};
 use shared::envelope::Channel;
 use shared::graph::GraphClient;
 use shared::idempotency::IdempotencyStore;
+use shared::metrics::Metrics;
 use shared::openai::{ClientSettings, ResponsesClient};
 use shared::queue::{QueuePublisher, RetryPolicy};
+use shared::secrets::SecretCache;
 use wiremock::matchers::{body_string_contains, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -50,6 +52,11 @@ fn ok_body(text: &str) -> Value {
 }
 
 async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+/// A harness whose model client settings `tune` adjusts (breaker thresholds, timeouts).
+async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
     let t = TestDb::new().await;
     let sdk = emulator_sdk().await;
     let (_, stack) = fresh_stack(&sdk).await;
@@ -101,6 +108,7 @@ async fn harness() -> Harness {
     settings.timeout = Duration::from_millis(500);
     settings.max_retries = 1;
     settings.min_backoff = Duration::from_millis(5);
+    tune(&mut settings);
     let deps = Deps {
         db: shared::db::Db::new(shared::db::DbConfig::new(t.url.clone())),
         idempotency: IdempotencyStore::new(
@@ -109,10 +117,17 @@ async fn harness() -> Harness {
         ),
         model: ResponsesClient::new(settings),
         graph: GraphClient::new(format!("{}/fb", graph.uri()), format!("{}/ig", graph.uri())),
-        graph_token: "EAAG-test".to_owned().into(),
+        tokens: GraphTokens {
+            secrets: SecretCache::new(
+                aws_sdk_secretsmanager::Client::new(&sdk),
+                Duration::from_secs(300),
+            ),
+            default: Some("EAAG-test".to_owned().into()),
+        },
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: stack.queue("ExtractionQueue").url.clone(),
         dead_letter_queue_url: stack.queue("InboundDLQ").url.clone(),
+        metrics: Metrics::new("AiAgentTest", "processor"),
     };
     Harness {
         t,
@@ -127,10 +142,15 @@ async fn harness() -> Harness {
 
 /// An SQS record carrying the envelope of a WhatsApp text, as the webhook would have queued it.
 fn wa_record(account: &str, contact: &str, wamid: &str, text: &str) -> SqsMessage {
+    wa_record_at(account, contact, wamid, text, 1_767_225_600)
+}
+
+/// As [`wa_record`], sent at `ts` (Unix seconds, as WhatsApp gives it).
+fn wa_record_at(account: &str, contact: &str, wamid: &str, text: &str, ts: i64) -> SqsMessage {
     let body = serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{"field": "messages", "value": {
         "metadata": {"phone_number_id": account},
         "contacts": [{"profile": {"name": "Ana"}, "wa_id": contact}],
-        "messages": [{"from": contact, "id": wamid, "timestamp": "1767225600", "type": "text", "text": {"body": text}}]}}]}]}))
+        "messages": [{"from": contact, "id": wamid, "timestamp": ts.to_string(), "type": "text", "text": {"body": text}}]}}]}]}))
     .unwrap();
     record_of(&body, "whatsapp", account)
 }
@@ -193,6 +213,39 @@ impl Harness {
                     .map(str::to_owned)
             })
             .collect()
+    }
+
+    /// The recorded outcome of each inbound message, in arrival order.
+    async fn outcomes(&self) -> Vec<Option<String>> {
+        self.t
+            .db
+            .client()
+            .await
+            .unwrap()
+            .query(
+                "SELECT outcome FROM messages WHERE direction = 'in' ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    fn metric(&self, key: &str) -> f64 {
+        self.processor.metrics().total(key)
+    }
+
+    async fn sql(&self, sql: &str) {
+        self.t
+            .db
+            .client()
+            .await
+            .unwrap()
+            .execute(sql, &[])
+            .await
+            .unwrap();
     }
 
     async fn count(&self, sql: &str) -> i64 {
@@ -260,6 +313,12 @@ async fn whatsapp_message_gets_one_reply_stored_and_charged() {
         store::credit_state(&h.t.db, h.tenant).await.unwrap(),
         Some((996, 996))
     );
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+    assert_eq!(h.metric("MessagesProcessed"), 1.0);
+    assert_eq!(h.metric("RepliesSent"), 1.0);
+    assert_eq!(h.metric("InputTokens"), 1000.0);
+    assert_eq!(h.metric("CreditsCharged"), 4.0);
+    assert!(h.metric("ModelLatency") > 0.0);
     let jobs = drain(&h.sdk, &h.stack.queue("ExtractionQueue").url).await;
     assert_eq!(jobs.len(), 1, "one extraction job");
     assert!(jobs[0].body.contains("\"kind\":\"extract\""));
@@ -366,6 +425,14 @@ async fn human_mode_and_exhausted_credits_store_without_calling_the_model() {
         2
     );
     assert!(h.sends().await.is_empty());
+    assert_eq!(
+        h.outcomes().await,
+        [
+            Some("human_mode".to_owned()),
+            Some("credits_exhausted".to_owned())
+        ]
+    );
+    assert_eq!(h.metric("CreditsExhausted"), 1.0);
 }
 
 #[tokio::test]
@@ -387,16 +454,24 @@ async fn a_model_timeout_fails_its_group_from_that_record_on_and_spares_other_gr
         wa_record(WA_B, "3", "wamid.b1", "other number"),
     ];
     let failures = h.run(batch).await;
+    // Contact 2 shares group A but is another conversation: answered concurrently, and still
+    // returned (it comes after the failed record in the group).
     assert_eq!(failures, ["sqs-wamid.a1", "sqs-wamid.a2"]);
-    assert_eq!(h.sends().await, ["fast answer"], "group B replied");
-    // The failed record was released: its redelivery is processed normally.
+    assert_eq!(h.sends().await, ["fast answer", "fast answer"]);
+    // The failed record was released: its redelivery is processed normally, and the returned
+    // record that had already been answered is a duplicate now.
     h.openai.reset().await;
     answer_with(&h.openai, "now on time").await;
     assert!(h
-        .run(vec![wa_record(WA_A, "1", "wamid.a1", "slow question")])
+        .run(vec![
+            wa_record(WA_A, "1", "wamid.a1", "slow question"),
+            wa_record(WA_A, "2", "wamid.a2", "next in line"),
+        ])
         .await
         .is_empty());
     assert_eq!(h.model_requests().await.len(), 1);
+    assert_eq!(h.sends().await.len(), 3, "contact 2 was not answered twice");
+    assert_eq!(h.processor.metrics().total("DuplicatesSkipped"), 1.0);
 }
 
 #[tokio::test]
@@ -459,6 +534,13 @@ async fn a_closed_window_131047_is_recorded_failed_and_does_not_block_the_group(
             .await,
         1
     );
+    let mut outcomes = h.outcomes().await;
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [Some("replied".to_owned()), Some("send_failed".to_owned())]
+    );
+    assert_eq!(h.metric("SendFailures.ErrorCode=131047"), 1.0);
 }
 
 #[tokio::test]
@@ -504,6 +586,8 @@ async fn insufficient_quota_is_permanent_and_parked_not_retried() {
         1,
         "the message is kept"
     );
+    assert_eq!(h.outcomes().await, [Some("model_rejected".to_owned())]);
+    assert_eq!(h.metric("RecordsParked"), 1.0);
 }
 
 #[tokio::test]
@@ -584,4 +668,237 @@ async fn a_reply_that_cannot_be_recorded_is_never_sent_twice() {
     assert!(h.run(vec![rec]).await.is_empty());
     assert_eq!(h.sends().await, ["sent once"]);
     assert_eq!(h.model_requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn two_conversations_of_one_number_run_concurrently_each_in_its_own_order() {
+    let h = harness_with(|s| s.timeout = Duration::from_secs(10)).await;
+    // Contact 1's model call is slow; contact 2's is not. If the two conversations ran one
+    // after the other, contact 1's reply would be sent first (it comes first in the batch).
+    Mock::given(method("POST"))
+        .and(body_string_contains("c1 first"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body("for c1"))
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .with_priority(1)
+        .mount(&h.openai)
+        .await;
+    answer_with(&h.openai, "for c2").await;
+    // Contact 1's messages reached the queue out of order (two webhooks overtaking).
+    let batch = vec![
+        wa_record_at(WA_A, "1", "wamid.c1b", "c1 second", 1_767_225_602),
+        wa_record_at(WA_A, "2", "wamid.c2a", "c2 only", 1_767_225_601),
+        wa_record_at(WA_A, "1", "wamid.c1a", "c1 first", 1_767_225_601),
+    ];
+    assert!(h.run(batch).await.is_empty());
+    assert_eq!(h.sends().await, ["for c2", "for c1"]);
+    let reqs = h.model_requests().await;
+    assert_eq!(reqs.len(), 2, "one turn per conversation");
+    let c1 = reqs
+        .iter()
+        .map(|r| r["input"].to_string())
+        .find(|i| i.contains("c1 first"))
+        .unwrap();
+    assert!(
+        c1.find("c1 first").unwrap() < c1.find("c1 second").unwrap(),
+        "provider timestamp order: {c1}"
+    );
+    assert!(!c1.contains("c2 only"), "conversations never mix");
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_fails_fast_while_open_and_recovers() {
+    let h = harness_with(|s| {
+        s.breaker_threshold = 2;
+        s.breaker_cool_down = Duration::from_millis(300);
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&h.openai)
+        .await;
+    // Two failed attempts (first try + one retry) open the breaker.
+    let failures = h.run(vec![wa_record(WA_A, "1", "wamid.k1", "hello")]).await;
+    assert_eq!(failures, ["sqs-wamid.k1"]);
+    assert_eq!(h.model_requests().await.len(), 2);
+    // Open: the next message fails at once without reaching the upstream.
+    let failures = h.run(vec![wa_record(WA_B, "2", "wamid.k2", "hi")]).await;
+    assert_eq!(failures, ["sqs-wamid.k2"]);
+    assert_eq!(h.model_requests().await.len(), 2, "no call while open");
+    // The upstream is back; after the cool-down a trial call closes the breaker.
+    h.openai.reset().await;
+    answer_with(&h.openai, "back").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.k1", "hello")])
+        .await
+        .is_empty());
+    assert!(h
+        .run(vec![wa_record(WA_B, "2", "wamid.k2", "hi")])
+        .await
+        .is_empty());
+    assert_eq!(h.sends().await, ["back", "back"]);
+    assert_eq!(h.metric("ModelFailures"), 2.0);
+}
+
+#[tokio::test]
+async fn the_no_credits_fallback_is_sent_once_per_episode() {
+    let h = harness().await;
+    h.sql("UPDATE agents SET fallback_no_credits = 'We will answer shortly.', min_balance = 10")
+        .await;
+    store::charge(&h.t.db, h.tenant, 995, "test", None)
+        .await
+        .unwrap();
+    answer_with(&h.openai, "unused").await;
+    for (i, text) in ["hello?", "anyone?"].iter().enumerate() {
+        assert!(h
+            .run(vec![wa_record(WA_A, "1", &format!("wamid.n{i}"), text)])
+            .await
+            .is_empty());
+    }
+    assert!(h.model_requests().await.is_empty());
+    assert_eq!(h.sends().await, ["We will answer shortly."]);
+    assert_eq!(
+        h.outcomes().await,
+        [
+            Some("credits_exhausted".to_owned()),
+            Some("credits_exhausted".to_owned())
+        ]
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE content->>'fallback' = 'no_credits' AND status = 'sent'")
+            .await,
+        1
+    );
+    assert_eq!(
+        store::credit_state(&h.t.db, h.tenant).await.unwrap(),
+        Some((5, 5)),
+        "a fallback costs nothing"
+    );
+    assert_eq!(h.metric("CreditsExhausted"), 2.0);
+    assert_eq!(h.metric("FallbacksSent"), 1.0);
+}
+
+#[tokio::test]
+async fn each_account_uses_its_own_token_secret_and_a_missing_one_is_recorded() {
+    let h = harness().await;
+    answer_with(&h.openai, "hi").await;
+    let secret = format!("{}/wa/{WA_B}", h.stack.name);
+    aws_sdk_secretsmanager::Client::new(&h.sdk)
+        .create_secret()
+        .name(&secret)
+        .secret_string(r#"{"access_token":"EAAG-account-b"}"#)
+        .send()
+        .await
+        .unwrap();
+    h.sql(&format!(
+        "UPDATE channel_accounts SET access_token_secret = '{secret}' WHERE provider_account_id = '{WA_B}'"
+    ))
+    .await;
+    h.sql(&format!(
+        "UPDATE channel_accounts SET access_token_secret = '{secret}-gone' WHERE provider_account_id = '{IG}'"
+    ))
+    .await;
+    assert!(h
+        .run(vec![
+            wa_record(WA_A, "1", "wamid.t1", "hello"),
+            wa_record(WA_B, "2", "wamid.t2", "hello"),
+            ig_record("mid.t3", "hello"),
+        ])
+        .await
+        .is_empty());
+    let auth: Vec<(String, String)> = h
+        .graph
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            v["text"]["body"].is_string() || v["message"]["text"].is_string()
+        })
+        .map(|r| {
+            (
+                r.url.path().to_owned(),
+                r.headers["authorization"].to_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(auth.contains(&(format!("/fb/{WA_A}/messages"), "Bearer EAAG-test".into())));
+    assert!(auth.contains(&(
+        format!("/fb/{WA_B}/messages"),
+        "Bearer EAAG-account-b".into()
+    )));
+    assert_eq!(
+        auth.len(),
+        2,
+        "nothing sent for the account without a token"
+    );
+    let mut outcomes = h.outcomes().await;
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            Some("no_token".to_owned()),
+            Some("replied".to_owned()),
+            Some("replied".to_owned())
+        ]
+    );
+    assert_eq!(
+        drain(&h.sdk, &h.stack.queue("InboundDLQ").url).await.len(),
+        1,
+        "parked until the secret exists"
+    );
+}
+
+#[tokio::test]
+async fn the_template_environment_configures_the_processor_from_its_secrets() {
+    let sdk = emulator_sdk().await;
+    let (template, stack) = fresh_stack(&sdk).await;
+    let env = stack.function_env(&template, "ProcessorFunction").unwrap();
+    let config =
+        processor::Config::from_reader(shared::config::EnvReader::new(|k| env.get(k).cloned()))
+            .expect("the template's environment is a valid configuration");
+    assert_eq!(
+        config.extraction_queue_url,
+        stack.queue("ExtractionQueue").url
+    );
+    assert_eq!(config.dead_letter_queue_url, stack.queue("InboundDLQ").url);
+    let secrets = SecretCache::new(
+        aws_sdk_secretsmanager::Client::new(&sdk),
+        Duration::from_secs(300),
+    );
+    // As deployed: the secrets exist but hold no values yet.
+    let err = config.resolve(&secrets).await.err().unwrap();
+    assert!(err.to_string().contains("openai_api_key"), "{err}");
+    // The operator fills them in.
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    for (id, value) in [
+        (
+            "AppSecret",
+            json!({"meta_app_secret": "a", "meta_verify_token": "v", "openai_api_key": "sk-live", "graph_access_token": ""}),
+        ),
+        (
+            "DatabaseSecret",
+            json!({"url": "postgres://u:p@db:5432/agent?sslmode=require"}),
+        ),
+    ] {
+        sm.put_secret_value()
+            .secret_id(&stack.secrets[id].arn)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    let fresh = SecretCache::new(sm, Duration::from_secs(300));
+    let resolved = config.resolve(&fresh).await.unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(resolved.openai_api_key.expose_secret(), "sk-live");
+    assert!(resolved
+        .database_url
+        .expose_secret()
+        .starts_with("postgres://u:p@db"));
+    assert!(resolved.graph_access_token.is_none(), "empty means unset");
 }

@@ -91,14 +91,9 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_reader(EnvReader::new(move |k| map.get(k).cloned()))
+        Config::from_reader(EnvReader::from_pairs(vars))
     }
 
     #[test]

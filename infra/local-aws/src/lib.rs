@@ -567,9 +567,15 @@ async fn provision_tables(
     Ok(())
 }
 
-/// A value shaped like CloudFormation's `GenerateSecretString` would make it.
+/// The template's `SecretString`, or a value shaped like `GenerateSecretString` would make it.
 fn generated_secret(props: Option<&Yaml>) -> Result<String, Error> {
     let random = || uuid::Uuid::new_v4().simple().to_string();
+    if let Some(fixed) = props
+        .and_then(|p| p.get("SecretString"))
+        .and_then(Yaml::as_str)
+    {
+        return Ok(fixed.to_owned());
+    }
     let Some(gen) = props.and_then(|p| p.get("GenerateSecretString")) else {
         return Ok(random());
     };
@@ -640,6 +646,8 @@ Resources:
         let v: Json = serde_json::from_str(&generated_secret(Some(&props)).unwrap()).unwrap();
         assert_eq!(v["a"], "");
         assert_eq!(v["b"].as_str().unwrap().len(), 32);
+        let fixed: Yaml = serde_norway::from_str(r#"{SecretString: '{"url":""}'}"#).unwrap();
+        assert_eq!(generated_secret(Some(&fixed)).unwrap(), r#"{"url":""}"#);
     }
 }
 

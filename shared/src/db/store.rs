@@ -520,6 +520,7 @@ pub struct Agent {
     pub price_output_per_1k: i64,
     pub min_balance: i64,
     pub fallback_no_credits: Option<String>,
+    pub fallback_error: Option<String>,
     pub is_active: bool,
 }
 
@@ -529,7 +530,7 @@ pub async fn agent(db: &Db, tenant: TenantId, agent_id: Uuid) -> Result<Option<A
         .query_opt(
             "SELECT id, instructions, model, base_url, max_output_tokens, temperature, reasoning_effort,
                     store, history_messages, price_input_per_1k, price_output_per_1k, min_balance,
-                    fallback_no_credits, is_active
+                    fallback_no_credits, is_active, fallback_error
                FROM agents WHERE user_id = $1 AND id = $2",
             &[&tenant.0, &agent_id],
         )
@@ -549,7 +550,46 @@ pub async fn agent(db: &Db, tenant: TenantId, agent_id: Uuid) -> Result<Option<A
         min_balance: r.get(11),
         fallback_no_credits: r.get(12),
         is_active: r.get(13),
+        fallback_error: r.get(14),
     }))
+}
+
+/// Records what the processor did with these inbound messages (see V3 migration). Returns how
+/// many rows were marked.
+pub async fn set_outcome(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+    provider_message_ids: &[&str],
+    outcome: &str,
+) -> Result<u64, DbError> {
+    let c = db.client().await?;
+    Ok(c.execute(
+        "UPDATE messages SET outcome = $4
+          WHERE user_id = $1 AND conversation_id = $2 AND direction = 'in'
+            AND provider_message_id = ANY($3)",
+        &[&tenant.0, &conversation_id, &provider_message_ids, &outcome],
+    )
+    .await?)
+}
+
+/// The `fallback` marker of the conversation's latest outbound message, if it was a fallback
+/// text: a fallback is sent once, not to every message while the cause lasts.
+pub async fn last_outbound_fallback(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+) -> Result<Option<String>, DbError> {
+    let c = db.client().await?;
+    let row = c
+        .query_opt(
+            "SELECT content->>'fallback' FROM messages
+              WHERE user_id = $1 AND conversation_id = $2 AND direction = 'out'
+              ORDER BY id DESC LIMIT 1",
+            &[&tenant.0, &conversation_id],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
 }
 
 /// Balance of a tenant's credit account. Read on every processed message, so it reads the one

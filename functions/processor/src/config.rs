@@ -1,0 +1,196 @@
+//! The processor's configuration, validated once at cold start, and the secrets it names.
+//!
+//! In AWS the template passes `APP_SECRET_ID` (JSON: `openai_api_key`, optional
+//! `graph_access_token`) and `DATABASE_SECRET_ID` (JSON: `url`). Locally the plain variables
+//! `OPENAI_API_KEY`, `GRAPH_ACCESS_TOKEN` and `DATABASE_URL` take precedence over the secrets.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use shared::config::{ConfigError, EnvReader};
+use shared::graph::GRAPH_VERSION;
+use shared::secrets::{
+    json_field, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN, KEY_OPENAI_API_KEY,
+};
+
+#[derive(Debug)]
+pub struct Config {
+    pub database_url: Option<SecretString>,
+    pub database_secret_id: Option<String>,
+    pub app_secret_id: Option<String>,
+    pub openai_api_key: Option<SecretString>,
+    pub graph_access_token: Option<SecretString>,
+    pub idempotency_table: String,
+    pub extraction_queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub openai_base_url: String,
+    pub graph_base_url: String,
+    pub instagram_graph_base_url: String,
+    pub metrics_namespace: String,
+    /// How long per-account Graph tokens (and the app secret) are cached.
+    pub secrets_ttl: Duration,
+    /// Per model attempt.
+    pub model_timeout: Duration,
+}
+
+/// The secret values the processor starts with.
+pub struct Resolved {
+    pub database_url: SecretString,
+    pub openai_api_key: SecretString,
+    pub graph_access_token: Option<SecretString>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_reader(EnvReader::from_process_env())
+    }
+
+    pub fn from_reader(mut env: EnvReader<'_>) -> Result<Self, ConfigError> {
+        let database_url = env.optional("DATABASE_URL").map(SecretString::from);
+        let database_secret_id = env.optional("DATABASE_SECRET_ID");
+        if database_url.is_none() && database_secret_id.is_none() {
+            env.problem(
+                "set DATABASE_URL or DATABASE_SECRET_ID (a secret {\"url\": \"postgres://…\"})",
+            );
+        }
+        let app_secret_id = env.optional("APP_SECRET_ID");
+        let openai_api_key = env.optional("OPENAI_API_KEY").map(SecretString::from);
+        if openai_api_key.is_none() && app_secret_id.is_none() {
+            env.problem("set OPENAI_API_KEY or APP_SECRET_ID (a secret with `openai_api_key`)");
+        }
+        let graph_access_token = env.optional("GRAPH_ACCESS_TOKEN").map(SecretString::from);
+        let idempotency_table = env.required("IDEMPOTENCY_TABLE");
+        let extraction_queue_url = env.required_url("EXTRACTION_QUEUE_URL");
+        let dead_letter_queue_url = env.required_url("INBOUND_DLQ_URL");
+        let base = |env: &mut EnvReader<'_>, key: &str, default: String| {
+            let v = env.optional(key).unwrap_or(default);
+            if !(v.starts_with("https://") || v.starts_with("http://")) {
+                env.problem(format!("{key} must be an http(s) URL, got `{v}`"));
+            }
+            v.trim_end_matches('/').to_owned()
+        };
+        let openai_base_url = base(
+            &mut env,
+            "OPENAI_BASE_URL",
+            "https://api.openai.com/v1".into(),
+        );
+        let graph_base_url = base(
+            &mut env,
+            "GRAPH_BASE_URL",
+            format!("https://graph.facebook.com/{GRAPH_VERSION}"),
+        );
+        let instagram_graph_base_url = base(
+            &mut env,
+            "INSTAGRAM_GRAPH_BASE_URL",
+            format!("https://graph.instagram.com/{GRAPH_VERSION}"),
+        );
+        let metrics_namespace = env
+            .optional("METRICS_NAMESPACE")
+            .unwrap_or_else(|| "AiAgent".into());
+        let secrets_ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
+        let model_timeout = Duration::from_secs(env.number("MODEL_TIMEOUT_SECS", 30, 1, 300));
+        env.finish(Self {
+            database_url,
+            database_secret_id,
+            app_secret_id,
+            openai_api_key,
+            graph_access_token,
+            idempotency_table,
+            extraction_queue_url,
+            dead_letter_queue_url,
+            openai_base_url,
+            graph_base_url,
+            instagram_graph_base_url,
+            metrics_namespace,
+            secrets_ttl,
+            model_timeout,
+        })
+    }
+
+    /// Reads the secrets the configuration names (plain variables win).
+    pub async fn resolve(&self, secrets: &SecretCache) -> Result<Resolved, SecretsError> {
+        let app = match &self.app_secret_id {
+            Some(id) => Some(secrets.get(id).await?),
+            None => None,
+        };
+        let from_app = |key: &'static str| -> Result<Option<SecretString>, SecretsError> {
+            match &app {
+                Some(v) => json_field(v, key),
+                None => Ok(None),
+            }
+        };
+        let openai_api_key = match &self.openai_api_key {
+            Some(k) => k.clone(),
+            None => {
+                from_app(KEY_OPENAI_API_KEY)?.ok_or(SecretsError::NotSet(KEY_OPENAI_API_KEY))?
+            }
+        };
+        let graph_access_token = match &self.graph_access_token {
+            Some(t) => Some(t.clone()),
+            None => from_app(KEY_GRAPH_ACCESS_TOKEN)?,
+        };
+        let database_url = match (&self.database_url, &self.database_secret_id) {
+            (Some(u), _) => u.clone(),
+            (None, Some(id)) => {
+                json_field(&secrets.get(id).await?, "url")?.ok_or(SecretsError::NotSet("url"))?
+            }
+            (None, None) => return Err(SecretsError::NotSet("url")),
+        };
+        Ok(Resolved {
+            database_url,
+            openai_api_key,
+            graph_access_token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_reader(EnvReader::from_pairs(vars))
+    }
+
+    #[test]
+    fn an_empty_environment_names_every_missing_setting() {
+        let err = config(&[]).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "DATABASE_URL or DATABASE_SECRET_ID",
+            "OPENAI_API_KEY or APP_SECRET_ID",
+            "IDEMPOTENCY_TABLE",
+            "EXTRACTION_QUEUE_URL",
+            "INBOUND_DLQ_URL",
+        ] {
+            assert!(text.contains(needle), "{needle} not in {text}");
+        }
+    }
+
+    #[test]
+    fn secret_ids_are_enough_and_defaults_point_at_meta_and_openai() {
+        let c = config(&[
+            ("DATABASE_SECRET_ID", "agent/db"),
+            ("APP_SECRET_ID", "agent/app"),
+            ("IDEMPOTENCY_TABLE", "t"),
+            ("EXTRACTION_QUEUE_URL", "https://sqs/1/x"),
+            ("INBOUND_DLQ_URL", "https://sqs/1/y.fifo"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1/"),
+        ])
+        .unwrap();
+        assert_eq!(c.openai_base_url, "http://127.0.0.1:11434/v1");
+        assert!(c.graph_base_url.starts_with("https://graph.facebook.com/v"));
+        assert!(c.openai_api_key.is_none() && c.database_url.is_none());
+        assert_eq!(c.secrets_ttl, Duration::from_secs(300));
+        let bad = config(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("OPENAI_API_KEY", "sk"),
+            ("IDEMPOTENCY_TABLE", "t"),
+            ("EXTRACTION_QUEUE_URL", "https://sqs/1/x"),
+            ("INBOUND_DLQ_URL", "https://sqs/1/y.fifo"),
+            ("GRAPH_BASE_URL", "graph.local"),
+        ])
+        .unwrap_err();
+        assert_eq!(bad.problems.len(), 1, "{bad}");
+    }
+}
