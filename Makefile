@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
 
-.PHONY: help dev test tools fmt clippy unit lint-template migrate bench invoke build clean
+.PHONY: help dev test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,11 @@ bench: ## Criterion benchmark of the webhook hot path, plus the Node equivalent 
 	@command -v node >/dev/null && node infra/bench/node-ingest.js target/ingest-body-2kb.json || echo "node not found: comparison skipped"
 
 EVENT ?= wa-text
-invoke: ## Send events/$(EVENT).json to the webhook under `make dev`
-	@source $(SCRIPTS)/env.sh && cargo lambda invoke -A 127.0.0.1 -P $${WATCH_PORT:-9000} webhook --data-file events/$(EVENT).json
+bench-ordering: ## Ordering-scope trade: the real processor on bursts with a 1 s stub model (MODEL_MS=…)
+	@$(SCRIPTS)/with-postgres.sh $(SCRIPTS)/with-emulator.sh cargo run -q -p processor --example ordering_scope
+
+invoke: ## Send events/$(EVENT).json to $(FUNCTION) (default webhook) under `make dev`
+	@source $(SCRIPTS)/env.sh && cargo lambda invoke -A 127.0.0.1 -P $${WATCH_PORT:-9000} $(or $(FUNCTION),webhook) --data-file events/$(EVENT).json
 
 build: ## sam build (cargo-lambda + zig, arm64 release binaries)
 	@$(SCRIPTS)/ensure-tools.sh dev

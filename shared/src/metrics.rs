@@ -45,6 +45,8 @@ pub struct Metrics {
     namespace: String,
     service: &'static str,
     inner: Mutex<Buffers>,
+    /// `false`: `flush` only clears (tests and benchmarks keep their stdout readable).
+    emit: bool,
 }
 
 impl Metrics {
@@ -53,6 +55,15 @@ impl Metrics {
             namespace: namespace.into(),
             service,
             inner: Mutex::new(Buffers::default()),
+            emit: true,
+        }
+    }
+
+    /// Like [`Metrics::new`], but `flush` writes nothing; totals are still kept.
+    pub fn silent(namespace: impl Into<String>, service: &'static str) -> Self {
+        Self {
+            emit: false,
+            ..Self::new(namespace, service)
         }
     }
 
@@ -149,6 +160,9 @@ impl Metrics {
     pub fn flush(&self) {
         use std::io::Write;
         let docs = self.take_documents(crate::now_ms());
+        if !self.emit {
+            return;
+        }
         let mut out = std::io::stdout().lock();
         for d in docs {
             let _ = writeln!(out, "{d}");

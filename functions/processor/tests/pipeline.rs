@@ -127,7 +127,7 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: stack.queue("ExtractionQueue").url.clone(),
         dead_letter_queue_url: stack.queue("InboundDLQ").url.clone(),
-        metrics: Metrics::new("AiAgentTest", "processor"),
+        metrics: Metrics::silent("AiAgentTest", "processor"),
     };
     Harness {
         t,
@@ -901,4 +901,118 @@ async fn the_template_environment_configures_the_processor_from_its_secrets() {
         .expose_secret()
         .starts_with("postgres://u:p@db"));
     assert!(resolved.graph_access_token.is_none(), "empty means unset");
+}
+
+/// `events/sqs-inbound.json` as the code makes it: the SQS event Lambda would deliver for the
+/// message the webhook queues from `events/wa-text.json`.
+fn sqs_inbound_event() -> Value {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
+    let http: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{root}/wa-text.json")).unwrap())
+            .unwrap();
+    let parsed = shared::meta::parse_webhook(
+        http["body"].as_str().unwrap().as_bytes(),
+        "3f1c2a9e-5b7d-4e21-9c0a-7d4b8e6f1a20",
+        1_767_225_600_500,
+    )
+    .unwrap();
+    let env = parsed.inbound.into_iter().next().unwrap();
+    let out = shared::ingest::inbound_message(env, shared::ordering::OrderingScope::default());
+    let attributes: serde_json::Map<String, Value> = out
+        .attributes
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!({"stringValue": v, "dataType": "String", "stringListValues": [], "binaryListValues": []})))
+        .collect();
+    json!({"Records": [{
+        "messageId": "0f5c8f7e-3c1a-4b5e-9a57-2f0e6d1c9b11",
+        "receiptHandle": "AQEB-local-sample-receipt-handle",
+        "body": out.body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": "1767225600600",
+            "SequenceNumber": "18890000000000000001",
+            "MessageGroupId": out.group_id,
+            "SenderId": "AROAEXAMPLE:webhook",
+            "MessageDeduplicationId": out.dedup_id,
+            "ApproximateFirstReceiveTimestamp": "1767225600700"
+        },
+        "messageAttributes": attributes,
+        "md5OfBody": shared::ordering::sha256_hex(b"not checked by the processor")[..32],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:agent-local-inbound.fifo",
+        "awsRegion": "us-east-1"
+    }]})
+}
+
+#[test]
+fn events_sqs_inbound_json_is_what_the_webhook_queues_for_wa_text() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/sqs-inbound.json");
+    let expected = sqs_inbound_event();
+    if std::env::var_os("UPDATE_EVENTS").is_some() {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&expected).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+    let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        on_disk, expected,
+        "events/sqs-inbound.json is stale: regenerate with UPDATE_EVENTS=1 cargo test -p processor events_sqs"
+    );
+}
+
+#[tokio::test]
+async fn the_processor_answers_the_sample_sqs_event() {
+    let h = harness().await;
+    answer_with(&h.openai, "¡Hola Ana! Te envío la cotización.").await;
+    let event: aws_lambda_events::sqs::SqsEvent =
+        serde_json::from_value(sqs_inbound_event()).unwrap();
+    assert!(h.run(event.records.clone()).await.is_empty());
+    assert_eq!(h.sends().await, ["¡Hola Ana! Te envío la cotización."]);
+    let to: Vec<String> = h
+        .graph
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            serde_json::from_slice::<Value>(&r.body).ok()?["to"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(to, ["5215512345678"]);
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+    // Invoking with the same event again is a duplicate delivery.
+    assert!(h.run(event.records).await.is_empty());
+    assert_eq!(h.sends().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_openai_500_then_200_gives_exactly_one_reply() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/responses"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.openai)
+        .await;
+    answer_with(&h.openai, "after a hiccup").await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.h1", "hello")])
+        .await
+        .is_empty());
+    assert_eq!(
+        h.model_requests().await.len(),
+        2,
+        "retried once inside the client"
+    );
+    assert_eq!(h.sends().await, ["after a hiccup"]);
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out'")
+            .await,
+        1
+    );
 }

@@ -88,6 +88,33 @@ pub async fn create_agent(
     Ok(row.get(0))
 }
 
+/// Sets an agent's prices (credits per 1,000 input / output tokens) and the balance below which
+/// it does not call the model. Returns false when the agent is not the tenant's.
+pub async fn set_agent_pricing(
+    db: &Db,
+    tenant: TenantId,
+    agent_id: Uuid,
+    price_input_per_1k: i64,
+    price_output_per_1k: i64,
+    min_balance: i64,
+) -> Result<bool, DbError> {
+    let c = db.client().await?;
+    let n = c
+        .execute(
+            "UPDATE agents SET price_input_per_1k = $3, price_output_per_1k = $4, min_balance = $5
+              WHERE user_id = $1 AND id = $2",
+            &[
+                &tenant.0,
+                &agent_id,
+                &price_input_per_1k,
+                &price_output_per_1k,
+                &min_balance,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// Registers a provider account (a WhatsApp number, an IG account, a web chat site) for a
 /// tenant. Fails if another tenant holds it.
 pub async fn create_channel_account(
