@@ -57,6 +57,8 @@ pub enum SecretsError {
     Unavailable(String),
     #[error("secret `{0}` does not exist")]
     NotFound(String),
+    #[error("secret refused: {0}")]
+    Refused(String),
     #[error("secret value is not a JSON object with the expected keys")]
     Malformed,
     #[error("`{0}` is empty in the app secret: put the real value into the secret")]
@@ -170,11 +172,20 @@ async fn fetch_string(
         .send()
         .await
         .map_err(|e| {
-            let missing = e
-                .as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception());
-            if missing {
+            use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+            // Errors that a retry will not fix: the secret is missing, ours to read is denied
+            // (e.g. a name outside the function's IAM grant), or its value cannot be used.
+            let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+            if code == "ResourceNotFoundException" {
                 SecretsError::NotFound(secret_id.to_owned())
+            } else if matches!(
+                code,
+                "AccessDeniedException"
+                    | "DecryptionFailure"
+                    | "InvalidRequestException"
+                    | "InvalidParameterException"
+            ) {
+                SecretsError::Refused(format!("{secret_id}: {code}"))
             } else {
                 SecretsError::Unavailable(
                     aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
+use shared::db::store::StatusApplied;
 use shared::db::testing::TestDb;
 use shared::db::{store, Db, DbConfig, TenantId};
 use shared::envelope::{Channel, DeliveryState};
@@ -239,16 +240,20 @@ async fn another_tenants_ids_see_and_change_nothing() {
         .unwrap(),
         None
     );
-    assert!(!store::update_message_status(
-        db,
-        b.tenant,
-        a.account,
-        "wamid.alpha",
-        DeliveryState::Read,
-        None
-    )
-    .await
-    .unwrap());
+    assert_eq!(
+        store::apply_status(
+            db,
+            b.tenant,
+            a.account,
+            "wamid.alpha",
+            DeliveryState::Read,
+            None,
+            true
+        )
+        .await
+        .unwrap(),
+        StatusApplied::NoAccount
+    );
     assert!(
         !store::set_channel_account_active(db, b.tenant, a.account, false)
             .await
@@ -442,100 +447,185 @@ async fn delivery_status_only_moves_forward() {
     let t = TestDb::new().await;
     let f = fixture(&t.db, "alpha", "111").await;
     let db = &t.db;
-    store::insert_outbound_message(
-        db,
-        f.tenant,
-        f.conversation,
-        Some("wamid.out1"),
-        &json!({"body": "hi"}),
-        Some(10),
-        Some(5),
-        Some(2),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let status = || async {
-        store::message_status(db, f.tenant, f.account, "wamid.out1")
+    for id in ["wamid.out1", "wamid.out2"] {
+        store::insert_outbound_message(
+            db,
+            f.tenant,
+            f.conversation,
+            Some(id),
+            &json!({"body": "hi"}),
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    let apply = |id: &'static str, s: DeliveryState, code: Option<i32>| async move {
+        store::apply_status(db, f.tenant, f.account, id, s, code, false)
+            .await
+            .unwrap()
+    };
+    let status = |id: &'static str| async move {
+        store::message_status(db, f.tenant, f.account, id)
             .await
             .unwrap()
             .unwrap()
-            .0
     };
-    assert_eq!(status().await, "sent");
-    // Out of order: read arrives before delivered, then a late sent.
-    assert!(store::update_message_status(
-        db,
-        f.tenant,
-        f.account,
-        "wamid.out1",
-        DeliveryState::Read,
-        None
-    )
-    .await
-    .unwrap());
-    assert!(!store::update_message_status(
-        db,
-        f.tenant,
-        f.account,
-        "wamid.out1",
-        DeliveryState::Delivered,
-        None
-    )
-    .await
-    .unwrap());
-    assert!(!store::update_message_status(
-        db,
-        f.tenant,
-        f.account,
-        "wamid.out1",
-        DeliveryState::Sent,
-        None
-    )
-    .await
-    .unwrap());
-    assert_eq!(status().await, "read");
-    // failed is terminal.
-    store::insert_outbound_message(
-        db,
-        f.tenant,
-        f.conversation,
-        Some("wamid.out2"),
-        &json!({}),
-        None,
-        None,
-        None,
-    )
-    .await
-    .unwrap();
-    assert!(store::update_message_status(
-        db,
-        f.tenant,
-        f.account,
-        "wamid.out2",
-        DeliveryState::Failed,
-        Some(131047)
-    )
-    .await
-    .unwrap());
+    assert_eq!(status("wamid.out1").await.0, "sent");
+    // Out of order: read arrives before delivered, then a late sent; and a repeat.
+    assert_eq!(
+        apply("wamid.out1", DeliveryState::Read, None).await,
+        StatusApplied::Updated
+    );
+    assert_eq!(
+        apply("wamid.out1", DeliveryState::Delivered, None).await,
+        StatusApplied::Stale
+    );
+    assert_eq!(
+        apply("wamid.out1", DeliveryState::Sent, None).await,
+        StatusApplied::Stale
+    );
+    assert_eq!(
+        apply("wamid.out1", DeliveryState::Read, None).await,
+        StatusApplied::Stale
+    );
+    assert_eq!(status("wamid.out1").await.0, "read");
+    // failed is terminal, and a closed 24 h window (131047) is marked on the conversation.
+    assert_eq!(
+        apply("wamid.out2", DeliveryState::Failed, Some(131047)).await,
+        StatusApplied::Updated
+    );
     for late in [
         DeliveryState::Sent,
         DeliveryState::Delivered,
         DeliveryState::Read,
         DeliveryState::Unknown,
     ] {
-        assert!(
-            !store::update_message_status(db, f.tenant, f.account, "wamid.out2", late, None)
-                .await
-                .unwrap()
-        );
+        assert_eq!(apply("wamid.out2", late, None).await, StatusApplied::Stale);
     }
     assert_eq!(
-        store::message_status(db, f.tenant, f.account, "wamid.out2")
-            .await
-            .unwrap(),
-        Some(("failed".to_owned(), Some(131047)))
+        status("wamid.out2").await,
+        ("failed".to_owned(), Some(131047))
     );
+    let closed: Option<SystemTime> = db
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT window_closed_at FROM conversations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(closed.is_some());
+}
+
+#[tokio::test]
+async fn a_status_before_its_message_is_kept_and_applied_when_the_message_appears() {
+    let t = TestDb::new().await;
+    let f = fixture(&t.db, "alpha", "111").await;
+    let db = &t.db;
+    for s in [
+        DeliveryState::Delivered,
+        DeliveryState::Sent,
+        DeliveryState::Delivered,
+    ] {
+        assert_eq!(
+            store::apply_status(db, f.tenant, f.account, "wamid.early", s, None, false)
+                .await
+                .unwrap(),
+            StatusApplied::Pending
+        );
+    }
+    assert_eq!(count(db, "pending_statuses").await, 2, "one row per status");
+    store::insert_outbound_message(
+        db,
+        f.tenant,
+        f.conversation,
+        Some("wamid.early"),
+        &json!({"body": "hi"}),
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let applied = store::apply_pending_statuses(db, f.tenant, f.account, &["wamid.early"])
+        .await
+        .unwrap();
+    assert_eq!(
+        applied, 1,
+        "delivered moves it; the parked sent is older news"
+    );
+    assert_eq!(
+        store::message_status(db, f.tenant, f.account, "wamid.early")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        "delivered"
+    );
+    assert_eq!(count(db, "pending_statuses").await, 0);
+    // Parked statuses whose message never appears expire.
+    store::apply_status(
+        db,
+        f.tenant,
+        f.account,
+        "wamid.never",
+        DeliveryState::Read,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store::expire_pending_statuses(db, 7).await.unwrap(), 0);
+    assert_eq!(store::expire_pending_statuses(db, 0).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_instagram_read_covers_every_earlier_message_of_the_conversation() {
+    let t = TestDb::new().await;
+    let f = fixture(&t.db, "alpha", "111").await;
+    let db = &t.db;
+    for id in ["mid.1", "mid.2", "mid.3"] {
+        store::insert_outbound_message(
+            db,
+            f.tenant,
+            f.conversation,
+            Some(id),
+            &json!({"body": id}),
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        store::apply_status(
+            db,
+            f.tenant,
+            f.account,
+            "mid.2",
+            DeliveryState::Read,
+            None,
+            true
+        )
+        .await
+        .unwrap(),
+        StatusApplied::Updated
+    );
+    let mut seen = Vec::new();
+    for id in ["mid.1", "mid.2", "mid.3"] {
+        seen.push(
+            store::message_status(db, f.tenant, f.account, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .0,
+        );
+    }
+    assert_eq!(seen, ["read", "read", "sent"]);
 }
 
 #[tokio::test]

@@ -176,6 +176,7 @@ async fn main() {
                 Duration::from_secs(300),
             ),
             default: Some("EAAG".to_owned().into()),
+            prefix: None,
         },
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: stack.queue("ExtractionQueue").url.clone(),

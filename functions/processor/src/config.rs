@@ -27,6 +27,8 @@ pub struct Config {
     pub graph_base_url: String,
     pub instagram_graph_base_url: String,
     pub metrics_namespace: String,
+    /// Names every per-account token secret must have: `<prefix><provider account id>`.
+    pub token_secret_prefix: Option<String>,
     /// How long per-account Graph tokens (and the app secret) are cached.
     pub secrets_ttl: Duration,
     /// Per model attempt.
@@ -87,6 +89,7 @@ impl Config {
         let metrics_namespace = env
             .optional("METRICS_NAMESPACE")
             .unwrap_or_else(|| "AiAgent".into());
+        let token_secret_prefix = env.optional("TOKEN_SECRET_PREFIX");
         let secrets_ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
         let model_timeout = Duration::from_secs(env.number("MODEL_TIMEOUT_SECS", 30, 1, 300));
         env.finish(Self {
@@ -102,6 +105,7 @@ impl Config {
             graph_base_url,
             instagram_graph_base_url,
             metrics_namespace,
+            token_secret_prefix,
             secrets_ttl,
             model_timeout,
         })

@@ -31,6 +31,9 @@ pub use config::{Config, Resolved};
 /// Routing lookups are cached this long (an admin change is visible within it).
 pub const ROUTE_TTL: Duration = Duration::from_secs(300);
 
+/// Time kept after the model answers, to send and record the reply before the deadline.
+pub const SEND_MARGIN: Duration = Duration::from_secs(5);
+
 /// Everything the pipeline talks to.
 pub struct Deps {
     pub db: Db,
@@ -49,12 +52,28 @@ pub struct Deps {
 pub struct GraphTokens {
     pub secrets: SecretCache,
     pub default: Option<SecretString>,
+    /// When set (deployed: `<stack>/channel/`), an account's secret must be named
+    /// `<prefix><provider account id>`: a row naming another account's secret must not make
+    /// us send with that account's token.
+    pub prefix: Option<String>,
 }
 
 impl GraphTokens {
-    async fn for_account(&self, route: &ChannelAccountRoute) -> Result<SecretString, Fail> {
+    async fn for_account(
+        &self,
+        route: &ChannelAccountRoute,
+        provider_account_id: &str,
+    ) -> Result<SecretString, Fail> {
         match (&route.access_token_secret, &self.default) {
             (Some(id), _) => {
+                if let Some(prefix) = &self.prefix {
+                    if id.strip_prefix(prefix.as_str()) != Some(provider_account_id) {
+                        return Err(Fail::permanent(
+                            "no_token",
+                            format!("the account's token secret must be named {prefix}{provider_account_id}"),
+                        ));
+                    }
+                }
                 let value = self.secrets.get(id).await.map_err(|e| {
                     if e.is_retryable() {
                         Fail::Retry(e.to_string())
@@ -76,7 +95,7 @@ impl GraphTokens {
 pub struct Processor {
     deps: Deps,
     routes: TtlCache<(Channel, String), Option<ChannelAccountRoute>>,
-    agents: TtlCache<uuid::Uuid, Option<Agent>>,
+    agents: TtlCache<(TenantId, uuid::Uuid), Option<Agent>>,
 }
 
 /// Failure of one unit, classified once. A permanent failure carries the outcome recorded on
@@ -114,29 +133,27 @@ impl From<shared::idempotency::IdempotencyError> for Fail {
     }
 }
 
-/// The fields of an envelope that name its conversation. Reading only these (borrowed) keeps
-/// the coalescing pass from building every envelope twice; the unit parses them in full.
-#[derive(serde::Deserialize)]
-struct ConversationFields<'a> {
-    channel: Channel,
-    #[serde(borrow)]
-    channel_account_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    contact: ContactId<'a>,
+/// A record's envelope, or why it can never be processed.
+fn parse_envelope(m: &SqsMessage) -> Result<InboundEnvelope, Fail> {
+    let env: InboundEnvelope = serde_json::from_str(m.body.as_deref().unwrap_or(""))
+        .map_err(|_| Fail::permanent("unreadable", "body is not an inbound envelope"))?;
+    if env.v != ENVELOPE_VERSION {
+        return Err(Fail::permanent(
+            "unreadable",
+            format!("unknown envelope version {}", env.v),
+        ));
+    }
+    Ok(env)
 }
 
-#[derive(serde::Deserialize)]
-struct ContactId<'a> {
-    #[serde(borrow)]
-    id: std::borrow::Cow<'a, str>,
-}
-
-/// Key of the conversation a record belongs to, for coalescing.
+/// Key of the conversation a record belongs to (its lane). A record that does not parse in
+/// full gets no key, hence a lane of its own: it is parked alone instead of taking its
+/// conversation's good messages with it.
 fn conversation_key(m: &SqsMessage) -> Option<String> {
-    let f: ConversationFields<'_> = serde_json::from_str(m.body.as_deref()?).ok()?;
+    let env = parse_envelope(m).ok()?;
     Some(format!(
         "{}:{}:{}",
-        f.channel, f.channel_account_id, f.contact.id
+        env.channel, env.channel_account_id, env.contact.id
     ))
 }
 
@@ -197,9 +214,13 @@ pub fn model_text(c: &Content) -> Option<String> {
     })
 }
 
-/// What one turn needs to reach the customer.
+/// What one turn needs to reach the customer and to record what was sent.
 struct Reach<'a> {
+    tenant: TenantId,
+    conversation: uuid::Uuid,
     channel: Channel,
+    /// The channel account's row id (statuses parked for sent messages are keyed by it).
+    channel_account_id: uuid::Uuid,
     token: &'a SecretString,
     account: &'a str,
     contact: &'a shared::envelope::Contact,
@@ -287,15 +308,7 @@ impl Processor {
         // 1. Parse.
         let mut envs = Vec::with_capacity(unit.len());
         for m in &unit {
-            let env: InboundEnvelope = serde_json::from_str(m.body.as_deref().unwrap_or(""))
-                .map_err(|_| Fail::permanent("unreadable", "body is not an inbound envelope"))?;
-            if env.v != ENVELOPE_VERSION {
-                return Err(Fail::permanent(
-                    "unreadable",
-                    format!("unknown envelope version {}", env.v),
-                ));
-            }
-            envs.push(env);
+            envs.push(parse_envelope(m)?);
         }
         // Meta posts each message in its own webhook and those can overtake each other, so queue
         // order is not always the order the customer typed in: the provider timestamp decides
@@ -350,14 +363,20 @@ impl Processor {
         if fresh.is_empty() {
             return Ok(());
         }
-        let result = self.process(&fresh).await;
+        let result = self.process(&fresh, deadline).await;
         match &result {
             Ok(()) => {
                 self.deps
                     .metrics
                     .count("MessagesProcessed", fresh.len() as u64);
                 for (key, _) in &fresh {
-                    self.deps.idempotency.complete(key).await?;
+                    // The work is done (maybe a reply sent): failing the record now would
+                    // answer twice once the claim expires. An unmarked claim expires with
+                    // the invocation, and the Postgres unique key still stores the message once.
+                    if let Err(e) = self.deps.idempotency.complete(key).await {
+                        self.deps.metrics.count("ClaimNotCompleted", 1);
+                        warn!(error = %e, "processed but not marked completed");
+                    }
                 }
             }
             // Retry: the redelivery must be able to claim. Permanent: the record is parked in
@@ -377,7 +396,11 @@ impl Processor {
 
     /// Routes and stores the unit's messages, then answers; the outcome (or the permanent
     /// failure's class) is recorded on the stored inbound rows.
-    async fn process(&self, msgs: &[(String, InboundEnvelope)]) -> Result<(), Fail> {
+    async fn process(
+        &self,
+        msgs: &[(String, InboundEnvelope)],
+        deadline: Instant,
+    ) -> Result<(), Fail> {
         let first = &msgs[0].1;
         let last = &msgs[msgs.len() - 1].1;
         // 3. Route (cache-aside).
@@ -432,7 +455,7 @@ impl Processor {
             )
             .await?;
         }
-        let result = self.respond(msgs, &route, &conv).await;
+        let result = self.respond(msgs, &route, &conv, deadline).await;
         let outcome = match &result {
             Ok(o) => Some(*o),
             Err(Fail::Permanent { outcome, .. }) => Some(*outcome),
@@ -456,6 +479,7 @@ impl Processor {
         msgs: &[(String, InboundEnvelope)],
         route: &ChannelAccountRoute,
         conv: &store::Conversation,
+        deadline: Instant,
     ) -> Result<&'static str, Fail> {
         let first = &msgs[0].1;
         let last = &msgs[msgs.len() - 1].1;
@@ -491,7 +515,7 @@ impl Processor {
         };
         let agent = self
             .agents
-            .get_or_load(agent_id, || store::agent(db, tenant, agent_id))
+            .get_or_load((tenant, agent_id), || store::agent(db, tenant, agent_id))
             .await?
             .filter(|a| a.is_active);
         let Some(agent) = agent else {
@@ -501,9 +525,16 @@ impl Processor {
             );
             return Ok("no_agent");
         };
-        let token = self.deps.tokens.for_account(route).await?;
+        let token = self
+            .deps
+            .tokens
+            .for_account(route, &last.channel_account_id)
+            .await?;
         let reach = Reach {
+            tenant,
+            conversation: conv.id,
             channel: first.channel,
+            channel_account_id: route.channel_account_id,
             token: &token,
             account: &last.channel_account_id,
             contact: &last.contact,
@@ -516,14 +547,8 @@ impl Processor {
                 outcome = "credits_exhausted",
                 balance, "credits exhausted; no model call"
             );
-            self.fallback(
-                &reach,
-                tenant,
-                conv.id,
-                "no_credits",
-                &agent.fallback_no_credits,
-            )
-            .await;
+            self.fallback(&reach, "no_credits", &agent.fallback_no_credits)
+                .await;
             return Ok("credits_exhausted");
         }
         // 7. Mark read + typing (best effort, WhatsApp).
@@ -538,23 +563,35 @@ impl Processor {
             }
         }
         // 8. Model.
-        let reply = match self
-            .ask_model(
+        // The model must answer with time left to send and record; past that the unit is
+        // retried rather than killed mid-way by the function timeout (which would redeliver
+        // the whole batch).
+        let model_deadline = deadline
+            .checked_sub(SEND_MARGIN)
+            .unwrap_or_else(Instant::now);
+        let asked = tokio::time::timeout_at(
+            model_deadline.into(),
+            self.ask_model(
                 &agent,
                 tenant,
                 conv.id,
                 conv.previous_response_id.clone(),
                 &texts,
                 &last.contact.id,
-            )
-            .await
-        {
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Fail::Retry(
+                "the invocation's deadline came before the model answered".into(),
+            ))
+        });
+        let reply = match asked {
             Ok(r) => r,
             Err(f) => {
                 metrics.count("ModelFailures", 1);
                 if let Fail::Permanent { .. } = f {
-                    self.fallback(&reach, tenant, conv.id, "error", &agent.fallback_error)
-                        .await;
+                    self.fallback(&reach, "error", &agent.fallback_error).await;
                 }
                 return Err(f);
             }
@@ -570,8 +607,7 @@ impl Processor {
             + price(agent.price_output_per_1k, reply.output_tokens);
         let charge = self
             .record(
-                tenant,
-                conv.id,
+                &reach,
                 &parts,
                 Some(&reply.id),
                 (reply.input_tokens, reply.output_tokens),
@@ -686,8 +722,7 @@ impl Processor {
     /// Writes sent parts with their charge; see step 10 for why a failure is only logged.
     async fn record(
         &self,
-        tenant: TenantId,
-        conversation: uuid::Uuid,
+        to: &Reach<'_>,
         parts: &[(Option<String>, serde_json::Value)],
         response_id: Option<&str>,
         (input_tokens, output_tokens): (u64, u64),
@@ -696,8 +731,8 @@ impl Processor {
         for attempt in 0..3u64 {
             match store::record_reply(
                 &self.deps.db,
-                tenant,
-                conversation,
+                to.tenant,
+                to.conversation,
                 parts,
                 response_id,
                 input_tokens as i32,
@@ -706,7 +741,21 @@ impl Processor {
             )
             .await
             {
-                Ok(c) => return c,
+                Ok(c) => {
+                    // Statuses Meta reported before this write committed were parked.
+                    let ids: Vec<&str> = parts.iter().filter_map(|(id, _)| id.as_deref()).collect();
+                    if let Err(e) = store::apply_pending_statuses(
+                        &self.deps.db,
+                        to.tenant,
+                        to.channel_account_id,
+                        &ids,
+                    )
+                    .await
+                    {
+                        warn!(error = %e, "parked statuses not applied; they expire in 7 days");
+                    }
+                    return c;
+                }
                 Err(e) if attempt < 2 && e.is_retryable() => {
                     tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
                 }
@@ -723,18 +772,11 @@ impl Processor {
     /// Sends the agent's fallback text for `marker` (best effort), unless the conversation's
     /// latest outbound message already is that fallback: one notice per episode, not one per
     /// customer message.
-    async fn fallback(
-        &self,
-        to: &Reach<'_>,
-        tenant: TenantId,
-        conversation: uuid::Uuid,
-        marker: &str,
-        text: &Option<String>,
-    ) {
+    async fn fallback(&self, to: &Reach<'_>, marker: &str, text: &Option<String>) {
         let Some(text) = text.as_deref().filter(|t| !t.trim().is_empty()) else {
             return;
         };
-        match store::last_outbound_fallback(&self.deps.db, tenant, conversation).await {
+        match store::last_outbound_fallback(&self.deps.db, to.tenant, to.conversation).await {
             Ok(Some(m)) if m == marker => return,
             Ok(_) => {}
             Err(e) => {
@@ -743,11 +785,16 @@ impl Processor {
             }
         }
         match self.send_text(to, text, Some(marker)).await {
-            Ok((parts, _)) => {
-                self.record(tenant, conversation, &parts, None, (0, 0), 0)
-                    .await;
+            Ok((parts, None)) => {
+                self.record(to, &parts, None, (0, 0), 0).await;
                 self.deps.metrics.count("FallbacksSent", 1);
                 info!(fallback = marker, "fallback text sent");
+            }
+            Ok((parts, Some(code))) => {
+                // Recorded as failed; a failed notice does not count as given, so the next
+                // message tries again.
+                self.record(to, &parts, None, (0, 0), 0).await;
+                warn!(fallback = marker, code, "fallback text not delivered");
             }
             Err(_) => warn!(fallback = marker, "fallback text not sent"),
         }

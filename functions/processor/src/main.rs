@@ -49,6 +49,7 @@ async fn main() -> Result<(), Error> {
         tokens: GraphTokens {
             secrets,
             default: resolved.graph_access_token,
+            prefix: config.token_secret_prefix.clone(),
         },
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: config.extraction_queue_url.clone(),

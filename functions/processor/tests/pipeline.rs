@@ -123,6 +123,7 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
                 Duration::from_secs(300),
             ),
             default: Some("EAAG-test".to_owned().into()),
+            prefix: Some(format!("{}/channel/", stack.name)),
         },
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: stack.queue("ExtractionQueue").url.clone(),
@@ -782,10 +783,10 @@ async fn the_no_credits_fallback_is_sent_once_per_episode() {
 }
 
 #[tokio::test]
-async fn each_account_uses_its_own_token_secret_and_a_missing_one_is_recorded() {
+async fn each_account_uses_its_own_token_secret_and_never_another_accounts() {
     let h = harness().await;
     answer_with(&h.openai, "hi").await;
-    let secret = format!("{}/wa/{WA_B}", h.stack.name);
+    let secret = format!("{}/channel/{WA_B}", h.stack.name);
     aws_sdk_secretsmanager::Client::new(&h.sdk)
         .create_secret()
         .name(&secret)
@@ -794,11 +795,7 @@ async fn each_account_uses_its_own_token_secret_and_a_missing_one_is_recorded() 
         .await
         .unwrap();
     h.sql(&format!(
-        "UPDATE channel_accounts SET access_token_secret = '{secret}' WHERE provider_account_id = '{WA_B}'"
-    ))
-    .await;
-    h.sql(&format!(
-        "UPDATE channel_accounts SET access_token_secret = '{secret}-gone' WHERE provider_account_id = '{IG}'"
+        "UPDATE channel_accounts SET access_token_secret = '{secret}' WHERE provider_account_id IN ('{WA_B}', '{IG}')"
     ))
     .await;
     assert!(h
@@ -831,11 +828,7 @@ async fn each_account_uses_its_own_token_secret_and_a_missing_one_is_recorded() 
         format!("/fb/{WA_B}/messages"),
         "Bearer EAAG-account-b".into()
     )));
-    assert_eq!(
-        auth.len(),
-        2,
-        "nothing sent for the account without a token"
-    );
+    assert_eq!(auth.len(), 2, "the IG account may not borrow WA_B's token");
     let mut outcomes = h.outcomes().await;
     outcomes.sort();
     assert_eq!(
@@ -849,8 +842,72 @@ async fn each_account_uses_its_own_token_secret_and_a_missing_one_is_recorded() 
     assert_eq!(
         drain(&h.sdk, &h.stack.queue("InboundDLQ").url).await.len(),
         1,
-        "parked until the secret exists"
+        "parked until the account's token is fixed"
     );
+}
+
+#[tokio::test]
+async fn a_missing_token_secret_is_recorded_and_parked_not_retried() {
+    let h = harness().await;
+    answer_with(&h.openai, "hi").await;
+    h.sql(&format!(
+        "UPDATE channel_accounts SET access_token_secret = '{}/channel/{IG}' WHERE provider_account_id = '{IG}'",
+        h.stack.name
+    ))
+    .await;
+    assert!(h.run(vec![ig_record("mid.m1", "hello")]).await.is_empty());
+    assert!(
+        h.model_requests().await.is_empty(),
+        "no model call without a way to answer"
+    );
+    assert_eq!(h.outcomes().await, [Some("no_token".to_owned())]);
+    assert_eq!(
+        drain(&h.sdk, &h.stack.queue("InboundDLQ").url).await.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_parked_alone_and_its_conversation_still_answered() {
+    let h = harness().await;
+    answer_with(&h.openai, "answered").await;
+    let mut bad = wa_record(WA_A, "1", "wamid.v1", "from the future");
+    let mut body: Value = serde_json::from_str(bad.body.as_deref().unwrap()).unwrap();
+    body["v"] = json!(9);
+    bad.body = Some(body.to_string());
+    let failures = h
+        .run(vec![bad, wa_record(WA_A, "1", "wamid.v2", "hello")])
+        .await;
+    assert!(failures.is_empty());
+    assert_eq!(h.sends().await, ["answered"]);
+    let parked = drain(&h.sdk, &h.stack.queue("InboundDLQ").url).await;
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].body.contains("\"v\":9"));
+}
+
+#[tokio::test]
+async fn a_fallback_that_could_not_be_delivered_is_tried_again() {
+    let h = harness().await;
+    h.sql("UPDATE agents SET fallback_no_credits = 'Back soon.'")
+        .await;
+    store::charge(&h.t.db, h.tenant, 1000, "test", None)
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .and(body_string_contains("Back soon."))
+        .respond_with(ResponseTemplate::new(400).set_body_json(graph_error(131047)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    for i in 0..2 {
+        assert!(h
+            .run(vec![wa_record(WA_A, "1", &format!("wamid.f{i}"), "hello?")])
+            .await
+            .is_empty());
+    }
+    assert_eq!(h.sends().await, ["Back soon.", "Back soon."]);
+    assert_eq!(h.metric("FallbacksSent"), 1.0, "only the second went out");
 }
 
 #[tokio::test]
@@ -1015,4 +1072,43 @@ async fn an_openai_500_then_200_gives_exactly_one_reply() {
             .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_status_that_overtook_the_reply_is_applied_when_the_reply_is_recorded() {
+    let h = harness().await;
+    answer_with(&h.openai, "hi").await;
+    let route = store::resolve_channel_account(&h.t.db, Channel::Whatsapp, WA_A)
+        .await
+        .unwrap()
+        .unwrap();
+    // The Graph stub numbers its answers from 0 (the mark-as-read call takes 0, the reply 1):
+    // Meta's `delivered` for the reply arrives before the reply is recorded.
+    assert_eq!(
+        store::apply_status(
+            &h.t.db,
+            h.tenant,
+            route.channel_account_id,
+            "wamid.OUT1",
+            shared::envelope::DeliveryState::Delivered,
+            None,
+            false
+        )
+        .await
+        .unwrap(),
+        store::StatusApplied::Pending
+    );
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.s1", "hello")])
+        .await
+        .is_empty());
+    assert_eq!(
+        store::message_status(&h.t.db, h.tenant, route.channel_account_id, "wamid.OUT1")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        "delivered"
+    );
+    assert_eq!(h.count("SELECT count(*) FROM pending_statuses").await, 0);
 }

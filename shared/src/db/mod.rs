@@ -54,12 +54,22 @@ pub enum DbError {
     Tls(String),
     #[error("could not connect to the database within {0:?}")]
     ConnectTimeout(Duration),
-    #[error("database error: {0}")]
+    /// Displayed without the server's DETAIL and HINT, which can quote row values (phone
+    /// numbers, message text) into logs and DLQ attributes.
+    #[error("database error: {}", pg_summary(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("migration failed: {0}")]
     Migration(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Severity, message and SQLSTATE of a server error; the client's own text otherwise.
+fn pg_summary(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl DbError {
