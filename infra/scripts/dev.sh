@@ -142,6 +142,7 @@ ready.
   verify:   curl 'http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/?hub.mode=subscribe&hub.verify_token=dev-verify-token&hub.challenge=42'
   invoke:   make invoke EVENT=ig-text      (any file in events/)
             make invoke FUNCTION=processor EVENT=sqs-inbound
+            make invoke FUNCTION=status EVENT=sqs-status
   emulator: $AWS_ENDPOINT_URL   (dev app secret: dev-app-secret)
   database: $DATABASE_URL
   upstreams: $upstreams (sends recorded in .local/graph-sink.jsonl)

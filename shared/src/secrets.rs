@@ -208,6 +208,22 @@ pub fn json_field(value: &SecretString, key: &str) -> Result<Option<SecretString
         .map(|s| SecretString::from(s.to_owned())))
 }
 
+/// The Postgres URL: `url` when given (local), else the `url` field of the secret `secret_id`
+/// (deployed: `<stack>/database`).
+pub async fn database_url(
+    url: Option<&SecretString>,
+    secret_id: Option<&str>,
+    secrets: &SecretCache,
+) -> Result<SecretString, SecretsError> {
+    match (url, secret_id) {
+        (Some(u), _) => Ok(u.clone()),
+        (None, Some(id)) => {
+            json_field(&secrets.get(id).await?, "url")?.ok_or(SecretsError::NotSet("url"))
+        }
+        (None, None) => Err(SecretsError::NotSet("url")),
+    }
+}
+
 /// A channel account's Graph token secret holds either the bare token or a JSON object with
 /// an `access_token` field (the shape `aws secretsmanager create-secret` users tend to pick).
 pub fn graph_token_of(value: &SecretString) -> Result<SecretString, SecretsError> {

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use shared::config::{ConfigError, EnvReader};
 use shared::graph::GRAPH_VERSION;
 use shared::secrets::{
-    json_field, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN, KEY_OPENAI_API_KEY,
+    database_url, json_field, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN, KEY_OPENAI_API_KEY,
 };
 
 #[derive(Debug)]
@@ -133,13 +133,12 @@ impl Config {
             Some(t) => Some(t.clone()),
             None => from_app(KEY_GRAPH_ACCESS_TOKEN)?,
         };
-        let database_url = match (&self.database_url, &self.database_secret_id) {
-            (Some(u), _) => u.clone(),
-            (None, Some(id)) => {
-                json_field(&secrets.get(id).await?, "url")?.ok_or(SecretsError::NotSet("url"))?
-            }
-            (None, None) => return Err(SecretsError::NotSet("url")),
-        };
+        let database_url = database_url(
+            self.database_url.as_ref(),
+            self.database_secret_id.as_deref(),
+            secrets,
+        )
+        .await?;
         Ok(Resolved {
             database_url,
             openai_api_key,

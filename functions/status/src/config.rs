@@ -1,0 +1,65 @@
+//! The status function's configuration, validated once at cold start.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use shared::config::{ConfigError, EnvReader};
+
+#[derive(Debug)]
+pub struct Config {
+    pub database_url: Option<SecretString>,
+    pub database_secret_id: Option<String>,
+    pub dead_letter_queue_url: String,
+    pub metrics_namespace: String,
+    pub secrets_ttl: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_reader(EnvReader::from_process_env())
+    }
+
+    pub fn from_reader(mut env: EnvReader<'_>) -> Result<Self, ConfigError> {
+        let database_url = env.optional("DATABASE_URL").map(SecretString::from);
+        let database_secret_id = env.optional("DATABASE_SECRET_ID");
+        if database_url.is_none() && database_secret_id.is_none() {
+            env.problem(
+                "set DATABASE_URL or DATABASE_SECRET_ID (a secret {\"url\": \"postgres://…\"})",
+            );
+        }
+        let dead_letter_queue_url = env.required_url("STATUS_DLQ_URL");
+        let metrics_namespace = env
+            .optional("METRICS_NAMESPACE")
+            .unwrap_or_else(|| "AiAgent".into());
+        let secrets_ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
+        env.finish(Self {
+            database_url,
+            database_secret_id,
+            dead_letter_queue_url,
+            metrics_namespace,
+            secrets_ttl,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_what_is_missing() {
+        let err = Config::from_reader(EnvReader::from_pairs(&[])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("DATABASE_URL or DATABASE_SECRET_ID"),
+            "{text}"
+        );
+        assert!(text.contains("STATUS_DLQ_URL"), "{text}");
+        let ok = Config::from_reader(EnvReader::from_pairs(&[
+            ("DATABASE_SECRET_ID", "agent/database"),
+            ("STATUS_DLQ_URL", "http://127.0.0.1:4566/1/agent-status-dlq"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.metrics_namespace, "AiAgent");
+    }
+}

@@ -1,0 +1,243 @@
+//! The status function: delivery statuses of our outbound messages (WhatsApp `statuses[]`,
+//! Instagram `read`) move the stored message forward, monotonically; account-level channel
+//! errors are logged and counted. Standard queue: records are independent and run
+//! concurrently; applying a status twice changes nothing, so no idempotency record is needed.
+//!
+//! Per record: parse → route the channel account (cached) → `store::apply_status`:
+//! updated, stale (already at or past it), or parked in `pending_statuses` when the message is
+//! not recorded yet (the processor applies it when it records the message). A body that does not
+//! parse is sent to the status DLQ and acknowledged; a database outage fails the record.
+
+mod config;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsMessage};
+use futures_util::future::join_all;
+use shared::cache::TtlCache;
+use shared::db::store::{self, ChannelAccountRoute, StatusApplied};
+use shared::db::{Db, DbError};
+use shared::envelope::{Channel, DeliveryState, StatusEvent};
+use shared::metrics::Metrics;
+use shared::queue::{OutgoingMessage, QueuePublisher};
+use tracing::{info, warn, Instrument};
+
+pub use config::Config;
+
+/// Routing lookups are cached this long.
+pub const ROUTE_TTL: Duration = Duration::from_secs(300);
+/// Parked statuses whose message never appeared are dropped after this many days.
+pub const PENDING_DAYS: i32 = 7;
+/// How often a container sweeps expired parked statuses.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct Deps {
+    pub db: Db,
+    pub publisher: QueuePublisher,
+    pub dead_letter_queue_url: String,
+    pub metrics: Metrics,
+}
+
+pub struct StatusProcessor {
+    deps: Deps,
+    routes: TtlCache<(Channel, String), Option<ChannelAccountRoute>>,
+    last_sweep: Mutex<Option<Instant>>,
+}
+
+/// How one record ended.
+enum Outcome {
+    Done,
+    Retry(String),
+    Park(String),
+}
+
+impl From<DbError> for Outcome {
+    fn from(e: DbError) -> Self {
+        if e.is_retryable() {
+            Outcome::Retry(e.to_string())
+        } else {
+            Outcome::Park(e.to_string())
+        }
+    }
+}
+
+impl StatusProcessor {
+    pub fn new(deps: Deps) -> Self {
+        Self {
+            deps,
+            routes: TtlCache::new(ROUTE_TTL),
+            last_sweep: Mutex::new(None),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.deps.metrics
+    }
+
+    pub async fn handle_batch(&self, records: Vec<SqsMessage>) -> SqsBatchResponse {
+        let outcomes = join_all(records.iter().map(|m| self.record(m))).await;
+        let mut response = SqsBatchResponse::default();
+        let mut parked = Vec::new();
+        for (m, outcome) in records.iter().zip(outcomes) {
+            let id = m.message_id.clone().unwrap_or_default();
+            match outcome {
+                Outcome::Done => {}
+                Outcome::Retry(reason) => {
+                    warn!(message_id = %id, reason = %reason, "status failed; SQS will redeliver it");
+                    let mut f = BatchItemFailure::default();
+                    f.item_identifier = id;
+                    response.batch_item_failures.push(f);
+                }
+                Outcome::Park(reason) => {
+                    warn!(message_id = %id, reason = %reason, "status record parked in the DLQ");
+                    parked.push((
+                        id,
+                        OutgoingMessage {
+                            body: m.body.clone().unwrap_or_default(),
+                            group_id: None,
+                            dedup_id: None,
+                            attributes: vec![("parked_reason", reason.chars().take(200).collect())],
+                        },
+                    ));
+                }
+            }
+        }
+        if !parked.is_empty() {
+            let n = parked.len() as u64;
+            let (ids, messages): (Vec<String>, Vec<OutgoingMessage>) = parked.into_iter().unzip();
+            match self
+                .deps
+                .publisher
+                .send_all(&self.deps.dead_letter_queue_url, messages)
+                .await
+            {
+                Ok(_) => self.deps.metrics.count("RecordsParked", n),
+                Err(e) => {
+                    warn!(error = %e, "parking failed; returning the records for redelivery");
+                    for id in ids {
+                        let mut f = BatchItemFailure::default();
+                        f.item_identifier = id;
+                        response.batch_item_failures.push(f);
+                    }
+                }
+            }
+        }
+        self.deps
+            .metrics
+            .count("BatchFailures", response.batch_item_failures.len() as u64);
+        self.sweep().await;
+        self.deps.metrics.flush();
+        response
+    }
+
+    async fn record(&self, m: &SqsMessage) -> Outcome {
+        let Ok(event) = serde_json::from_str::<StatusEvent>(m.body.as_deref().unwrap_or("")) else {
+            return Outcome::Park("body is not a status event".into());
+        };
+        let span = tracing::info_span!("status", correlation_id = %event.correlation_id());
+        async {
+            match event {
+                StatusEvent::DeliveryStatus(s) => self.delivery(s).await,
+                StatusEvent::ChannelError(e) => {
+                    self.deps.metrics.count_by(
+                        "ChannelErrors",
+                        "ErrorCode",
+                        e.error.code.to_string(),
+                        1,
+                    );
+                    warn!(
+                        outcome = "channel_error",
+                        channel = %e.channel,
+                        account = %e.channel_account_id,
+                        code = e.error.code,
+                        title = e.error.title.as_deref().unwrap_or(""),
+                        "Meta reported an account-level error"
+                    );
+                    Outcome::Done
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delivery(&self, s: shared::envelope::DeliveryStatus) -> Outcome {
+        let db = &self.deps.db;
+        let metrics = &self.deps.metrics;
+        let route = match self
+            .routes
+            .get_or_load((s.channel, s.channel_account_id.clone()), || {
+                store::resolve_channel_account(db, s.channel, &s.channel_account_id)
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return e.into(),
+        };
+        let Some(route) = route else {
+            metrics.count("UnknownAccount", 1);
+            warn!(outcome = "unknown_channel_account", account = %s.channel_account_id, "status for an unknown channel account; acknowledged");
+            return Outcome::Done;
+        };
+        let code = s.errors.first().and_then(|e| i32::try_from(e.code).ok());
+        // Instagram reports `read` once, for the newest message read: the earlier ones count too.
+        let up_to = s.channel == Channel::Instagram && s.status == DeliveryState::Read;
+        let applied = match store::apply_status(
+            db,
+            route.tenant,
+            route.channel_account_id,
+            &s.provider_message_id,
+            s.status,
+            code,
+            up_to,
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => return e.into(),
+        };
+        let name = match s.status {
+            DeliveryState::Sent => "Sent",
+            DeliveryState::Delivered => "Delivered",
+            DeliveryState::Read => "Read",
+            DeliveryState::Played => "Played",
+            DeliveryState::Failed => "Failed",
+            DeliveryState::Unknown => "UnknownStatus",
+        };
+        metrics.count_by(name, "Channel", s.channel.as_str().to_owned(), 1);
+        if let Some(code) = code {
+            metrics.count_by("FailedByCode", "ErrorCode", code.to_string(), 1);
+        }
+        let outcome = match applied {
+            StatusApplied::Updated => "updated",
+            StatusApplied::Stale => "stale",
+            StatusApplied::Pending => {
+                metrics.count("StatusesParked", 1);
+                "parked_until_message_recorded"
+            }
+            StatusApplied::NoAccount => "unknown_channel_account",
+        };
+        info!(outcome, status = s.status.as_str(), code, "status applied");
+        Outcome::Done
+    }
+
+    /// Drops expired parked statuses, at most once per `SWEEP_EVERY` per container.
+    async fn sweep(&self) {
+        {
+            let mut last = self.last_sweep.lock().expect("sweep lock");
+            if last.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match store::expire_pending_statuses(&self.deps.db, PENDING_DAYS).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                expired = n,
+                "parked statuses whose message never appeared dropped"
+            ),
+            Err(e) => warn!(error = %e, "could not sweep parked statuses"),
+        }
+    }
+}
