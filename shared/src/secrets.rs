@@ -208,19 +208,35 @@ pub fn json_field(value: &SecretString, key: &str) -> Result<Option<SecretString
         .map(|s| SecretString::from(s.to_owned())))
 }
 
-/// The Postgres URL: `url` when given (local), else the `url` field of the secret `secret_id`
-/// (deployed: `<stack>/database`).
-pub async fn database_url(
-    url: Option<&SecretString>,
-    secret_id: Option<&str>,
-    secrets: &SecretCache,
-) -> Result<SecretString, SecretsError> {
-    match (url, secret_id) {
-        (Some(u), _) => Ok(u.clone()),
-        (None, Some(id)) => {
-            json_field(&secrets.get(id).await?, "url")?.ok_or(SecretsError::NotSet("url"))
+/// Where a function finds the Postgres URL: `DATABASE_URL` itself (local), else the `url` field
+/// of the secret `DATABASE_SECRET_ID` (deployed: `<stack>/database`).
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseSource {
+    pub url: Option<SecretString>,
+    pub secret_id: Option<String>,
+}
+
+impl DatabaseSource {
+    /// Reads both variables; a problem is recorded when neither is set.
+    pub fn from_env(env: &mut crate::config::EnvReader<'_>) -> Self {
+        let url = env.optional("DATABASE_URL").map(SecretString::from);
+        let secret_id = env.optional("DATABASE_SECRET_ID");
+        if url.is_none() && secret_id.is_none() {
+            env.problem(
+                "set DATABASE_URL or DATABASE_SECRET_ID (a secret {\"url\": \"postgres://…\"})",
+            );
         }
-        (None, None) => Err(SecretsError::NotSet("url")),
+        Self { url, secret_id }
+    }
+
+    pub async fn resolve(&self, secrets: &SecretCache) -> Result<SecretString, SecretsError> {
+        match (&self.url, &self.secret_id) {
+            (Some(u), _) => Ok(u.clone()),
+            (None, Some(id)) => {
+                json_field(&secrets.get(id).await?, "url")?.ok_or(SecretsError::NotSet("url"))
+            }
+            (None, None) => Err(SecretsError::NotSet("url")),
+        }
     }
 }
 

@@ -10,13 +10,13 @@ use secrecy::SecretString;
 use shared::config::{ConfigError, EnvReader};
 use shared::graph::GRAPH_VERSION;
 use shared::secrets::{
-    database_url, json_field, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN, KEY_OPENAI_API_KEY,
+    json_field, DatabaseSource, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN,
+    KEY_OPENAI_API_KEY,
 };
 
 #[derive(Debug)]
 pub struct Config {
-    pub database_url: Option<SecretString>,
-    pub database_secret_id: Option<String>,
+    pub database: DatabaseSource,
     pub app_secret_id: Option<String>,
     pub openai_api_key: Option<SecretString>,
     pub graph_access_token: Option<SecretString>,
@@ -48,13 +48,7 @@ impl Config {
     }
 
     pub fn from_reader(mut env: EnvReader<'_>) -> Result<Self, ConfigError> {
-        let database_url = env.optional("DATABASE_URL").map(SecretString::from);
-        let database_secret_id = env.optional("DATABASE_SECRET_ID");
-        if database_url.is_none() && database_secret_id.is_none() {
-            env.problem(
-                "set DATABASE_URL or DATABASE_SECRET_ID (a secret {\"url\": \"postgres://…\"})",
-            );
-        }
+        let database = DatabaseSource::from_env(&mut env);
         let app_secret_id = env.optional("APP_SECRET_ID");
         let openai_api_key = env.optional("OPENAI_API_KEY").map(SecretString::from);
         if openai_api_key.is_none() && app_secret_id.is_none() {
@@ -93,8 +87,7 @@ impl Config {
         let secrets_ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
         let model_timeout = Duration::from_secs(env.number("MODEL_TIMEOUT_SECS", 30, 1, 300));
         env.finish(Self {
-            database_url,
-            database_secret_id,
+            database,
             app_secret_id,
             openai_api_key,
             graph_access_token,
@@ -133,12 +126,7 @@ impl Config {
             Some(t) => Some(t.clone()),
             None => from_app(KEY_GRAPH_ACCESS_TOKEN)?,
         };
-        let database_url = database_url(
-            self.database_url.as_ref(),
-            self.database_secret_id.as_deref(),
-            secrets,
-        )
-        .await?;
+        let database_url = self.database.resolve(secrets).await?;
         Ok(Resolved {
             database_url,
             openai_api_key,
@@ -183,7 +171,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.openai_base_url, "http://127.0.0.1:11434/v1");
         assert!(c.graph_base_url.starts_with("https://graph.facebook.com/v"));
-        assert!(c.openai_api_key.is_none() && c.database_url.is_none());
+        assert!(c.openai_api_key.is_none() && c.database.url.is_none());
         assert_eq!(c.secrets_ttl, Duration::from_secs(300));
         let bad = config(&[
             ("DATABASE_URL", "postgres://x"),

@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
 use shared::config::{ConfigError, EnvReader};
+use shared::secrets::DatabaseSource;
 
 #[derive(Debug)]
 pub struct Config {
-    pub database_url: Option<SecretString>,
-    pub database_secret_id: Option<String>,
+    pub database: DatabaseSource,
     pub dead_letter_queue_url: String,
     pub metrics_namespace: String,
     pub secrets_ttl: Duration,
@@ -20,21 +19,14 @@ impl Config {
     }
 
     pub fn from_reader(mut env: EnvReader<'_>) -> Result<Self, ConfigError> {
-        let database_url = env.optional("DATABASE_URL").map(SecretString::from);
-        let database_secret_id = env.optional("DATABASE_SECRET_ID");
-        if database_url.is_none() && database_secret_id.is_none() {
-            env.problem(
-                "set DATABASE_URL or DATABASE_SECRET_ID (a secret {\"url\": \"postgres://…\"})",
-            );
-        }
+        let database = DatabaseSource::from_env(&mut env);
         let dead_letter_queue_url = env.required_url("STATUS_DLQ_URL");
         let metrics_namespace = env
             .optional("METRICS_NAMESPACE")
             .unwrap_or_else(|| "AiAgent".into());
         let secrets_ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
         env.finish(Self {
-            database_url,
-            database_secret_id,
+            database,
             dead_letter_queue_url,
             metrics_namespace,
             secrets_ttl,

@@ -5,7 +5,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::db::{Db, DbConfig};
 use shared::metrics::Metrics;
 use shared::queue::{QueuePublisher, RetryPolicy};
-use shared::secrets::{database_url, SecretCache};
+use shared::secrets::SecretCache;
 use status::{Config, Deps, StatusProcessor};
 
 #[global_allocator]
@@ -21,13 +21,11 @@ async fn main() -> Result<(), Error> {
         aws_sdk_secretsmanager::Client::new(&sdk),
         config.secrets_ttl,
     );
-    let url = database_url(
-        config.database_url.as_ref(),
-        config.database_secret_id.as_deref(),
-        &secrets,
-    )
-    .await
-    .inspect_err(|e| tracing::error!(error = %e, "status cannot read its secrets"))?;
+    let url = config
+        .database
+        .resolve(&secrets)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "status cannot read its secrets"))?;
     let processor = std::sync::Arc::new(StatusProcessor::new(Deps {
         db: Db::new(DbConfig::new(secrecy::ExposeSecret::expose_secret(&url))),
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),

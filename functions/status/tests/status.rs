@@ -382,7 +382,7 @@ async fn the_template_environment_configures_the_status_function() {
             .expect("the template's environment is a valid configuration");
     assert_eq!(config.dead_letter_queue_url, stack.queue("StatusDLQ").url);
     assert_eq!(
-        config.database_secret_id.as_deref(),
+        config.database.secret_id.as_deref(),
         Some(stack.secrets["DatabaseSecret"].arn.as_str())
     );
 }
