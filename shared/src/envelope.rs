@@ -209,6 +209,64 @@ pub enum Content {
 }
 
 impl Content {
+    /// The text a model sees for this content; `None` for content it cannot use (reactions,
+    /// system notices, unsupported types).
+    pub fn model_text(&self) -> Option<String> {
+        Some(match self {
+            Content::Text { body } => body.clone(),
+            Content::Media { media, caption, .. } => format!(
+                "[{} sent]{}",
+                format!("{media:?}").to_lowercase(),
+                caption
+                    .as_ref()
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default()
+            ),
+            Content::Attachments { items } => format!(
+                "[attachments: {}]",
+                items
+                    .iter()
+                    .map(|a| a.kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Content::Location {
+                latitude,
+                longitude,
+                name,
+                address,
+                ..
+            } => format!(
+                "[location] {} {} ({latitude}, {longitude})",
+                name.as_deref().unwrap_or(""),
+                address.as_deref().unwrap_or("")
+            ),
+            Content::Contacts { cards } => format!(
+                "[shared contact] {}",
+                cards
+                    .iter()
+                    .map(|c| format!(
+                        "{} {} {}",
+                        c.formatted_name.as_deref().unwrap_or(""),
+                        c.phones.join(" "),
+                        c.emails.join(" ")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Content::InteractiveReply { title, .. } => title.clone(),
+            Content::Button { text, .. } => text.clone(),
+            Content::Order { items, text, .. } => format!(
+                "[order] {} item(s){}",
+                items.len(),
+                text.as_ref().map(|t| format!(": {t}")).unwrap_or_default()
+            ),
+            Content::Reaction { .. } | Content::System { .. } | Content::Unsupported { .. } => {
+                return None
+            }
+        })
+    }
+
     /// Short name for logs and metrics (never the content itself).
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -393,4 +451,32 @@ pub struct ChannelError {
     pub channel_account_id: String,
     pub received_at_ms: i64,
     pub error: ProviderError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_text_keeps_captions_as_written_and_skips_unusable_content() {
+        let img = Content::Media {
+            media: MediaKind::Image,
+            media_id: Some("1".into()),
+            url: None,
+            mime_type: None,
+            sha256: None,
+            caption: Some("Este modelo en AZUL".into()),
+            filename: None,
+            voice: None,
+        };
+        assert_eq!(
+            img.model_text().unwrap(),
+            "[image sent] Este modelo en AZUL"
+        );
+        let reaction = Content::Reaction {
+            target_provider_message_id: "w".into(),
+            emoji: Some("👍".into()),
+        };
+        assert_eq!(reaction.model_text(), None);
+    }
 }

@@ -22,6 +22,7 @@ pub mod fifo;
 pub mod graph;
 pub mod idempotency;
 pub mod ingest;
+pub mod lead;
 pub mod meta;
 pub mod metrics;
 pub mod openai;
@@ -38,4 +39,16 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The `Instant` by which an invocation must answer: Lambda's deadline (wall clock) less
+/// `margin`, or 30 s from now when the deadline is already past or unknown.
+pub fn deadline_before(
+    lambda_deadline: std::time::SystemTime,
+    margin: std::time::Duration,
+) -> std::time::Instant {
+    let remaining = lambda_deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(std::time::Duration::from_secs(30));
+    std::time::Instant::now() + remaining.saturating_sub(margin)
 }

@@ -140,6 +140,11 @@ impl ClientSettings {
     }
 }
 
+/// Credits for `tokens` at `per_1k` credits per 1,000 tokens, rounded up.
+pub fn price(per_1k: i64, tokens: u64) -> i64 {
+    ((tokens as i64).saturating_mul(per_1k) + 999) / 1000
+}
+
 pub struct ResponsesClient {
     http: reqwest::Client,
     settings: ClientSettings,
@@ -374,5 +379,18 @@ fn reply_of(r: RawResponse) -> ModelReply {
         incomplete_reason: r.incomplete_details.and_then(|d| d.reason),
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_rounds_up_per_thousand_tokens() {
+        assert_eq!(price(2, 1000), 2);
+        assert_eq!(price(2, 1001), 3);
+        assert_eq!(price(0, 5000), 0);
+        assert_eq!(price(4, 1), 1);
     }
 }

@@ -78,6 +78,17 @@ pub struct QueuePublisher {
     retry: RetryPolicy,
 }
 
+/// A record to send to a dead-letter queue (see [`QueuePublisher::park`]).
+#[derive(Debug, Clone)]
+pub struct ParkedRecord {
+    /// The SQS message id (the DLQ dedup id on FIFO queues).
+    pub message_id: String,
+    pub body: String,
+    /// FIFO queues only: the record's message group.
+    pub group_id: Option<String>,
+    pub reason: String,
+}
+
 impl QueuePublisher {
     pub fn new(client: aws_sdk_sqs::Client, retry: RetryPolicy) -> Self {
         Self { client, retry }
@@ -94,6 +105,46 @@ impl QueuePublisher {
             calls += self.send_batch(queue_url, batch).await?;
         }
         Ok(calls)
+    }
+
+    /// Sends records that can never succeed to their dead-letter queue (`parked_reason`
+    /// attribute, at most 200 characters) so they are kept and alarmed without blocking
+    /// anything. If that fails, their ids are added to `response` so SQS redelivers them (its
+    /// own redrive ends in the DLQ too). Returns how many were parked.
+    pub async fn park(
+        &self,
+        dead_letter_queue_url: &str,
+        records: Vec<ParkedRecord>,
+        response: &mut aws_lambda_events::sqs::SqsBatchResponse,
+    ) -> usize {
+        if records.is_empty() {
+            return 0;
+        }
+        for r in &records {
+            tracing::warn!(message_id = %r.message_id, reason = %r.reason, "record parked in the DLQ");
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.message_id.clone()).collect();
+        let messages = records
+            .into_iter()
+            .map(|r| OutgoingMessage {
+                body: r.body,
+                dedup_id: r.group_id.as_ref().map(|_| r.message_id.clone()),
+                group_id: r.group_id,
+                attributes: vec![("parked_reason", r.reason.chars().take(200).collect())],
+            })
+            .collect();
+        match self.send_all(dead_letter_queue_url, messages).await {
+            Ok(_) => ids.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "parking failed; returning the records for redelivery");
+                for id in ids {
+                    let mut f = aws_lambda_events::sqs::BatchItemFailure::default();
+                    f.item_identifier = id;
+                    response.batch_item_failures.push(f);
+                }
+                0
+            }
+        }
     }
 
     async fn send_batch(

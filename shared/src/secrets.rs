@@ -208,6 +208,21 @@ pub fn json_field(value: &SecretString, key: &str) -> Result<Option<SecretString
         .map(|s| SecretString::from(s.to_owned())))
 }
 
+/// A value given directly (a local environment variable) or, failing that, the field `key` of
+/// the app secret `app_secret_id`; `None` when neither has it.
+pub async fn app_value(
+    direct: Option<&SecretString>,
+    app_secret_id: Option<&str>,
+    key: &str,
+    secrets: &SecretCache,
+) -> Result<Option<SecretString>, SecretsError> {
+    match (direct, app_secret_id) {
+        (Some(v), _) => Ok(Some(v.clone())),
+        (None, Some(id)) => json_field(&secrets.get(id).await?, key),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Where a function finds the Postgres URL: `DATABASE_URL` itself (local), else the `url` field
 /// of the secret `DATABASE_SECRET_ID` (deployed: `<stack>/database`).
 #[derive(Debug, Clone, Default)]

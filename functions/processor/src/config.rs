@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use shared::config::{ConfigError, EnvReader};
 use shared::graph::GRAPH_VERSION;
 use shared::secrets::{
-    json_field, DatabaseSource, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN,
+    app_value, DatabaseSource, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN,
     KEY_OPENAI_API_KEY,
 };
 
@@ -106,26 +106,22 @@ impl Config {
 
     /// Reads the secrets the configuration names (plain variables win).
     pub async fn resolve(&self, secrets: &SecretCache) -> Result<Resolved, SecretsError> {
-        let app = match &self.app_secret_id {
-            Some(id) => Some(secrets.get(id).await?),
-            None => None,
-        };
-        let from_app = |key: &'static str| -> Result<Option<SecretString>, SecretsError> {
-            match &app {
-                Some(v) => json_field(v, key),
-                None => Ok(None),
-            }
-        };
-        let openai_api_key = match &self.openai_api_key {
-            Some(k) => k.clone(),
-            None => {
-                from_app(KEY_OPENAI_API_KEY)?.ok_or(SecretsError::NotSet(KEY_OPENAI_API_KEY))?
-            }
-        };
-        let graph_access_token = match &self.graph_access_token {
-            Some(t) => Some(t.clone()),
-            None => from_app(KEY_GRAPH_ACCESS_TOKEN)?,
-        };
+        let app_id = self.app_secret_id.as_deref();
+        let openai_api_key = app_value(
+            self.openai_api_key.as_ref(),
+            app_id,
+            KEY_OPENAI_API_KEY,
+            secrets,
+        )
+        .await?
+        .ok_or(SecretsError::NotSet(KEY_OPENAI_API_KEY))?;
+        let graph_access_token = app_value(
+            self.graph_access_token.as_ref(),
+            app_id,
+            KEY_GRAPH_ACCESS_TOKEN,
+            secrets,
+        )
+        .await?;
         let database_url = self.database.resolve(secrets).await?;
         Ok(Resolved {
             database_url,

@@ -19,9 +19,9 @@ use shared::fifo::{run_batch_coalesced, Outcome};
 use shared::graph::{GraphClient, WaRecipient};
 use shared::idempotency::{Claim, IdempotencyStore};
 use shared::metrics::Metrics;
-use shared::openai::{InputMessage, ModelError, ResponseRequest, ResponsesClient};
+use shared::openai::{price, InputMessage, ModelError, ResponseRequest, ResponsesClient};
 use shared::ordering::{dedup_id, sha256_hex};
-use shared::queue::{OutgoingMessage, QueuePublisher};
+use shared::queue::{OutgoingMessage, ParkedRecord, QueuePublisher};
 use shared::secrets::{graph_token_of, SecretCache};
 use shared::split::{split_text, Measure, INSTAGRAM_MAX_BYTES, WHATSAPP_MAX_CHARS};
 use tracing::{info, warn, Instrument};
@@ -157,63 +157,6 @@ fn conversation_key(m: &SqsMessage) -> Option<String> {
     ))
 }
 
-/// The text the model sees for one inbound message; `None` for content it cannot use.
-pub fn model_text(c: &Content) -> Option<String> {
-    Some(match c {
-        Content::Text { body } => body.clone(),
-        Content::Media { media, caption, .. } => format!(
-            "[{} sent]{}",
-            format!("{media:?}").to_lowercase(),
-            caption
-                .as_ref()
-                .map(|c| format!(" {c}"))
-                .unwrap_or_default()
-        ),
-        Content::Attachments { items } => format!(
-            "[attachments: {}]",
-            items
-                .iter()
-                .map(|a| a.kind.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Content::Location {
-            latitude,
-            longitude,
-            name,
-            address,
-            ..
-        } => format!(
-            "[location] {} {} ({latitude}, {longitude})",
-            name.as_deref().unwrap_or(""),
-            address.as_deref().unwrap_or("")
-        ),
-        Content::Contacts { cards } => format!(
-            "[shared contact] {}",
-            cards
-                .iter()
-                .map(|c| format!(
-                    "{} {} {}",
-                    c.formatted_name.as_deref().unwrap_or(""),
-                    c.phones.join(" "),
-                    c.emails.join(" ")
-                ))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        Content::InteractiveReply { title, .. } => title.clone(),
-        Content::Button { text, .. } => text.clone(),
-        Content::Order { items, text, .. } => format!(
-            "[order] {} item(s){}",
-            items.len(),
-            text.as_ref().map(|t| format!(": {t}")).unwrap_or_default()
-        ),
-        Content::Reaction { .. } | Content::System { .. } | Content::Unsupported { .. } => {
-            return None
-        }
-    })
-}
-
 /// What one turn needs to reach the customer and to record what was sent.
 struct Reach<'a> {
     tenant: TenantId,
@@ -251,38 +194,22 @@ impl Processor {
         // Records that can never succeed go to the DLQ explicitly (kept, alarmed, not blocking).
         let mut response = report.response;
         let metrics = &self.deps.metrics;
-        if !report.permanent.is_empty() {
-            let parked: Vec<OutgoingMessage> = report
-                .permanent
-                .iter()
-                .map(|p| OutgoingMessage {
-                    body: p.message.body.clone().unwrap_or_default(),
-                    group_id: Some(shared::fifo::group_of(&p.message).to_owned()),
-                    dedup_id: p.message.message_id.clone(),
-                    attributes: vec![("parked_reason", p.reason.chars().take(200).collect())],
-                })
-                .collect();
-            for p in &report.permanent {
-                warn!(message_id = ?p.message.message_id, reason = %p.reason, "record parked in the DLQ");
-            }
-            match self
-                .deps
-                .publisher
-                .send_all(&self.deps.dead_letter_queue_url, parked)
-                .await
-            {
-                Ok(_) => metrics.count("RecordsParked", report.permanent.len() as u64),
-                Err(e) => {
-                    // Could not park them: let SQS redeliver (its own redrive ends in the DLQ too).
-                    warn!(error = %e, "parking failed; returning the records for redelivery");
-                    for p in report.permanent {
-                        let mut f = aws_lambda_events::sqs::BatchItemFailure::default();
-                        f.item_identifier = p.message.message_id.unwrap_or_default();
-                        response.batch_item_failures.push(f);
-                    }
-                }
-            }
-        }
+        let parked: Vec<ParkedRecord> = report
+            .permanent
+            .into_iter()
+            .map(|p| ParkedRecord {
+                group_id: Some(shared::fifo::group_of(&p.message).to_owned()),
+                message_id: p.message.message_id.unwrap_or_default(),
+                body: p.message.body.unwrap_or_default(),
+                reason: p.reason,
+            })
+            .collect();
+        let n = self
+            .deps
+            .publisher
+            .park(&self.deps.dead_letter_queue_url, parked, &mut response)
+            .await;
+        metrics.count("RecordsParked", n as u64);
         metrics.count("BatchFailures", response.batch_item_failures.len() as u64);
         info!(
             done = report.done,
@@ -497,7 +424,7 @@ impl Processor {
         }
         let texts: Vec<String> = msgs
             .iter()
-            .filter_map(|(_, e)| model_text(&e.content))
+            .filter_map(|(_, e)| e.content.model_text())
             .collect();
         if texts.is_empty() {
             info!(
@@ -865,7 +792,7 @@ impl Processor {
             .iter()
             .filter_map(|(dir, content)| {
                 let c: Content = serde_json::from_value(content.clone()).ok()?;
-                let text = model_text(&c)?;
+                let text = c.model_text()?;
                 Some(if dir == "in" {
                     InputMessage::user(text)
                 } else {
@@ -886,47 +813,5 @@ fn model_fail(e: ModelError) -> Fail {
     } else {
         warn!(outcome = "model_rejected", error = %e, "model call failed permanently; recorded");
         Fail::permanent("model_rejected", e.to_string())
-    }
-}
-
-/// Credits for `tokens` at `per_1k`, rounded up.
-pub fn price(per_1k: i64, tokens: u64) -> i64 {
-    ((tokens as i64).saturating_mul(per_1k) + 999) / 1000
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shared::envelope::MediaKind;
-
-    #[test]
-    fn model_text_keeps_captions_as_written_and_skips_unusable_content() {
-        let img = Content::Media {
-            media: MediaKind::Image,
-            media_id: Some("1".into()),
-            url: None,
-            mime_type: None,
-            sha256: None,
-            caption: Some("Este modelo en AZUL".into()),
-            filename: None,
-            voice: None,
-        };
-        assert_eq!(
-            model_text(&img).unwrap(),
-            "[image sent] Este modelo en AZUL"
-        );
-        let reaction = Content::Reaction {
-            target_provider_message_id: "w".into(),
-            emoji: Some("👍".into()),
-        };
-        assert_eq!(model_text(&reaction), None);
-    }
-
-    #[test]
-    fn price_rounds_up_per_thousand_tokens() {
-        assert_eq!(price(2, 1000), 2);
-        assert_eq!(price(2, 1001), 3);
-        assert_eq!(price(0, 5000), 0);
-        assert_eq!(price(4, 1), 1);
     }
 }

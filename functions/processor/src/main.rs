@@ -1,7 +1,7 @@
 //! Lambda wiring only: configuration, secrets, clients, and `processor::Processor` as the SQS
 //! handler.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
@@ -61,12 +61,8 @@ async fn main() -> Result<(), Error> {
         let processor = processor.clone();
         async move {
             // Leave a margin to answer before the function times out.
-            let remaining = event
-                .context
-                .deadline()
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::from_secs(30));
-            let deadline = Instant::now() + remaining.saturating_sub(Duration::from_secs(2));
+            let deadline =
+                shared::deadline_before(event.context.deadline(), Duration::from_secs(2));
             Ok::<SqsBatchResponse, Error>(
                 processor
                     .handle_batch(event.payload.records, deadline)

@@ -322,7 +322,21 @@ async fn whatsapp_message_gets_one_reply_stored_and_charged() {
     assert!(h.metric("ModelLatency") > 0.0);
     let jobs = drain(&h.sdk, &h.stack.queue("ExtractionQueue").url).await;
     assert_eq!(jobs.len(), 1, "one extraction job");
-    assert!(jobs[0].body.contains("\"kind\":\"extract\""));
+    // The contract the extraction function reads (functions/extraction `Job`).
+    let job: Value = serde_json::from_str(&jobs[0].body).unwrap();
+    let conversation: uuid::Uuid =
+        h.t.db
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT id FROM conversations", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(
+        job,
+        json!({"v": 1, "kind": "extract", "tenant_id": h.tenant.uuid().to_string(), "conversation_id": conversation.to_string()})
+    );
 }
 
 #[tokio::test]

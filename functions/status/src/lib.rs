@@ -20,7 +20,7 @@ use shared::db::store::{self, ChannelAccountRoute, StatusApplied};
 use shared::db::{Db, DbError};
 use shared::envelope::{Channel, DeliveryState, StatusEvent};
 use shared::metrics::Metrics;
-use shared::queue::{OutgoingMessage, QueuePublisher};
+use shared::queue::{ParkedRecord, QueuePublisher};
 use tracing::{info, warn, Instrument};
 
 pub use config::Config;
@@ -89,40 +89,20 @@ impl StatusProcessor {
                     f.item_identifier = id;
                     response.batch_item_failures.push(f);
                 }
-                Outcome::Park(reason) => {
-                    warn!(message_id = %id, reason = %reason, "status record parked in the DLQ");
-                    parked.push((
-                        id,
-                        OutgoingMessage {
-                            body: m.body.clone().unwrap_or_default(),
-                            group_id: None,
-                            dedup_id: None,
-                            attributes: vec![("parked_reason", reason.chars().take(200).collect())],
-                        },
-                    ));
-                }
+                Outcome::Park(reason) => parked.push(ParkedRecord {
+                    message_id: id,
+                    body: m.body.clone().unwrap_or_default(),
+                    group_id: None,
+                    reason,
+                }),
             }
         }
-        if !parked.is_empty() {
-            let n = parked.len() as u64;
-            let (ids, messages): (Vec<String>, Vec<OutgoingMessage>) = parked.into_iter().unzip();
-            match self
-                .deps
-                .publisher
-                .send_all(&self.deps.dead_letter_queue_url, messages)
-                .await
-            {
-                Ok(_) => self.deps.metrics.count("RecordsParked", n),
-                Err(e) => {
-                    warn!(error = %e, "parking failed; returning the records for redelivery");
-                    for id in ids {
-                        let mut f = BatchItemFailure::default();
-                        f.item_identifier = id;
-                        response.batch_item_failures.push(f);
-                    }
-                }
-            }
-        }
+        let n = self
+            .deps
+            .publisher
+            .park(&self.deps.dead_letter_queue_url, parked, &mut response)
+            .await;
+        self.deps.metrics.count("RecordsParked", n as u64);
         self.deps
             .metrics
             .count("BatchFailures", response.batch_item_failures.len() as u64);

@@ -97,12 +97,38 @@ fn last_user_text(input: &Value) -> String {
     }
 }
 
+/// A structured-output answer: every property of the schema null, except an email found in
+/// the input (so the local stack shows a lead without a real model).
+fn structured_answer(schema: &Value, input: &str) -> String {
+    let mut out = serde_json::Map::new();
+    if let Some(props) = schema["properties"].as_object() {
+        for key in props.keys() {
+            out.insert(key.clone(), Value::Null);
+        }
+    }
+    let email = input
+        .split(|c: char| c.is_whitespace() || "()<>,;\"".contains(c))
+        .map(|w| w.trim_end_matches('.'))
+        .find(|w| w.contains('@') && w.contains('.'));
+    if let (Some(e), true) = (email, out.contains_key("email")) {
+        out.insert("email".into(), json!(e));
+    }
+    Value::Object(out).to_string()
+}
+
 async fn responses(State(stubs): State<Arc<Stubs>>, Json(req): Json<Value>) -> Json<Value> {
     let n = stubs.next();
     let heard: String = last_user_text(&req["input"]).chars().take(200).collect();
-    let text = format!(
-        "{STUB_MODEL_PREFIX} I got your message: \"{heard}\". Set OPENAI_API_KEY to hear from a real model."
-    );
+    let text = if req["text"]["format"]["type"] == "json_schema" {
+        structured_answer(
+            &req["text"]["format"]["schema"],
+            &last_user_text(&req["input"]),
+        )
+    } else {
+        format!(
+            "{STUB_MODEL_PREFIX} I got your message: \"{heard}\". Set OPENAI_API_KEY to hear from a real model."
+        )
+    };
     let input_tokens = tokens(&req["input"].to_string())
         + tokens(req["instructions"].as_str().unwrap_or_default());
     let output_tokens = tokens(&text);
@@ -181,5 +207,19 @@ mod tests {
         assert_eq!(last_user_text(&json!("plain")), "plain");
         assert_eq!(tokens(""), 1);
         assert_eq!(tokens("12345"), 2);
+    }
+
+    #[test]
+    fn structured_requests_get_a_schema_shaped_answer() {
+        let schema = json!({"properties": {"name": {}, "email": {}, "bedrooms": {}}});
+        let a: Value = serde_json::from_str(&structured_answer(
+            &schema,
+            "customer: Hola, soy Ana (ana@ejemplo.mx), quiero una cotización",
+        ))
+        .unwrap();
+        assert_eq!(
+            a,
+            json!({"name": null, "email": "ana@ejemplo.mx", "bedrooms": null})
+        );
     }
 }

@@ -683,6 +683,10 @@ pub mod testing {
         let template = Template::load_workspace().expect("template.yaml loads");
         let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut options = Options::default();
+        // Tests read extraction jobs at once; the deployed default delays them 15 s.
+        options
+            .parameters
+            .insert("ExtractionDelaySeconds".to_owned(), "0".to_owned());
         options.secret_values.insert(
             "AppSecret".to_owned(),
             serde_json::json!({"meta_app_secret": DEV_APP_SECRET, "meta_verify_token": DEV_VERIFY_TOKEN})

@@ -637,6 +637,8 @@ pub struct Agent {
     pub min_balance: i64,
     pub fallback_no_credits: Option<String>,
     pub fallback_error: Option<String>,
+    /// Tenant-defined lead fields (see `shared::lead::lead_schema`).
+    pub extra_lead_fields: Json,
     pub is_active: bool,
 }
 
@@ -646,7 +648,7 @@ pub async fn agent(db: &Db, tenant: TenantId, agent_id: Uuid) -> Result<Option<A
         .query_opt(
             "SELECT id, instructions, model, base_url, max_output_tokens, temperature, reasoning_effort,
                     store, history_messages, price_input_per_1k, price_output_per_1k, min_balance,
-                    fallback_no_credits, is_active, fallback_error
+                    fallback_no_credits, is_active, fallback_error, extra_lead_fields
                FROM agents WHERE user_id = $1 AND id = $2",
             &[&tenant.0, &agent_id],
         )
@@ -667,6 +669,7 @@ pub async fn agent(db: &Db, tenant: TenantId, agent_id: Uuid) -> Result<Option<A
         fallback_no_credits: r.get(12),
         is_active: r.get(13),
         fallback_error: r.get(14),
+        extra_lead_fields: r.get(15),
     }))
 }
 

@@ -1,0 +1,279 @@
+//! Lead extraction's queries: the window of new messages, the agent of a conversation, and the
+//! one-statement write of an extraction (run row, lead merge, field history, window advance,
+//! charge). Every query filters on the tenant.
+
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use super::store::Charge;
+use super::{Db, DbError, TenantId};
+
+/// Lead columns the extraction fills (the `leads` table's own columns).
+pub const LEAD_FIELDS: [&str; 10] = [
+    "name",
+    "email",
+    "phone",
+    "company",
+    "intent",
+    "product_interest",
+    "budget",
+    "timeline",
+    "language",
+    "summary",
+];
+
+/// One stored message of a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub direction: String,
+    pub content: Json,
+}
+
+/// Up to `limit` messages after `after_id`, oldest first.
+pub async fn messages_after(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<StoredMessage>, DbError> {
+    let c = db.client().await?;
+    let rows = c
+        .query(
+            "SELECT id, direction, content FROM messages
+              WHERE user_id = $1 AND conversation_id = $2 AND id > $3
+              ORDER BY id LIMIT $4",
+            &[&tenant.0, &conversation_id, &after_id, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredMessage {
+            id: r.get(0),
+            direction: r.get(1),
+            content: r.get(2),
+        })
+        .collect())
+}
+
+/// What extraction needs about a conversation: where it stands and whose agent answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractionTarget {
+    pub extracted_through: i64,
+    pub contact_id: Uuid,
+    pub agent_id: Option<Uuid>,
+}
+
+pub async fn extraction_target(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+) -> Result<Option<ExtractionTarget>, DbError> {
+    let c = db.client().await?;
+    let row = c
+        .query_opt(
+            "SELECT c.extracted_through, c.contact_id, a.agent_id
+               FROM conversations c JOIN channel_accounts a
+                 ON a.user_id = c.user_id AND a.id = c.channel_account_id
+              WHERE c.user_id = $1 AND c.id = $2",
+            &[&tenant.0, &conversation_id],
+        )
+        .await?;
+    Ok(row.map(|r| ExtractionTarget {
+        extracted_through: r.get(0),
+        contact_id: r.get(1),
+        agent_id: r.get(2),
+    }))
+}
+
+/// An extraction run to record.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractionRecord<'a> {
+    pub from_message_id: i64,
+    pub through_message_id: i64,
+    /// `applied` (fields given), `unchanged`, `incomplete`, `refused` or `invalid`.
+    pub status: &'a str,
+    pub response_id: Option<&'a str>,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    pub cost: i64,
+    /// New non-null values for lead columns (see [`LEAD_FIELDS`]); nulls are never passed, so
+    /// they never erase.
+    pub fields: Vec<(&'static str, String)>,
+    /// New non-null values of tenant-defined fields, merged into `leads.extra`.
+    pub extra: serde_json::Map<String, Json>,
+}
+
+/// What recording an extraction did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractionOutcome {
+    /// `false` when this window was recorded before (a duplicate job): nothing was written.
+    pub recorded: bool,
+    /// Fields whose value changed, as history rows were written for them.
+    pub changed: Vec<String>,
+    pub charge: Option<Charge>,
+}
+
+/// Records an extraction in one statement: the run row (once per window), the lead merge (a
+/// non-null value replaces the old one, nothing else is touched), one history row per changed
+/// field, the conversation's `extracted_through`, and the charge (ledger reason `extraction`).
+pub async fn record_extraction(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+    rec: &ExtractionRecord<'_>,
+) -> Result<ExtractionOutcome, DbError> {
+    let mut names: Vec<String> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    let mut cols: [Option<&str>; 10] = [None; 10];
+    for (field, value) in &rec.fields {
+        if let Some(i) = LEAD_FIELDS.iter().position(|f| f == field) {
+            cols[i] = Some(value.as_str());
+            names.push((*field).to_owned());
+            values.push(value.clone());
+        }
+    }
+    for (k, v) in &rec.extra {
+        names.push(format!("extra.{k}"));
+        values.push(match v {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    }
+    let extra = Json::Object(rec.extra.clone());
+    let c = db.client().await?;
+    let row = c
+        .query_one(
+            "WITH ext AS (
+               INSERT INTO extractions (user_id, conversation_id, from_message_id, through_message_id,
+                                        status, response_id, input_tokens, output_tokens, cost)
+               SELECT $1, id, $3, $4, $5, $6, $7, $8, $9 FROM conversations WHERE user_id = $1 AND id = $2
+               ON CONFLICT (conversation_id, through_message_id) DO NOTHING
+               RETURNING id),
+             conv AS (
+               UPDATE conversations SET extracted_through = GREATEST(extracted_through, $4)
+                WHERE user_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM ext)
+                RETURNING contact_id),
+             old AS (
+               SELECT l.* FROM leads l, conv WHERE l.user_id = $1 AND l.contact_id = conv.contact_id),
+             changes AS (
+               SELECT f.field, f.val,
+                      CASE WHEN f.field LIKE 'extra.%' THEN (SELECT extra ->> substr(f.field, 7) FROM old)
+                           ELSE (SELECT to_jsonb(old) ->> f.field FROM old) END AS before
+                 FROM unnest($10::text[], $11::text[]) AS f(field, val)),
+             real AS (
+               SELECT * FROM changes WHERE before IS DISTINCT FROM val),
+             up AS (
+               INSERT INTO leads (user_id, contact_id, name, email, phone, company, intent,
+                                  product_interest, budget, timeline, language, summary, extra)
+               SELECT $1, conv.contact_id, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM conv
+                WHERE EXISTS (SELECT 1 FROM real)
+               ON CONFLICT (contact_id) DO UPDATE SET
+                 name = COALESCE(EXCLUDED.name, leads.name),
+                 email = COALESCE(EXCLUDED.email, leads.email),
+                 phone = COALESCE(EXCLUDED.phone, leads.phone),
+                 company = COALESCE(EXCLUDED.company, leads.company),
+                 intent = COALESCE(EXCLUDED.intent, leads.intent),
+                 product_interest = COALESCE(EXCLUDED.product_interest, leads.product_interest),
+                 budget = COALESCE(EXCLUDED.budget, leads.budget),
+                 timeline = COALESCE(EXCLUDED.timeline, leads.timeline),
+                 language = COALESCE(EXCLUDED.language, leads.language),
+                 summary = COALESCE(EXCLUDED.summary, leads.summary),
+                 extra = leads.extra || EXCLUDED.extra
+               WHERE leads.user_id = EXCLUDED.user_id
+               RETURNING id),
+             hist AS (
+               INSERT INTO lead_history (user_id, lead_id, extraction_id, field, old_value, new_value)
+               SELECT $1, up.id, ext.id, real.field, real.before, real.val FROM up, ext, real
+               RETURNING field),
+             cur AS (
+               SELECT a.user_id, LEAST(a.balance, $9) AS take
+                 FROM credit_accounts a WHERE a.user_id = $1 AND EXISTS (SELECT 1 FROM ext) FOR UPDATE OF a),
+             acc AS (
+               UPDATE credit_accounts a SET balance = a.balance - cur.take
+                 FROM cur WHERE a.user_id = cur.user_id RETURNING a.balance, cur.take),
+             led AS (
+               INSERT INTO credit_ledger (user_id, delta, balance_after, reason, reference)
+               SELECT $1, -take, balance, 'extraction', $6 FROM acc WHERE take > 0)
+             SELECT EXISTS (SELECT 1 FROM ext),
+                    COALESCE((SELECT array_agg(field) FROM hist), '{}'),
+                    (SELECT balance FROM acc), (SELECT take FROM acc)",
+            &[
+                &tenant.0,
+                &conversation_id,
+                &rec.from_message_id,
+                &rec.through_message_id,
+                &rec.status,
+                &rec.response_id,
+                &rec.input_tokens,
+                &rec.output_tokens,
+                &rec.cost,
+                &names,
+                &values,
+                &cols[0],
+                &cols[1],
+                &cols[2],
+                &cols[3],
+                &cols[4],
+                &cols[5],
+                &cols[6],
+                &cols[7],
+                &cols[8],
+                &cols[9],
+                &extra,
+            ],
+        )
+        .await?;
+    let recorded: bool = row.get(0);
+    let mut changed: Vec<String> = row.get(1);
+    changed.sort();
+    let charge = row.get::<_, Option<i64>>(3).map(|charged| Charge {
+        requested: rec.cost,
+        charged,
+        balance_after: row.get::<_, Option<i64>>(2).unwrap_or(0),
+    });
+    Ok(ExtractionOutcome {
+        recorded,
+        changed,
+        charge,
+    })
+}
+
+/// A contact's lead as stored: the lead columns by name (null when unknown) plus `extra`.
+pub async fn lead_of_contact(
+    db: &Db,
+    tenant: TenantId,
+    contact_id: Uuid,
+) -> Result<Option<Json>, DbError> {
+    let c = db.client().await?;
+    let row = c
+        .query_opt(
+            "SELECT to_jsonb(l) - 'user_id' - 'is_active' - 'created_at' - 'updated_at'
+               FROM leads l WHERE user_id = $1 AND contact_id = $2 AND is_active",
+            &[&tenant.0, &contact_id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// A lead's field history, oldest first: (field, old value, new value, extraction id).
+pub async fn lead_history(
+    db: &Db,
+    tenant: TenantId,
+    contact_id: Uuid,
+) -> Result<Vec<(String, Option<String>, String, i64)>, DbError> {
+    let c = db.client().await?;
+    let rows = c
+        .query(
+            "SELECT h.field, h.old_value, h.new_value, h.extraction_id
+               FROM lead_history h JOIN leads l ON l.id = h.lead_id AND l.user_id = h.user_id
+              WHERE h.user_id = $1 AND l.contact_id = $2 ORDER BY h.id",
+            &[&tenant.0, &contact_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
