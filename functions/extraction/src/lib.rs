@@ -10,6 +10,7 @@
 //! `incomplete` and `refusal` answers are recorded and the window is passed, never retried.
 
 mod config;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
 pub use config::{Config, Resolved};
+use webhook::{WebhookSender, MAX_ATTEMPTS};
 
 /// Most messages one run reads (a longer backlog is read over several runs).
 pub const WINDOW: i64 = 60;
@@ -51,6 +53,7 @@ pub struct Deps {
     pub model_override: Option<String>,
     pub publisher: QueuePublisher,
     pub dead_letter_queue_url: String,
+    pub webhooks: WebhookSender,
     pub metrics: Metrics,
 }
 
@@ -195,7 +198,51 @@ impl Extractor {
         response
     }
 
+    /// Delivers what is pending for the conversation, extracts, delivers what that produced.
+    /// The job is retried while a delivery can still succeed, so SQS drives the retries.
     async fn run(
+        &self,
+        tenant: TenantId,
+        conversation: Uuid,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        self.deliver(tenant, conversation).await?;
+        self.extract_window(tenant, conversation, deadline).await?;
+        if self.deliver(tenant, conversation).await? {
+            return Err(Fail::Retry("a webhook delivery will be retried".into()));
+        }
+        Ok(())
+    }
+
+    /// Posts the conversation's pending webhook events. Returns whether some are still
+    /// pending (to retry later).
+    async fn deliver(&self, tenant: TenantId, conversation: Uuid) -> Result<bool, Fail> {
+        let db = &self.deps.db;
+        let mut pending = false;
+        for d in leads::pending_deliveries(db, tenant, conversation).await? {
+            let (status, error) = match self.deps.webhooks.send(&d).await {
+                Ok(()) => {
+                    self.deps.metrics.count("WebhooksDelivered", 1);
+                    ("delivered", None)
+                }
+                Err(e) if e.retryable && d.attempts + 1 < MAX_ATTEMPTS => {
+                    pending = true;
+                    ("pending", Some(e.reason))
+                }
+                Err(e) => {
+                    self.deps.metrics.count("WebhooksFailed", 1);
+                    ("failed", Some(e.reason))
+                }
+            };
+            if let Some(reason) = &error {
+                warn!(delivery = d.id, status, reason = %reason, "webhook not delivered");
+            }
+            leads::mark_delivery(db, tenant, d.id, status, error.as_deref()).await?;
+        }
+        Ok(pending)
+    }
+
+    async fn extract_window(
         &self,
         tenant: TenantId,
         conversation: Uuid,

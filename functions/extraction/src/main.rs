@@ -43,6 +43,7 @@ async fn main() -> Result<(), Error> {
         model_override: config.model.clone(),
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         dead_letter_queue_url: config.dead_letter_queue_url.clone(),
+        webhooks: extraction::webhook::WebhookSender::new(Duration::from_secs(10)),
         metrics: Metrics::new(config.metrics_namespace.clone(), "extraction"),
     }));
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {

@@ -91,6 +91,7 @@ async fn harness() -> Harness {
         model_override: None,
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         dead_letter_queue_url: stack.queue("ExtractionDLQ").url.clone(),
+        webhooks: extraction::webhook::WebhookSender::new(Duration::from_secs(2)),
         metrics: Metrics::silent("AiAgentTest", "extraction"),
     });
     Harness {
@@ -282,6 +283,11 @@ async fn details_given_over_several_turns_build_one_lead_with_its_history() {
         json!({"n": 3, "total": 9})
     );
     assert_eq!(h.extractor.metrics().total("LeadFieldsChanged"), 6.0);
+    assert_eq!(
+        h.one("SELECT count(*) AS n FROM webhook_deliveries").await,
+        json!({"n": 0}),
+        "no webhook configured, no events"
+    );
 }
 
 #[tokio::test]
@@ -470,5 +476,96 @@ async fn the_template_environment_configures_the_extraction_function() {
     assert_eq!(
         config.model, None,
         "an empty ExtractionModel means the agent's model"
+    );
+}
+
+#[tokio::test]
+async fn a_lead_change_is_posted_signed_to_the_tenants_webhook_and_retried_until_delivered() {
+    let h = harness().await;
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&receiver)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&receiver)
+        .await;
+    leads::set_tenant_webhook(
+        &h.t.db,
+        h.tenant,
+        Some(&format!("{}/hook", receiver.uri())),
+        Some("whsec_test"),
+    )
+    .await
+    .unwrap();
+    h.say("in", "soy Ana, ana@ejemplo.mx").await;
+    h.answer_next(lead_with(json!({"name": "Ana", "email": "ana@ejemplo.mx"})))
+        .await;
+    // The receiver is down: the lead is recorded, the job comes back for the delivery.
+    assert_eq!(h.run(vec![h.job("j1")]).await, ["j1"]);
+    assert_eq!(h.lead().await["email"], "ana@ejemplo.mx");
+    // The redelivery posts it again (no second model call) and succeeds.
+    assert!(h.run(vec![h.job("j1")]).await.is_empty());
+    assert_eq!(h.requests().await.len(), 1);
+    let posts = receiver.received_requests().await.unwrap();
+    assert_eq!(posts.len(), 2);
+    assert_eq!(
+        posts[0].body, posts[1].body,
+        "the same event on every attempt"
+    );
+    let sig = posts[1].headers["x-signature-256"].to_str().unwrap();
+    assert!(shared::signature::SignatureKey::new(b"whsec_test")
+        .verify(&posts[1].body, Some(sig))
+        .is_ok());
+    assert_eq!(posts[1].headers["x-agent-event"], "lead.updated");
+    let event: Value = serde_json::from_slice(&posts[1].body).unwrap();
+    assert_eq!(event["type"], "lead.updated");
+    assert_eq!(event["lead"]["email"], "ana@ejemplo.mx");
+    assert_eq!(event["contact_id"], json!(h.contact));
+    let mut fields: Vec<&str> = event["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["email", "name"]);
+    assert_eq!(
+        h.one("SELECT status, attempts FROM webhook_deliveries")
+            .await,
+        json!({"status": "delivered", "attempts": 2})
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_rejects_the_event_is_not_retried() {
+    let h = harness().await;
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&receiver)
+        .await;
+    leads::set_tenant_webhook(&h.t.db, h.tenant, Some(&receiver.uri()), None)
+        .await
+        .unwrap();
+    h.say("in", "soy Ana").await;
+    h.answer_next(lead_with(json!({"name": "Ana"}))).await;
+    assert!(h.run(vec![h.job("j1")]).await.is_empty());
+    assert_eq!(
+        h.one("SELECT status, last_error FROM webhook_deliveries")
+            .await,
+        json!({"status": "failed", "last_error": "HTTP 410"})
+    );
+    assert!(
+        receiver.received_requests().await.unwrap()[0]
+            .headers
+            .get("x-signature-256")
+            .is_none(),
+        "no secret, no signature"
     );
 }

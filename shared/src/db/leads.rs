@@ -113,6 +113,8 @@ pub struct ExtractionOutcome {
     /// Fields whose value changed, as history rows were written for them.
     pub changed: Vec<String>,
     pub charge: Option<Charge>,
+    /// Lead events queued for the tenant's webhook (0 or 1).
+    pub events: u64,
 }
 
 /// Records an extraction in one statement: the run row (once per window), the lead merge (a
@@ -182,11 +184,25 @@ pub async fn record_extraction(
                  summary = COALESCE(EXCLUDED.summary, leads.summary),
                  extra = leads.extra || EXCLUDED.extra
                WHERE leads.user_id = EXCLUDED.user_id
-               RETURNING id),
+               RETURNING *),
              hist AS (
                INSERT INTO lead_history (user_id, lead_id, extraction_id, field, old_value, new_value)
                SELECT $1, up.id, ext.id, real.field, real.before, real.val FROM up, ext, real
                RETURNING field),
+             outbox AS (
+               INSERT INTO webhook_deliveries (user_id, conversation_id, event_type, payload)
+               SELECT $1, $2, 'lead.updated', jsonb_build_object(
+                        'type', 'lead.updated',
+                        'tenant_id', $1,
+                        'conversation_id', $2,
+                        'contact_id', up.contact_id,
+                        'lead', to_jsonb(up) - 'user_id' - 'is_active' - 'created_at',
+                        'changes', (SELECT jsonb_agg(jsonb_build_object('field', field, 'old', before, 'new', val))
+                                      FROM real),
+                        'occurred_at', now())
+                 FROM up, tenants t
+                WHERE t.id = $1 AND t.webhook_url IS NOT NULL
+               RETURNING id),
              cur AS (
                SELECT a.user_id, LEAST(a.balance, $9) AS take
                  FROM credit_accounts a WHERE a.user_id = $1 AND EXISTS (SELECT 1 FROM ext) FOR UPDATE OF a),
@@ -198,7 +214,8 @@ pub async fn record_extraction(
                SELECT $1, -take, balance, 'extraction', $6 FROM acc WHERE take > 0)
              SELECT EXISTS (SELECT 1 FROM ext),
                     COALESCE((SELECT array_agg(field) FROM hist), '{}'),
-                    (SELECT balance FROM acc), (SELECT take FROM acc)",
+                    (SELECT balance FROM acc), (SELECT take FROM acc),
+                    (SELECT count(*) FROM outbox)",
             &[
                 &tenant.0,
                 &conversation_id,
@@ -237,6 +254,7 @@ pub async fn record_extraction(
         recorded,
         changed,
         charge,
+        events: row.get::<_, i64>(4) as u64,
     })
 }
 
@@ -276,4 +294,80 @@ pub async fn lead_history(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
+}
+
+/// A queued webhook event with where it goes.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: i64,
+    pub url: String,
+    pub secret: Option<String>,
+    pub payload: Json,
+    pub attempts: i32,
+}
+
+/// The conversation's pending webhook events, oldest first (the tenant's current URL).
+pub async fn pending_deliveries(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+) -> Result<Vec<Delivery>, DbError> {
+    let c = db.client().await?;
+    let rows = c
+        .query(
+            "SELECT d.id, t.webhook_url, t.webhook_secret, d.payload, d.attempts
+               FROM webhook_deliveries d JOIN tenants t ON t.id = d.user_id
+              WHERE d.user_id = $1 AND d.conversation_id = $2 AND d.status = 'pending'
+                AND t.webhook_url IS NOT NULL
+              ORDER BY d.id LIMIT 20",
+            &[&tenant.0, &conversation_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Delivery {
+            id: r.get(0),
+            url: r.get(1),
+            secret: r.get(2),
+            payload: r.get(3),
+            attempts: r.get(4),
+        })
+        .collect())
+}
+
+/// Records a delivery attempt: `delivered`, still `pending` (will be retried) or `failed`.
+pub async fn mark_delivery(
+    db: &Db,
+    tenant: TenantId,
+    id: i64,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), DbError> {
+    let c = db.client().await?;
+    c.execute(
+        "UPDATE webhook_deliveries
+            SET status = $3, attempts = attempts + 1, last_error = $4,
+                delivered_at = CASE WHEN $3 = 'delivered' THEN now() END
+          WHERE user_id = $1 AND id = $2",
+        &[&tenant.0, &id, &status, &error],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets (or clears, with `None`) the tenant's outbound webhook.
+pub async fn set_tenant_webhook(
+    db: &Db,
+    tenant: TenantId,
+    url: Option<&str>,
+    secret: Option<&str>,
+) -> Result<bool, DbError> {
+    let c = db.client().await?;
+    let n = c
+        .execute(
+            "UPDATE tenants SET webhook_url = $2, webhook_secret = $3 WHERE id = $1",
+            &[&tenant.0, &url, &secret],
+        )
+        .await?;
+    Ok(n == 1)
 }
