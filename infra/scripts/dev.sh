@@ -143,6 +143,7 @@ ready.
   invoke:   make invoke EVENT=ig-text      (any file in events/)
             make invoke FUNCTION=processor EVENT=sqs-inbound
             make invoke FUNCTION=status EVENT=sqs-status
+            make invoke FUNCTION=extraction EVENT=sqs-extraction
   emulator: $AWS_ENDPOINT_URL   (dev app secret: dev-app-secret)
   database: $DATABASE_URL
   upstreams: $upstreams (sends recorded in .local/graph-sink.jsonl)
