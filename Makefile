@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
 
-.PHONY: help dev test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build clean
+.PHONY: help dev test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ invoke: ## Send events/$(EVENT).json to $(FUNCTION) (default webhook) under `mak
 build: ## sam build (cargo-lambda + zig, arm64 release binaries)
 	@$(SCRIPTS)/ensure-tools.sh dev
 	@source $(SCRIPTS)/env.sh && sam build --parallel --cached
+
+deploy: build ## sam deploy (CONFIG_ENV=prod for the prod section of samconfig.toml; guided on first use)
+	@# Real AWS: your own credentials, not env.sh's local dummies and proxy guard.
+	@export PATH="$(CURDIR)/.venv-sam/bin:$$PATH"; \
+	if [ -z "$(CONFIG_ENV)" ] && ! grep -q '^\[default.deploy' samconfig.toml; then \
+	  sam deploy --guided; else sam deploy --config-env $(or $(CONFIG_ENV),default); fi
 
 clean:
 	cargo clean

@@ -593,6 +593,9 @@ fn generated_secret(props: Option<&Yaml>) -> Result<String, Error> {
 }
 
 #[cfg(test)]
+mod contract;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,150 @@
+//! Keeps the schema current on every deploy. template.yaml has a custom resource whose
+//! `Version` is the migrate function's published version: the migrations are compiled into the
+//! binary, so a deploy with new migrations publishes a new version, CloudFormation sends an
+//! `Update`, and this applies them (under the runner's advisory lock, each migration in its own
+//! transaction). `Delete` never touches the schema.
+//!
+//! Until the database secret holds a URL (the first deploy creates it empty) the migration is
+//! skipped with SUCCESS and a log line, so the stack still deploys; invoke the function directly
+//! (`{"action": "migrate"}`) once the URL is in, or deploy again.
+//!
+//! A failed migration answers FAILED: CloudFormation rolls the stack back to the previous
+//! template, and the schema is as before the failing migration.
+
+use std::future::Future;
+
+use aws_lambda_events::event::cloudformation::{
+    CloudFormationCustomResourceRequest, CloudFormationCustomResourceResponse,
+    CloudFormationCustomResourceResponseStatus,
+};
+use serde_json::{json, Value};
+use shared::secrets::SecretsError;
+
+/// Physical id of the one migrations resource.
+pub const PHYSICAL_ID: &str = "schema-migrations";
+
+/// What running the migrations came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    Applied(usize),
+    /// The database URL is not configured yet.
+    Skipped(String),
+}
+
+/// Handles an invocation: a CloudFormation custom resource request (answered through its
+/// pre-signed `ResponseURL`), or a direct `{"action": "migrate"}`.
+pub async fn handle<F, Fut>(
+    http: &reqwest::Client,
+    event: Value,
+    migrate: F,
+) -> Result<Value, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Ran, String>>,
+{
+    if event.get("RequestType").is_none() {
+        if event["action"] != "migrate" {
+            return Err("expected a CloudFormation request or {\"action\": \"migrate\"}".into());
+        }
+        return match migrate().await? {
+            Ran::Applied(n) => Ok(json!({"applied": n})),
+            Ran::Skipped(why) => Err(format!("not migrated: {why}")),
+        };
+    }
+    let request: CloudFormationCustomResourceRequest =
+        serde_json::from_value(event).map_err(|e| format!("not a custom resource request: {e}"))?;
+    let (url, stack_id, request_id, logical_id, run) = match &request {
+        CloudFormationCustomResourceRequest::Create(r) => (
+            &r.response_url,
+            &r.stack_id,
+            &r.request_id,
+            &r.logical_resource_id,
+            true,
+        ),
+        CloudFormationCustomResourceRequest::Update(r) => (
+            &r.response_url,
+            &r.stack_id,
+            &r.request_id,
+            &r.logical_resource_id,
+            true,
+        ),
+        CloudFormationCustomResourceRequest::Delete(r) => (
+            &r.response_url,
+            &r.stack_id,
+            &r.request_id,
+            &r.logical_resource_id,
+            false,
+        ),
+        _ => return Err("unknown custom resource request type".into()),
+    };
+    let (status, reason, data) = if !run {
+        tracing::info!("stack resource deleted; the schema is left as it is");
+        (
+            CloudFormationCustomResourceResponseStatus::Success,
+            None,
+            json!({}),
+        )
+    } else {
+        match migrate().await {
+            Ok(Ran::Applied(n)) => {
+                tracing::info!(applied = n, "migrations up to date");
+                (
+                    CloudFormationCustomResourceResponseStatus::Success,
+                    None,
+                    json!({"Applied": n.to_string()}),
+                )
+            }
+            Ok(Ran::Skipped(why)) => {
+                tracing::warn!(reason = %why, "migrations skipped; invoke the function once the database URL is set");
+                (
+                    CloudFormationCustomResourceResponseStatus::Success,
+                    Some(format!("skipped: {why}")),
+                    json!({"Applied": "0"}),
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "migrations failed; the schema is unchanged");
+                (
+                    CloudFormationCustomResourceResponseStatus::Failed,
+                    Some(format!("migration failed: {e}")),
+                    json!({}),
+                )
+            }
+        }
+    };
+    let mut response = CloudFormationCustomResourceResponse::default();
+    response.status = status;
+    response.reason = reason;
+    response.physical_resource_id = PHYSICAL_ID.to_owned();
+    response.stack_id = stack_id.clone();
+    response.request_id = request_id.clone();
+    response.logical_resource_id = logical_id.clone();
+    response.no_echo = false;
+    response.data = serde_json::from_value(data).unwrap_or_default();
+    let body = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
+    // The pre-signed S3 URL is signed without a content type: send an empty one.
+    let sent = http
+        .put(url.as_str())
+        .header("content-type", "")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("could not answer CloudFormation: {e}"))?;
+    if !sent.status().is_success() {
+        return Err(format!(
+            "CloudFormation's response URL answered {}",
+            sent.status()
+        ));
+    }
+    Ok(json!({"status": format!("{:?}", response.status)}))
+}
+
+/// Turns "the URL is not there yet" into a skip and anything else into a failure.
+pub fn skipped_or_failed(e: SecretsError) -> Result<Ran, String> {
+    match e {
+        SecretsError::NotSet(_) => Ok(Ran::Skipped(
+            "the database secret has no url yet".to_owned(),
+        )),
+        other => Err(other.to_string()),
+    }
+}
