@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
 
-.PHONY: help dev test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build deploy clean
+.PHONY: help dev test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ lint-template: ## cfn-lint and sam validate --lint on template.yaml
 
 migrate: ## Apply the Postgres migrations to DATABASE_URL
 	@test -n "$$DATABASE_URL" || { echo "set DATABASE_URL=postgres://…" >&2; exit 1; }
-	cargo run -q -p shared --bin migrate
+	cargo run -q -p shared --bin migrate-db
 
 bench: ## Criterion benchmark of the webhook hot path, plus the Node equivalent for comparison
 	cargo bench -p shared --bench ingest
@@ -46,7 +46,10 @@ invoke: ## Send events/$(EVENT).json to $(FUNCTION) (default webhook) under `mak
 
 build: ## sam build (cargo-lambda + zig, arm64 release binaries)
 	@$(SCRIPTS)/ensure-tools.sh dev
-	@source $(SCRIPTS)/env.sh && sam build --parallel --cached
+	@source $(SCRIPTS)/env.sh && sam build --parallel
+
+build-check: ## make build, then check every function has an arm64 bootstrap (CI runs it after the tests)
+	@$(SCRIPTS)/build-check.sh
 
 deploy: build ## sam deploy (CONFIG_ENV=prod for the prod section of samconfig.toml; guided on first use)
 	@# Real AWS: your own credentials, not env.sh's local dummies and proxy guard.

@@ -34,3 +34,8 @@ if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2
   exit 1
 fi
+if [ "$what" = dev ] && command -v rustup >/dev/null \
+   && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  log "adding the aarch64-unknown-linux-gnu Rust target (Lambda runs arm64)"
+  rustup target add aarch64-unknown-linux-gnu
+fi

@@ -1,4 +1,4 @@
-//! `DATABASE_URL=postgres://… cargo run -p shared --bin migrate`: applies the pending migrations
+//! `DATABASE_URL=postgres://… cargo run -p shared --bin migrate-db` (`make migrate`): applies the pending migrations
 //! of `migrations/` with the same runner the tests and the deployed stack use.
 
 use shared::db::{Db, DbConfig};
