@@ -23,27 +23,53 @@ fn number(v: Option<&Yaml>) -> Option<u64> {
     v.and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
 }
 
-/// (function id, queue id, event properties) of every SQS event source.
+/// (function id, queue id, mapping properties) of every SQS event source mapping.
 fn sqs_sources(t: &Template) -> Vec<(String, String, Yaml)> {
     let mut out = Vec::new();
+    for (id, m) in t.resources_of("AWS::Lambda::EventSourceMapping") {
+        let props = m.get("Properties").cloned().unwrap_or(Yaml::Null);
+        let function = props
+            .get("FunctionName")
+            .and_then(target)
+            .expect("mapping names its function");
+        let queue = props
+            .get("EventSourceArn")
+            .and_then(target)
+            .unwrap_or_else(|| panic!("{id}: source"));
+        out.push((function, queue, props));
+    }
+    // SAM `Events` of type SQS would attach a managed policy with Resource "*".
     for (id, f) in t.resources_of("AWS::Serverless::Function") {
         let events = f
             .get("Properties")
             .and_then(|p| p.get("Events"))
             .and_then(Yaml::as_mapping);
         for (_, e) in events.into_iter().flatten() {
-            if e.get("Type").and_then(Yaml::as_str) != Some("SQS") {
-                continue;
-            }
-            let props = e.get("Properties").cloned().unwrap_or(Yaml::Null);
-            let queue = props
-                .get("Queue")
-                .and_then(target)
-                .expect("SQS event names its queue");
-            out.push((id.to_owned(), queue, props));
+            assert_ne!(
+                e.get("Type").and_then(Yaml::as_str),
+                Some("SQS"),
+                "{id}: use an EventSourceMapping"
+            );
         }
     }
     out
+}
+
+/// The function's IAM statements.
+fn statements<'a>(t: &'a Template, function: &str) -> Vec<&'a Yaml> {
+    let f = t
+        .resources_of("AWS::Serverless::Function")
+        .find(|(id, _)| *id == function)
+        .unwrap()
+        .1;
+    f.get("Properties")
+        .and_then(|p| p.get("Policies"))
+        .and_then(Yaml::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("Statement").and_then(Yaml::as_sequence))
+        .flatten()
+        .collect()
 }
 
 #[test]
@@ -70,6 +96,15 @@ fn every_sqs_event_source_reports_batch_item_failures_in_batches_of_at_most_ten(
                 .is_some(),
             "{function}: MaximumConcurrency bounds the load on Postgres and the upstreams"
         );
+        // The function may poll exactly that queue.
+        let polls = statements(&t, &function).iter().any(|st| {
+            let receives = st
+                .get("Action")
+                .and_then(Yaml::as_sequence)
+                .is_some_and(|a| a.iter().any(|a| a.as_str() == Some("sqs:ReceiveMessage")));
+            receives && st.get("Resource").and_then(target).as_deref() == Some(queue.as_str())
+        });
+        assert!(polls, "{function} has no sqs:ReceiveMessage on {queue}");
     }
 }
 
