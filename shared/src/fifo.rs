@@ -25,6 +25,18 @@ pub enum Outcome {
     Permanent(String),
 }
 
+impl From<crate::db::DbError> for Outcome {
+    /// The database's own classification: connection trouble and timeouts retry, the rest is
+    /// permanent.
+    fn from(e: crate::db::DbError) -> Self {
+        if e.is_retryable() {
+            Outcome::Retry(e.to_string())
+        } else {
+            Outcome::Permanent(e.to_string())
+        }
+    }
+}
+
 /// A permanently failed record and why.
 #[derive(Debug, Clone)]
 pub struct Parked {

@@ -17,8 +17,9 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsMessage};
 use futures_util::future::join_all;
 use shared::cache::TtlCache;
 use shared::db::store::{self, ChannelAccountRoute, StatusApplied};
-use shared::db::{Db, DbError};
+use shared::db::Db;
 use shared::envelope::{Channel, DeliveryState, StatusEvent};
+use shared::fifo::Outcome;
 use shared::metrics::Metrics;
 use shared::queue::{ParkedRecord, QueuePublisher};
 use tracing::{info, warn, Instrument};
@@ -43,23 +44,6 @@ pub struct StatusProcessor {
     deps: Deps,
     routes: TtlCache<(Channel, String), Option<ChannelAccountRoute>>,
     last_sweep: Mutex<Option<Instant>>,
-}
-
-/// How one record ended.
-enum Outcome {
-    Done,
-    Retry(String),
-    Park(String),
-}
-
-impl From<DbError> for Outcome {
-    fn from(e: DbError) -> Self {
-        if e.is_retryable() {
-            Outcome::Retry(e.to_string())
-        } else {
-            Outcome::Park(e.to_string())
-        }
-    }
 }
 
 impl StatusProcessor {
@@ -89,7 +73,7 @@ impl StatusProcessor {
                     f.item_identifier = id;
                     response.batch_item_failures.push(f);
                 }
-                Outcome::Park(reason) => parked.push(ParkedRecord {
+                Outcome::Permanent(reason) => parked.push(ParkedRecord {
                     message_id: id,
                     body: m.body.clone().unwrap_or_default(),
                     group_id: None,
@@ -113,7 +97,7 @@ impl StatusProcessor {
 
     async fn record(&self, m: &SqsMessage) -> Outcome {
         let Ok(event) = serde_json::from_str::<StatusEvent>(m.body.as_deref().unwrap_or("")) else {
-            return Outcome::Park("body is not a status event".into());
+            return Outcome::Permanent("body is not a status event".into());
         };
         let span = tracing::info_span!("status", correlation_id = %event.correlation_id());
         async {
