@@ -61,6 +61,16 @@ impl<'a> EnvReader<'a> {
         v
     }
 
+    /// An http(s) base URL without its trailing `/`, or `default` when unset.
+    pub fn base_url(&mut self, key: &str, default: &str) -> String {
+        let v = self.optional(key).unwrap_or_else(|| default.to_owned());
+        if !(v.starts_with("https://") || v.starts_with("http://")) {
+            self.problems
+                .push(format!("{key} must be an http(s) URL, got `{v}`"));
+        }
+        v.trim_end_matches('/').to_owned()
+    }
+
     /// A number in `min..=max`, or `default` when unset.
     pub fn number(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         match self.optional(key) {

@@ -38,16 +38,7 @@ impl Config {
         if openai_api_key.is_none() && app_secret_id.is_none() {
             env.problem("set OPENAI_API_KEY or APP_SECRET_ID (a secret with `openai_api_key`)");
         }
-        let openai_base_url = env
-            .optional("OPENAI_BASE_URL")
-            .unwrap_or_else(|| "https://api.openai.com/v1".into())
-            .trim_end_matches('/')
-            .to_owned();
-        if !openai_base_url.starts_with("http://") && !openai_base_url.starts_with("https://") {
-            env.problem(format!(
-                "OPENAI_BASE_URL must be an http(s) URL, got `{openai_base_url}`"
-            ));
-        }
+        let openai_base_url = env.base_url("OPENAI_BASE_URL", "https://api.openai.com/v1");
         let model = env.optional("EXTRACTION_MODEL");
         let model_timeout = Duration::from_secs(env.number("MODEL_TIMEOUT_SECS", 30, 1, 300));
         let idempotency_table = env.required("IDEMPOTENCY_TABLE");

@@ -58,27 +58,14 @@ impl Config {
         let idempotency_table = env.required("IDEMPOTENCY_TABLE");
         let extraction_queue_url = env.required_url("EXTRACTION_QUEUE_URL");
         let dead_letter_queue_url = env.required_url("INBOUND_DLQ_URL");
-        let base = |env: &mut EnvReader<'_>, key: &str, default: String| {
-            let v = env.optional(key).unwrap_or(default);
-            if !(v.starts_with("https://") || v.starts_with("http://")) {
-                env.problem(format!("{key} must be an http(s) URL, got `{v}`"));
-            }
-            v.trim_end_matches('/').to_owned()
-        };
-        let openai_base_url = base(
-            &mut env,
-            "OPENAI_BASE_URL",
-            "https://api.openai.com/v1".into(),
-        );
-        let graph_base_url = base(
-            &mut env,
+        let openai_base_url = env.base_url("OPENAI_BASE_URL", "https://api.openai.com/v1");
+        let graph_base_url = env.base_url(
             "GRAPH_BASE_URL",
-            format!("https://graph.facebook.com/{GRAPH_VERSION}"),
+            &format!("https://graph.facebook.com/{GRAPH_VERSION}"),
         );
-        let instagram_graph_base_url = base(
-            &mut env,
+        let instagram_graph_base_url = env.base_url(
             "INSTAGRAM_GRAPH_BASE_URL",
-            format!("https://graph.instagram.com/{GRAPH_VERSION}"),
+            &format!("https://graph.instagram.com/{GRAPH_VERSION}"),
         );
         let metrics_namespace = env
             .optional("METRICS_NAMESPACE")
