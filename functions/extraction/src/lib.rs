@@ -206,9 +206,12 @@ impl Extractor {
         conversation: Uuid,
         deadline: Instant,
     ) -> Result<(), Fail> {
-        self.deliver(tenant, conversation).await?;
-        self.extract_window(tenant, conversation, deadline).await?;
-        if self.deliver(tenant, conversation).await? {
+        let mut pending = self.deliver(tenant, conversation).await?;
+        // Only a run that queued an event has something new to post.
+        if self.extract_window(tenant, conversation, deadline).await? > 0 {
+            pending = self.deliver(tenant, conversation).await?;
+        }
+        if pending {
             return Err(Fail::Retry("a webhook delivery will be retried".into()));
         }
         Ok(())
@@ -247,7 +250,7 @@ impl Extractor {
         tenant: TenantId,
         conversation: Uuid,
         deadline: Instant,
-    ) -> Result<(), Fail> {
+    ) -> Result<u64, Fail> {
         let db = &self.deps.db;
         let metrics = &self.deps.metrics;
         let Some(target) = leads::extraction_target(db, tenant, conversation).await? else {
@@ -255,7 +258,7 @@ impl Extractor {
                 outcome = "no_conversation",
                 "job names no conversation of this tenant; dropped"
             );
-            return Ok(());
+            return Ok(0);
         };
         let messages =
             leads::messages_after(db, tenant, conversation, target.extracted_through, WINDOW)
@@ -266,7 +269,7 @@ impl Extractor {
                 outcome = "nothing_new",
                 "no messages since the last extraction"
             );
-            return Ok(());
+            return Ok(0);
         };
         let through = last.id;
         let Some(agent_id) = target.agent_id else {
@@ -274,7 +277,7 @@ impl Extractor {
                 outcome = "no_agent",
                 "conversation has no agent; not extracted"
             );
-            return Ok(());
+            return Ok(0);
         };
         let agent = self
             .agents
@@ -282,7 +285,7 @@ impl Extractor {
             .await?;
         let Some(agent) = agent else {
             info!(outcome = "no_agent", "agent missing; not extracted");
-            return Ok(());
+            return Ok(0);
         };
         let lines: Vec<String> = messages
             .iter()
@@ -295,7 +298,7 @@ impl Extractor {
             Claim::Acquired => {}
             Claim::Completed => {
                 metrics.count("DuplicatesSkipped", 1);
-                return Ok(());
+                return Ok(0);
             }
             Claim::InProgress => {
                 return Err(Fail::Retry("another invocation holds this window".into()))
@@ -313,7 +316,7 @@ impl Extractor {
             )
             .await;
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 if let Err(e) = self.deps.idempotency.complete(&key).await {
                     // Postgres already holds the run once (unique window); a redelivery is a no-op.
                     warn!(error = %e, "extraction recorded but its claim not completed");
@@ -338,7 +341,7 @@ impl Extractor {
         from: i64,
         through: i64,
         deadline: Instant,
-    ) -> Result<(), Fail> {
+    ) -> Result<u64, Fail> {
         let db = &self.deps.db;
         let metrics = &self.deps.metrics;
         let mut rec = ExtractionRecord {
@@ -350,7 +353,7 @@ impl Extractor {
             // Only content a model cannot read (reactions, stickers): pass the window.
             rec.status = "unchanged";
             leads::record_extraction(db, tenant, conversation, &rec).await?;
-            return Ok(());
+            return Ok(0);
         }
         if store::balance(db, tenant).await?.unwrap_or(0) < 1 {
             metrics.count("CreditsExhausted", 1);
@@ -358,7 +361,7 @@ impl Extractor {
                 outcome = "credits_exhausted",
                 "no credits; extraction waits for a top-up"
             );
-            return Ok(());
+            return Ok(0);
         }
         let extra_defs = match lead_schema(&agent.extra_lead_fields) {
             Ok(_) => agent.extra_lead_fields.clone(),
@@ -451,6 +454,6 @@ impl Extractor {
             charged,
             "extraction processed"
         );
-        Ok(())
+        Ok(outcome.events)
     }
 }
