@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::sync::RwLock;
 
 use crate::signature::SignatureKey;
 
@@ -84,14 +83,14 @@ struct AppSecretJson {
 pub enum MetaSecretSource {
     /// Fixed values (local development and tests).
     Static(Arc<MetaSecrets>),
-    /// A Secrets Manager secret, re-read after `ttl`. If a refresh fails, the last good value
-    /// keeps being used (and the failure is logged) so a Secrets Manager blip does not turn
-    /// into rejected webhooks.
+    /// A Secrets Manager secret read through a [`SecretCache`] (re-read after its TTL, the last
+    /// good value kept when a refresh fails). The parsed form (with the HMAC key prepared) is
+    /// kept until the secret's text changes; a new text that does not parse also keeps the last
+    /// good secrets (logged), so a bad edit does not turn into rejected webhooks.
     Manager {
-        client: aws_sdk_secretsmanager::Client,
+        secrets: SecretCache,
         secret_id: String,
-        ttl: Duration,
-        cache: RwLock<Option<(Instant, Arc<MetaSecrets>)>>,
+        parsed: Mutex<Option<(SecretString, Arc<MetaSecrets>)>>,
     },
 }
 
@@ -102,45 +101,38 @@ impl MetaSecretSource {
         ttl: Duration,
     ) -> Self {
         Self::Manager {
-            client,
+            secrets: SecretCache::new(client, ttl),
             secret_id,
-            ttl,
-            cache: RwLock::new(None),
+            parsed: Mutex::new(None),
         }
     }
 
     pub async fn get(&self) -> Result<Arc<MetaSecrets>, SecretsError> {
-        let (client, secret_id, ttl, cache) = match self {
+        let (secrets, secret_id, parsed) = match self {
             Self::Static(s) => return Ok(s.clone()),
             Self::Manager {
-                client,
+                secrets,
                 secret_id,
-                ttl,
-                cache,
-            } => (client, secret_id, *ttl, cache),
+                parsed,
+            } => (secrets, secret_id, parsed),
         };
-        if let Some((at, s)) = cache.read().await.as_ref() {
-            if at.elapsed() < ttl {
+        let text = secrets.get(secret_id).await?;
+        let mut slot = parsed.lock().expect("meta secrets lock");
+        if let Some((seen, s)) = slot.as_ref() {
+            if seen.expose_secret() == text.expose_secret() {
                 return Ok(s.clone());
             }
         }
-        let mut slot = cache.write().await;
-        // Another task may have refreshed while we waited for the lock.
-        if let Some((at, s)) = slot.as_ref() {
-            if at.elapsed() < ttl {
-                return Ok(s.clone());
-            }
-        }
-        match fetch(client, secret_id).await {
+        match parse_meta(&text) {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
-                *slot = Some((Instant::now(), fresh.clone()));
+                *slot = Some((text, fresh.clone()));
                 Ok(fresh)
             }
             Err(e) => match slot.as_ref() {
-                Some((_, stale)) => {
-                    tracing::warn!(error = %e, "app secret refresh failed; using the cached value");
-                    Ok(stale.clone())
+                Some((_, last_good)) => {
+                    tracing::warn!(error = %e, "app secret changed but is unusable; using the last good value");
+                    Ok(last_good.clone())
                 }
                 None => Err(e),
             },
@@ -148,11 +140,7 @@ impl MetaSecretSource {
     }
 }
 
-async fn fetch(
-    client: &aws_sdk_secretsmanager::Client,
-    secret_id: &str,
-) -> Result<MetaSecrets, SecretsError> {
-    let text = fetch_string(client, secret_id).await?;
+fn parse_meta(text: &SecretString) -> Result<MetaSecrets, SecretsError> {
     let parsed: AppSecretJson =
         serde_json::from_str(text.expose_secret()).map_err(|_| SecretsError::Malformed)?;
     let empty = || SecretString::from(String::new());
