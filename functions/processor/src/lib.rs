@@ -146,15 +146,45 @@ fn parse_envelope(m: &SqsMessage) -> Result<InboundEnvelope, Fail> {
     Ok(env)
 }
 
-/// Key of the conversation a record belongs to (its lane). A record that does not parse in
-/// full gets no key, hence a lane of its own: it is parked alone instead of taking its
-/// conversation's good messages with it.
-fn conversation_key(m: &SqsMessage) -> Option<String> {
-    let env = parse_envelope(m).ok()?;
-    Some(format!(
+/// Key of the conversation an envelope belongs to (its lane).
+fn conversation_key(env: &InboundEnvelope) -> String {
+    format!(
         "{}:{}:{}",
         env.channel, env.channel_account_id, env.contact.id
-    ))
+    )
+}
+
+/// The batch's envelopes, parsed once: the lane keys are read from them and each unit takes
+/// its own. A record that does not parse has no entry, hence no key and a lane of its own (it is
+/// parked alone instead of taking its conversation's good messages with it).
+struct Parsed(std::sync::Mutex<std::collections::HashMap<String, InboundEnvelope>>);
+
+impl Parsed {
+    fn new(records: &[SqsMessage]) -> Self {
+        let map = records
+            .iter()
+            .filter_map(|m| Some((m.message_id.clone()?, parse_envelope(m).ok()?)))
+            .collect();
+        Self(std::sync::Mutex::new(map))
+    }
+
+    fn key(&self, m: &SqsMessage) -> Option<String> {
+        let map = self.0.lock().expect("parsed lock");
+        map.get(m.message_id.as_deref()?).map(conversation_key)
+    }
+
+    /// The record's envelope (parsed again only for a repeated message id, or to get the
+    /// reason it does not parse).
+    fn take(&self, m: &SqsMessage) -> Result<InboundEnvelope, Fail> {
+        let taken = m
+            .message_id
+            .as_deref()
+            .and_then(|id| self.0.lock().expect("parsed lock").remove(id));
+        match taken {
+            Some(env) => Ok(env),
+            None => parse_envelope(m),
+        }
+    }
 }
 
 /// What one turn needs to reach the customer and to record what was sent.
@@ -189,8 +219,13 @@ impl Processor {
         records: Vec<SqsMessage>,
         deadline: Instant,
     ) -> SqsBatchResponse {
-        let report =
-            run_batch_coalesced(records, conversation_key, |unit| self.unit(unit, deadline)).await;
+        let parsed = Parsed::new(&records);
+        let report = run_batch_coalesced(
+            records,
+            |m| parsed.key(m),
+            |unit| self.unit(unit, &parsed, deadline),
+        )
+        .await;
         // Records that can never succeed go to the DLQ explicitly (kept, alarmed, not blocking).
         let mut response = report.response;
         let metrics = &self.deps.metrics;
@@ -221,8 +256,8 @@ impl Processor {
         response
     }
 
-    async fn unit(&self, unit: Vec<SqsMessage>, deadline: Instant) -> Outcome {
-        match self.unit_inner(unit, deadline).await {
+    async fn unit(&self, unit: Vec<SqsMessage>, parsed: &Parsed, deadline: Instant) -> Outcome {
+        match self.unit_inner(unit, parsed, deadline).await {
             Ok(()) => Outcome::Done,
             Err(Fail::Retry(r)) => Outcome::Retry(r),
             Err(Fail::Permanent { outcome, reason }) => {
@@ -231,11 +266,16 @@ impl Processor {
         }
     }
 
-    async fn unit_inner(&self, unit: Vec<SqsMessage>, deadline: Instant) -> Result<(), Fail> {
+    async fn unit_inner(
+        &self,
+        unit: Vec<SqsMessage>,
+        parsed: &Parsed,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
         // 1. Parse.
         let mut envs = Vec::with_capacity(unit.len());
         for m in &unit {
-            envs.push(parse_envelope(m)?);
+            envs.push(parsed.take(m)?);
         }
         // Meta posts each message in its own webhook and those can overtake each other, so queue
         // order is not always the order the customer typed in: the provider timestamp decides
