@@ -1,9 +1,25 @@
-//! `devstack stubs [--port P] [--sink FILE]`: the stub OpenAI + Graph API server.
-//! `devstack seed [--model M]`: migrate `DATABASE_URL` and create the demo tenant if missing.
+//! The local stack's commands (`make dev` runs them; each prints what it does):
+//!
+//! - `devstack stubs [--port P] [--sink FILE]`: the stub OpenAI + Graph API server.
+//! - `devstack seed [--model M]`: migrate `DATABASE_URL` and create the demo tenant if missing.
+//! - `devstack pump [--template F] [--stack S] [--invoke URL]`: poll the template's event
+//!   source queues on `AWS_ENDPOINT_URL` and invoke the functions under `cargo lambda watch`.
+//! - `devstack play [--conversation F]`: send the sample conversation as signed webhooks and
+//!   print the transcript, the credits charged and the extracted lead.
+//! - `devstack send --text T [--from WA_ID] [--name N]`: one more customer message, and its reply.
+//! - `devstack follow`: one line per stored message, as they come.
+//!
+//! `--webhook URL` (default `http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/`) and
+//! `--app-secret S` (default the local stack's) apply to play and send.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
-const USAGE: &str = "usage: devstack stubs [--port P] [--sink FILE] | devstack seed [--model M]";
+use devstack::demo::{Conversation, Customer, DemoError, Observer};
+use shared::db::{Db, DbConfig};
+
+const USAGE: &str = "usage: devstack stubs|seed|pump|play|send|follow [--flag value]... (see the header of infra/devstack/src/main.rs)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -16,25 +32,50 @@ async fn main() -> ExitCode {
     }
 }
 
+struct Flags(HashMap<String, String>);
+
+impl Flags {
+    fn get(&self, name: &str, default: &str) -> String {
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    }
+}
+
+fn database() -> Result<Db, String> {
+    let url = std::env::var("DATABASE_URL")
+        .map_err(|_| "DATABASE_URL is not set (make dev writes it to .local/dev.env)")?;
+    Ok(Db::new(DbConfig::new(url)))
+}
+
+fn default_webhook() -> String {
+    let port = std::env::var("WATCH_PORT").unwrap_or_else(|_| "9000".to_owned());
+    format!("http://127.0.0.1:{port}/lambda-url/webhook/")
+}
+
 async fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let command = args.next().ok_or(USAGE)?;
-    let mut port = 0u16;
-    let mut sink = None;
-    let mut model = String::from("gpt-5-mini");
+    let mut flags = HashMap::new();
     while let Some(flag) = args.next() {
+        let name = flag
+            .strip_prefix("--")
+            .ok_or_else(|| format!("unexpected argument {flag}\n{USAGE}"))?;
         let value = args
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--port" => port = value.parse().map_err(|_| format!("bad port {value}"))?,
-            "--sink" => sink = Some(value.into()),
-            "--model" => model = value,
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
+        flags.insert(name.to_owned(), value);
     }
+    let flags = Flags(flags);
+    let webhook = flags.get("webhook", &default_webhook());
+    let secret = flags.get("app-secret", local_aws::testing::DEV_APP_SECRET);
     match command.as_str() {
         "stubs" => {
+            let port: u16 = flags
+                .get("port", "0")
+                .parse()
+                .map_err(|_| "bad --port".to_owned())?;
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                 .await
                 .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
@@ -42,14 +83,14 @@ async fn run() -> Result<(), String> {
             println!(
                 "stubs listening on http://{addr} (OpenAI: /v1, Graph: /graph, Instagram: /ig)"
             );
+            let sink = flags.0.get("sink").map(Into::into);
             devstack::stubs::serve(listener, devstack::stubs::Stubs::new(sink))
                 .await
                 .map_err(|e| e.to_string())
         }
         "seed" => {
-            let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set")?;
-            let db = shared::db::Db::new(shared::db::DbConfig::new(url));
-            let seeded = devstack::seed::seed(&db, &model)
+            let db = database()?;
+            let seeded = devstack::seed::seed(&db, &flags.get("model", "gpt-5-mini"))
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
@@ -65,6 +106,134 @@ async fn run() -> Result<(), String> {
             );
             Ok(())
         }
+        "pump" => pump(&flags).await,
+        "play" => {
+            let path = flags.get("conversation", "events/conversation.json");
+            play(&webhook, &secret, &path)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        "send" => {
+            let text = flags.0.get("text").ok_or("send needs --text")?;
+            let customer = Customer::new(
+                &webhook,
+                &secret,
+                &flags.get("from", "5215500000001"),
+                &flags.get("name", "Local customer"),
+            );
+            let wamid = customer.say(text).await.map_err(|e| e.to_string())?;
+            println!("sent {wamid}");
+            if std::env::var("DATABASE_URL").is_ok() {
+                let observer = Observer::new(database()?);
+                let handled = observer
+                    .handled(&wamid, Duration::from_secs(120))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for reply in &handled.replies {
+                    println!("reply: {reply}");
+                }
+                println!("outcome: {}", handled.outcome);
+            }
+            Ok(())
+        }
+        "follow" => {
+            let observer = Observer::new(database()?);
+            let mut last = observer.message_mark().await.map_err(|e| e.to_string())?;
+            loop {
+                match observer.lines_after(last).await {
+                    Ok((lines, newest)) => {
+                        for line in lines {
+                            println!("{line}");
+                        }
+                        last = newest;
+                    }
+                    Err(e) => eprintln!("follow: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
         _ => Err(USAGE.into()),
     }
+}
+
+async fn pump(flags: &Flags) -> Result<(), String> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+    if !endpoint.starts_with("http://127.0.0.1:") && !endpoint.starts_with("http://localhost:") {
+        return Err(format!(
+            "AWS_ENDPOINT_URL must point at the local emulator (got `{endpoint}`)"
+        ));
+    }
+    let template = local_aws::Template::load(flags.get("template", "template.yaml").as_ref())
+        .map_err(|e| e.to_string())?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let stack = local_aws::locate_queues(
+        &template,
+        &flags.get("stack", "agent-local"),
+        &sdk,
+        &Default::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mappings =
+        devstack::pump::Mapping::from_template(&template, &stack).map_err(|e| e.to_string())?;
+    let pump = devstack::pump::Pump::new(&sdk, flags.get("invoke", "http://127.0.0.1:9000"));
+    let tasks: Vec<_> = mappings
+        .into_iter()
+        .map(|m| tokio::spawn(pump.clone().run(m)))
+        .collect();
+    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+async fn play(webhook: &str, secret: &str, path: &str) -> Result<(), DemoError> {
+    let conversation = Conversation::load(path.as_ref())?;
+    let observer = Observer::new(database().map_err(DemoError::Input)?);
+    let customer = Customer::new(webhook, secret, &conversation.wa_id, &conversation.name);
+    let mark = observer.ledger_mark().await?;
+    println!(
+        "\n  sample conversation ({path}), as {} sees it on WhatsApp:\n",
+        conversation.name
+    );
+    let mut last_inbound = 0;
+    for text in &conversation.messages {
+        println!("  {:>12}: {text}", conversation.name);
+        let wamid = customer.say(text).await?;
+        let handled = observer.handled(&wamid, Duration::from_secs(600)).await?;
+        for reply in &handled.replies {
+            println!("  {:>12}: {reply}", "Demo Realty");
+        }
+        if handled.replies.is_empty() {
+            println!("  {:>12}  (no reply: {})", "", handled.outcome);
+        }
+        last_inbound = handled.inbound_id;
+    }
+    println!("\n  waiting for the lead extraction (queue delay + batching window)...");
+    let lead = observer
+        .lead_after(&conversation.wa_id, last_inbound, Duration::from_secs(120))
+        .await?;
+    let (charged, balance) = observer.charged_since(mark).await?;
+    let total: i64 = charged.iter().map(|(_, n)| n).sum();
+    let parts: Vec<String> = charged.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    println!(
+        "\n  credits charged: {total} ({}); demo balance now {balance}",
+        if parts.is_empty() {
+            "nothing".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    );
+    match lead {
+        Some(fields) if !fields.is_empty() => {
+            println!("  extracted lead:");
+            for (k, v) in fields {
+                println!("    {k:<16} {v}");
+            }
+        }
+        _ => println!("  extracted lead: nothing found yet"),
+    }
+    println!();
+    Ok(())
 }

@@ -88,6 +88,97 @@ impl Template {
             .map(|(id, _)| id.to_owned())
             .collect()
     }
+
+    /// The cargo binary a function is built from (`Metadata.BuildProperties.Binary`), which is
+    /// also its name under `cargo lambda watch`.
+    pub fn function_binary(&self, function: &str) -> Option<String> {
+        self.root
+            .get("Resources")?
+            .get(function)?
+            .get("Metadata")?
+            .get("BuildProperties")?
+            .get("Binary")
+            .and_then(scalar)
+    }
+
+    /// The template's SQS event source mappings, resolved to queue and function logical ids.
+    /// Disabled mappings are left out; anything but an SQS queue of this template is an error.
+    pub fn event_source_mappings(&self) -> Result<Vec<EventSourceMapping>, Error> {
+        let mut out = Vec::new();
+        for (id, res) in self.resources_of("AWS::Lambda::EventSourceMapping") {
+            let props = res
+                .get("Properties")
+                .ok_or_else(|| Error::Template(format!("{id} has no Properties")))?;
+            if props.get("Enabled").and_then(Yaml::as_bool) == Some(false) {
+                continue;
+            }
+            let target = |key: &str, attr: Option<&str>| -> Result<String, Error> {
+                let v = props
+                    .get(key)
+                    .ok_or_else(|| Error::Template(format!("{id}: {key} missing")))?;
+                let (tag, inner) = intrinsic(v)
+                    .ok_or_else(|| Error::Template(format!("{id}: {key} must be Ref/GetAtt")))?;
+                let text = scalar(inner).unwrap_or_default();
+                match (tag.as_str(), attr) {
+                    ("Ref", None) => Ok(text),
+                    ("GetAtt", Some(a)) => text
+                        .strip_suffix(&format!(".{a}"))
+                        .map(str::to_owned)
+                        .ok_or_else(|| Error::Template(format!("{id}: {key} must be X.{a}"))),
+                    _ => Err(Error::Template(format!("{id}: unsupported {key}"))),
+                }
+            };
+            let queue = target("EventSourceArn", Some("Arn"))?;
+            if self
+                .resources_of("AWS::SQS::Queue")
+                .all(|(q, _)| q != queue)
+            {
+                return Err(Error::Template(format!("{id}: {queue} is not a queue")));
+            }
+            let function = target("FunctionName", None)?;
+            let binary = self.function_binary(&function).ok_or_else(|| {
+                Error::Template(format!("{id}: {function} has no BuildProperties.Binary"))
+            })?;
+            let number = |key: &str, default: u32| -> u32 {
+                props
+                    .get(key)
+                    .and_then(scalar)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            out.push(EventSourceMapping {
+                id: id.to_owned(),
+                queue,
+                function,
+                binary,
+                batch_size: number("BatchSize", 10),
+                batching_window_secs: number("MaximumBatchingWindowInSeconds", 0),
+                report_batch_item_failures: props
+                    .get("FunctionResponseTypes")
+                    .and_then(Yaml::as_sequence)
+                    .is_some_and(|s| {
+                        s.iter()
+                            .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
+                    }),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// An `AWS::Lambda::EventSourceMapping` from an SQS queue of the template to a function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSourceMapping {
+    pub id: String,
+    /// Queue logical id.
+    pub queue: String,
+    /// Function logical id.
+    pub function: String,
+    /// The function's cargo binary (its name under `cargo lambda watch`).
+    pub binary: String,
+    pub batch_size: u32,
+    pub batching_window_secs: u32,
+    pub report_batch_item_failures: bool,
 }
 
 /// What was created, by logical id.
@@ -329,6 +420,79 @@ const QUEUE_ATTRIBUTES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Finds the queues of a stack [`provision`] created earlier (by name, through GetQueueUrl),
+/// without creating or changing anything.
+pub async fn locate_queues(
+    template: &Template,
+    stack_name: &str,
+    sdk: &aws_config::SdkConfig,
+    parameters: &BTreeMap<String, String>,
+) -> Result<Stack, Error> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let mut stack = Stack {
+        name: stack_name.to_owned(),
+        region: region_of(sdk),
+        account: "123456789012".to_owned(),
+        parameters: parameters.clone(),
+        ..Stack::default()
+    };
+    for (id, res) in template.resources_of("AWS::SQS::Queue") {
+        let name = queue_name(template, &stack, id, res)?;
+        let url = sqs
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+            .map_err(|e| {
+                aws_err(
+                    format!("GetQueueUrl {name} (run the provisioning first)"),
+                    aws_sdk_sqs::error::DisplayErrorContext(e),
+                )
+            })?
+            .queue_url()
+            .unwrap_or_default()
+            .to_owned();
+        let arn = queue_arn(&sqs, &name, &url).await?;
+        stack.queues.insert(id.to_owned(), Queue { name, url, arn });
+    }
+    Ok(stack)
+}
+
+fn region_of(sdk: &aws_config::SdkConfig) -> String {
+    sdk.region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "us-east-1".to_owned())
+}
+
+fn queue_name(template: &Template, stack: &Stack, id: &str, res: &Yaml) -> Result<String, Error> {
+    Ok(
+        match res.get("Properties").and_then(|p| p.get("QueueName")) {
+            Some(v) => stack.resolve_string(template, v)?,
+            None => format!("{}-{id}", stack.name),
+        },
+    )
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, name: &str, url: &str) -> Result<String, Error> {
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| {
+            aws_err(
+                format!("GetQueueAttributes {name}"),
+                aws_sdk_sqs::error::DisplayErrorContext(e),
+            )
+        })?;
+    Ok(attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap_or_default())
+}
+
 /// Creates every queue and secret of `template` under the stack name `stack` (which replaces
 /// `${AWS::StackName}`), against whatever endpoint `sdk` points at. Re-running it is harmless.
 pub async fn provision(
@@ -341,10 +505,7 @@ pub async fn provision(
     let sm = aws_sdk_secretsmanager::Client::new(sdk);
     let mut stack = Stack {
         name: stack_name.to_owned(),
-        region: sdk
-            .region()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "us-east-1".to_owned()),
+        region: region_of(sdk),
         account: "123456789012".to_owned(),
         parameters: options.parameters.clone(),
         ..Stack::default()
@@ -353,10 +514,7 @@ pub async fn provision(
     // Queues first without redrive (a DLQ must exist before a queue can point at it).
     for (id, res) in template.resources_of("AWS::SQS::Queue") {
         let props = res.get("Properties");
-        let name = match props.and_then(|p| p.get("QueueName")) {
-            Some(v) => stack.resolve_string(template, v)?,
-            None => format!("{stack_name}-{id}"),
-        };
+        let name = queue_name(template, &stack, id, res)?;
         let mut req = sqs.create_queue().queue_name(&name);
         for (prop, attr) in QUEUE_ATTRIBUTES {
             if let Some(v) = props.and_then(|p| p.get(*prop)) {
@@ -378,23 +536,7 @@ pub async fn provision(
             .queue_url()
             .unwrap_or_default()
             .to_owned();
-        let attrs = sqs
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(|e| {
-                aws_err(
-                    format!("GetQueueAttributes {name}"),
-                    aws_sdk_sqs::error::DisplayErrorContext(e),
-                )
-            })?;
-        let arn = attrs
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .unwrap_or_default();
+        let arn = queue_arn(&sqs, &name, &url).await?;
         if let Some(account) = arn.split(':').nth(4) {
             stack.account = account.to_owned();
         }
@@ -638,6 +780,53 @@ Resources:
         assert!(stack.resolve_string(&t, &g).unwrap().ends_with("st-q.fifo"));
         let bad: Yaml = serde_norway::from_str("!Ref Nope").unwrap();
         assert!(stack.resolve_string(&t, &bad).is_err());
+    }
+
+    #[test]
+    fn event_source_mappings_are_read_from_the_workspace_template() {
+        let t = Template::load_workspace().unwrap();
+        let mut m = t.event_source_mappings().unwrap();
+        m.sort_by(|a, b| a.binary.cmp(&b.binary));
+        let summary: Vec<_> = m
+            .iter()
+            .map(|m| {
+                (
+                    m.queue.as_str(),
+                    m.binary.as_str(),
+                    m.batch_size,
+                    m.batching_window_secs,
+                    m.report_batch_item_failures,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("ExtractionQueue", "extraction", 10, 5, true),
+                ("InboundQueue", "processor", 10, 0, true),
+                ("StatusQueue", "status", 10, 2, true),
+            ]
+        );
+        assert_eq!(
+            t.function_binary("WebhookFunction").as_deref(),
+            Some("webhook")
+        );
+    }
+
+    #[test]
+    fn a_mapping_to_something_else_than_a_queue_is_refused() {
+        let t = Template::parse(
+            r#"
+Resources:
+  F: {Type: AWS::Serverless::Function, Metadata: {BuildProperties: {Binary: f}}}
+  Off: {Type: AWS::Lambda::EventSourceMapping, Properties: {Enabled: false, EventSourceArn: !GetAtt S.Arn, FunctionName: !Ref F}}
+  M: {Type: AWS::Lambda::EventSourceMapping, Properties: {EventSourceArn: !GetAtt S.Arn, FunctionName: !Ref F}}
+  S: {Type: AWS::Kinesis::Stream}
+"#,
+        )
+        .unwrap();
+        let e = t.event_source_mappings().unwrap_err().to_string();
+        assert!(e.contains("M: S is not a queue"), "{e}");
     }
 
     #[test]

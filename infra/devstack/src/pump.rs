@@ -1,0 +1,428 @@
+//! The local stand-in for Lambda's SQS event source mappings.
+//!
+//! For each `AWS::Lambda::EventSourceMapping` of template.yaml it long-polls the queue, gathers
+//! a batch the way Lambda does (up to `BatchSize`, at most 10 per receive, waiting up to
+//! `MaximumBatchingWindowInSeconds` for a fuller batch), invokes the function under
+//! `cargo lambda watch` with a real SQS event through the Lambda invoke API, deletes the records
+//! that succeeded and leaves the rest on the queue. Those reappear after the queue's visibility
+//! timeout and, after `maxReceiveCount` receives, the queue's redrive policy moves them to the
+//! DLQ: the same life a record has in AWS.
+//!
+//! How a response is read follows Lambda's rules for `ReportBatchItemFailures`: an empty or null
+//! response, or an empty `batchItemFailures`, is complete success; a response that is not JSON,
+//! or an item identifier that is empty or not a message id of the batch, fails the whole batch.
+//! A function error (non-2xx, `X-Amz-Function-Error`, an `errorType` body) or an unreachable
+//! function fails the whole batch too. Without `ReportBatchItemFailures` only a function error
+//! fails the batch.
+//!
+//! Each mapping has one poller and invokes one batch at a time, so FIFO order holds; AWS runs
+//! several batches of different message groups at once, which only changes speed.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use serde_json::Value;
+
+/// One mapping, resolved to the local queue and the function's invoke URL.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub function: String,
+    pub queue_url: String,
+    pub queue_arn: String,
+    pub batch_size: u32,
+    pub batching_window: Duration,
+    pub report_batch_item_failures: bool,
+}
+
+impl Mapping {
+    /// The mappings of `template`, resolved against a provisioned `stack`.
+    pub fn from_template(
+        template: &local_aws::Template,
+        stack: &local_aws::Stack,
+    ) -> Result<Vec<Mapping>, local_aws::Error> {
+        Ok(template
+            .event_source_mappings()?
+            .into_iter()
+            .map(|m| {
+                let q = stack.queue(&m.queue);
+                Mapping {
+                    function: m.binary,
+                    queue_url: q.url.clone(),
+                    queue_arn: q.arn.clone(),
+                    batch_size: m.batch_size.clamp(1, 10_000),
+                    batching_window: Duration::from_secs(m.batching_window_secs.into()),
+                    report_batch_item_failures: m.report_batch_item_failures,
+                }
+            })
+            .collect())
+    }
+
+    fn queue_name(&self) -> &str {
+        self.queue_url.rsplit('/').next().unwrap_or(&self.queue_url)
+    }
+}
+
+/// What happened to one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchReport {
+    pub function: String,
+    pub received: usize,
+    /// Records deleted from the queue (they succeeded).
+    pub deleted: usize,
+    /// Records left on the queue, to come back after the visibility timeout.
+    pub returned: Vec<String>,
+    /// Why the whole batch failed, if it did.
+    pub batch_error: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for BatchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} <- {} record(s): {} done, {} left for redelivery ({} ms)",
+            self.function,
+            self.received,
+            self.deleted,
+            self.returned.len(),
+            self.elapsed.as_millis()
+        )?;
+        if let Some(e) = &self.batch_error {
+            write!(f, "; batch failed: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    #[error("SQS {what} on {queue}: {message}")]
+    Sqs {
+        what: &'static str,
+        queue: String,
+        message: String,
+    },
+}
+
+/// Polls queues and invokes functions.
+#[derive(Clone)]
+pub struct Pump {
+    sqs: aws_sdk_sqs::Client,
+    http: reqwest::Client,
+    /// `http://127.0.0.1:9000`: where `cargo lambda watch` serves the invoke API.
+    invoke_base: String,
+    region: String,
+    /// Long-poll wait of an idle receive.
+    pub idle_wait: Duration,
+}
+
+impl Pump {
+    pub fn new(sdk: &aws_config::SdkConfig, invoke_base: impl Into<String>) -> Self {
+        Self {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            // The first invocation of a function compiles it under `cargo lambda watch`.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(900))
+                .build()
+                .expect("HTTP client"),
+            invoke_base: invoke_base.into().trim_end_matches('/').to_owned(),
+            region: sdk
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "us-east-1".to_owned()),
+            idle_wait: Duration::from_secs(10),
+        }
+    }
+
+    /// Receives one batch (waiting up to `idle_wait` for the first record), invokes the function
+    /// and settles the batch. `None` when the queue stayed empty.
+    pub async fn poll_once(&self, m: &Mapping) -> Result<Option<BatchReport>, PumpError> {
+        let mut batch = self.receive(m, self.idle_wait).await?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        while batch.len() < m.batch_size as usize {
+            let left = m.batching_window.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let wait = Duration::from_secs(left.as_secs_f64().ceil() as u64);
+            let more = self
+                .receive_up_to(m, wait, m.batch_size as usize - batch.len())
+                .await?;
+            for msg in more {
+                // A record whose visibility ran out during the window comes again: keep one,
+                // with the newer receipt handle.
+                match batch.iter_mut().find(|b| b.message_id == msg.message_id) {
+                    Some(old) => *old = msg,
+                    None => batch.push(msg),
+                }
+            }
+        }
+        Ok(Some(self.deliver(m, batch).await?))
+    }
+
+    async fn receive(&self, m: &Mapping, wait: Duration) -> Result<Vec<Message>, PumpError> {
+        self.receive_up_to(m, wait, m.batch_size as usize).await
+    }
+
+    async fn receive_up_to(
+        &self,
+        m: &Mapping,
+        wait: Duration,
+        want: usize,
+    ) -> Result<Vec<Message>, PumpError> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&m.queue_url)
+            .max_number_of_messages(want.clamp(1, 10) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| PumpError::Sqs {
+                what: "ReceiveMessage",
+                queue: m.queue_name().to_owned(),
+                message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+            })?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// Invokes the function with `batch` and deletes what succeeded.
+    pub async fn deliver(
+        &self,
+        m: &Mapping,
+        batch: Vec<Message>,
+    ) -> Result<BatchReport, PumpError> {
+        let started = Instant::now();
+        let event = self.event(m, &batch);
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|msg| msg.message_id().unwrap_or_default().to_owned())
+            .collect();
+        let (failed, batch_error) = match self.invoke(&m.function, &event).await {
+            Err(e) => (ids.iter().cloned().collect(), Some(e)),
+            Ok(body) if m.report_batch_item_failures => match failures_of(&body, &ids) {
+                Ok(failed) => (failed, None),
+                Err(e) => (ids.iter().cloned().collect(), Some(e)),
+            },
+            Ok(_) => (HashSet::new(), None),
+        };
+        let done: Vec<&Message> = batch
+            .iter()
+            .filter(|msg| !failed.contains(msg.message_id().unwrap_or_default()))
+            .collect();
+        self.delete(m, &done).await?;
+        Ok(BatchReport {
+            function: m.function.clone(),
+            received: batch.len(),
+            deleted: done.len(),
+            returned: ids.into_iter().filter(|id| failed.contains(id)).collect(),
+            batch_error,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The SQS event Lambda would build for `batch`.
+    pub fn event(&self, m: &Mapping, batch: &[Message]) -> SqsEvent {
+        let mut event = SqsEvent::default();
+        event.records = batch
+            .iter()
+            .map(|msg| {
+                let mut r = SqsMessage::default();
+                r.message_id = msg.message_id.clone();
+                r.receipt_handle = msg.receipt_handle.clone();
+                r.body = msg.body.clone();
+                r.md5_of_body = msg.md5_of_body.clone();
+                r.md5_of_message_attributes = msg.md5_of_message_attributes.clone();
+                r.attributes = msg
+                    .attributes()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                    .collect();
+                r.message_attributes = msg
+                    .message_attributes()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| {
+                        // Binary attributes are not used by this project's messages.
+                        let s = v.string_value()?;
+                        let mut a = SqsMessageAttribute::default();
+                        a.string_value = Some(s.to_owned());
+                        a.data_type = Some(v.data_type().to_owned());
+                        Some((k.clone(), a))
+                    })
+                    .collect::<HashMap<_, _>>();
+                r.event_source = Some("aws:sqs".to_owned());
+                r.event_source_arn = Some(m.queue_arn.clone());
+                r.aws_region = Some(self.region.clone());
+                r
+            })
+            .collect();
+        event
+    }
+
+    /// Calls the Lambda invoke API of `cargo lambda watch`; the body on success, the reason the
+    /// whole batch failed otherwise.
+    async fn invoke(&self, function: &str, event: &SqsEvent) -> Result<String, String> {
+        let url = format!(
+            "{}/2015-03-31/functions/{function}/invocations",
+            self.invoke_base
+        );
+        let resp = self
+            .http
+            .post(&url)
+            .json(event)
+            .send()
+            .await
+            .map_err(|e| format!("function unreachable at {url}: {e}"))?;
+        let status = resp.status();
+        let function_error = resp
+            .headers()
+            .get("x-amz-function-error")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?;
+        let error_type = serde_json::from_str::<Value>(&body).ok().and_then(|v| {
+            v.get("errorType")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        if !status.is_success() || function_error.is_some() || error_type.is_some() {
+            return Err(format!(
+                "function error (HTTP {}, {})",
+                status.as_u16(),
+                error_type
+                    .or(function_error)
+                    .unwrap_or_else(|| "no error type".to_owned())
+            ));
+        }
+        Ok(body)
+    }
+
+    async fn delete(&self, m: &Mapping, done: &[&Message]) -> Result<(), PumpError> {
+        for chunk in done.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, msg)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(msg.receipt_handle().unwrap_or_default())
+                        .build()
+                        .expect("id and receipt handle are set")
+                })
+                .collect();
+            let out = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(&m.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| PumpError::Sqs {
+                    what: "DeleteMessageBatch",
+                    queue: m.queue_name().to_owned(),
+                    message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+                })?;
+            if let Some(f) = out.failed().first() {
+                return Err(PumpError::Sqs {
+                    what: "DeleteMessageBatch",
+                    queue: m.queue_name().to_owned(),
+                    message: format!(
+                        "{} of the batch not deleted: {}",
+                        out.failed().len(),
+                        f.code()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls `m` until the task is dropped, printing one line per batch.
+    pub async fn run(self, m: Mapping) {
+        println!(
+            "pump: {} <- {} (batch {}, window {} s)",
+            m.function,
+            m.queue_name(),
+            m.batch_size,
+            m.batching_window.as_secs()
+        );
+        loop {
+            match self.poll_once(&m).await {
+                Ok(Some(report)) => println!("pump: {report}"),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("pump: {e}; retrying in 2 s");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The message ids a `ReportBatchItemFailures` response returns, by Lambda's rules.
+pub fn failures_of(body: &str, ids: &[String]) -> Result<HashSet<String>, String> {
+    let body = body.trim();
+    if body.is_empty() || body == "null" {
+        return Ok(HashSet::new());
+    }
+    let not_batch = || "the response is not a batch response".to_owned();
+    let resp: Value = serde_json::from_str(body).map_err(|_| not_batch())?;
+    let entries = match &resp {
+        Value::Null => return Ok(HashSet::new()),
+        Value::Object(o) => match o.get("batchItemFailures") {
+            None | Some(Value::Null) => return Ok(HashSet::new()),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err(not_batch()),
+        },
+        _ => return Err(not_batch()),
+    };
+    let mut failed = HashSet::new();
+    for entry in entries {
+        match entry.get("itemIdentifier").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() && ids.iter().any(|i| i == id) => {
+                failed.insert(id.to_owned());
+            }
+            _ => return Err("a batchItemFailures entry names no record of the batch".to_owned()),
+        }
+    }
+    Ok(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_responses_are_read_by_lambdas_rules() {
+        let ids = vec!["a".to_owned(), "b".to_owned()];
+        assert!(failures_of("", &ids).unwrap().is_empty());
+        assert!(failures_of("null", &ids).unwrap().is_empty());
+        assert!(failures_of("{}", &ids).unwrap().is_empty());
+        assert!(failures_of(r#"{"batchItemFailures":[]}"#, &ids)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            failures_of(r#"{"batchItemFailures":[{"itemIdentifier":"b"}]}"#, &ids).unwrap(),
+            HashSet::from(["b".to_owned()])
+        );
+        assert!(failures_of(r#"{"batchItemFailures":null}"#, &ids)
+            .unwrap()
+            .is_empty());
+        assert!(failures_of("not json", &ids).is_err());
+        assert!(failures_of(r#""ok""#, &ids).is_err());
+        assert!(failures_of(r#"{"batchItemFailures":[{"itemIdentifier":""}]}"#, &ids).is_err());
+        assert!(failures_of(r#"{"batchItemFailures":[{"itemIdentifier":"zz"}]}"#, &ids).is_err());
+    }
+}
