@@ -3,13 +3,19 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
 
-.PHONY: help dev test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
+.PHONY: help dev send test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 dev: ## Run the product locally: AWS emulator, queues from template.yaml, functions under cargo lambda watch
 	@$(SCRIPTS)/dev.sh
+
+send: ## Under `make dev`: one more signed customer message, and the reply (TEXT="…" [FROM=wa_id NAME=…])
+	@test -n "$$TEXT" || { echo 'usage: make send TEXT="¿Aceptan mascotas?" [FROM=5215500000001] [NAME="Local customer"]' >&2; exit 1; }
+	@test -f .local/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
+	@source $(SCRIPTS)/env.sh && set -a && source .local/dev.env && set +a && \
+	  target/debug/devstack send --text "$$TEXT" --from "$${FROM:-5215500000001}" --name "$${NAME:-Local customer}"
 
 test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint
 	@source $(SCRIPTS)/env.sh && log "make test: all checks passed"
@@ -45,7 +51,7 @@ invoke: ## Send events/$(EVENT).json to $(FUNCTION) (default webhook) under `mak
 	@source $(SCRIPTS)/env.sh && cargo lambda invoke -A 127.0.0.1 -P $${WATCH_PORT:-9000} $(or $(FUNCTION),webhook) --data-file events/$(EVENT).json
 
 build: ## sam build (cargo-lambda + zig, arm64 release binaries)
-	@$(SCRIPTS)/ensure-tools.sh dev
+	@$(SCRIPTS)/ensure-tools.sh build
 	@source $(SCRIPTS)/env.sh && sam build --parallel
 
 build-check: ## make build, then check every function has an arm64 bootstrap (CI runs it after the tests)

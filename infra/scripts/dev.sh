@@ -1,78 +1,126 @@
 #!/usr/bin/env bash
-# make dev: the product on this machine. Starts moto (the AWS emulator) on 127.0.0.1:4566 unless
-# AWS_ENDPOINT_URL is already set, creates template.yaml's queues, table and secrets on it,
-# starts Postgres (.local/pg, kept between runs) unless DATABASE_URL is set, migrates and seeds
-# the demo tenant, starts stub OpenAI / Graph servers unless real credentials are given, runs
-# the functions under `cargo lambda watch` on 127.0.0.1:9000, sends one signed sample webhook
-# and one SQS event to the processor and shows the reply, then stays up until Ctrl-C, which
-# stops everything it started.
+# make dev: the whole product on this machine.
+#
+#  1. tools: moto (the AWS emulator) and cargo-lambda, into the repo's .venv;
+#  2. moto on 127.0.0.1:$MOTO_PORT unless AWS_ENDPOINT_URL is set;
+#  3. builds the local tools and each function the way `cargo lambda watch` will run it;
+#  4. creates template.yaml's queues, table and secrets on the emulator;
+#  5. Postgres (.local/pg, kept between runs) unless DATABASE_URL is set; migrates, seeds the
+#     demo tenant;
+#  6. stub OpenAI / Graph servers unless real credentials are given;
+#  7. the functions under `cargo lambda watch` on 127.0.0.1:$WATCH_PORT, and the event-source
+#     pump (devstack pump) between the queues and the functions;
+#  8. plays events/conversation.json as signed webhooks and prints the transcript, the credits
+#     charged and the extracted lead; then prints one line per message until Ctrl-C, which
+#     stops everything started here.
+#
+# DEV_STATE_DIR (default .local) holds logs, the env file and the Postgres data; the end-to-end
+# test runs a second stack with its own directory and ports.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 source "$(dirname "$0")/pg.sh"
 cd "$ROOT"
 STACK=${STACK:-agent-local}
+STATE=${DEV_STATE_DIR:-$ROOT/.local}
 WATCH_PORT=${WATCH_PORT:-9000}
 MOTO_PORT=${MOTO_PORT:-4566}
 PG_PORT=${PG_PORT:-54329}
 STUB_PORT=${STUB_PORT:-9100}
-mkdir -p .local
-pids=()
+# The deployed stack delays extraction jobs 15 s to coalesce bursts; locally the lead of the
+# sample conversation should show up quickly.
+EXTRACTION_DELAY_SECONDS=${EXTRACTION_DELAY_SECONDS:-2}
+FUNCTIONS=(webhook processor extraction status)
+mkdir -p "$STATE"
+export WATCH_PORT
+
+groups=()   # process groups started here (each service runs in its own session)
 pg_started=
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "$pg_started" ] && pg_stop "$ROOT/.local/pg"
-  log "stopped"
+  trap - INT TERM
+  for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    alive=0
+    for g in "${groups[@]}"; do kill -0 -- "-$g" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
+  [ -n "$pg_started" ] && pg_stop "$STATE/pg"
+  log "stopped everything make dev started"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step() { STEP_T0=$EPOCHREALTIME; log "$*"; }
-done_step() { log "  done in $(awk -v a="$STEP_T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}') s"; }
-port_busy() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+# start NAME LOGFILE CMD...: runs CMD in its own session, output to LOGFILE (- keeps ours).
+start() {
+  local name=$1 logfile=$2; shift 2
+  if [ "$logfile" = - ]; then setsid "$@" </dev/null & else setsid "$@" >"$logfile" 2>&1 </dev/null & fi
+  groups+=($!)
+  eval "PID_$name=$!"
+}
 
-step "checking tools (Python venvs, cargo-lambda)"
+step() { STEP_T0=$EPOCHREALTIME; log "$*"; }
+done_step() { log "  ok ($(awk -v a="$STEP_T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}') s)"; }
+fail() { printf '\033[31mmake dev: %s\033[0m\n' "$*" >&2; exit 1; }
+port_busy() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+wait_port() { # wait_port PORT SECONDS NAME LOG
+  local i
+  for i in $(seq 1 $(($2 * 10))); do port_busy "$1" && return 0; sleep 0.1; done
+  fail "$3 did not start listening on 127.0.0.1:$1 within $2 s; see $4"
+}
+
+step "checking ports"
+need=("WATCH_PORT=$WATCH_PORT")
+[ -z "${AWS_ENDPOINT_URL:-}" ] && need+=("MOTO_PORT=$MOTO_PORT")
+[ -z "${DATABASE_URL:-}" ] && need+=("PG_PORT=$PG_PORT")
+{ [ -z "${OPENAI_API_KEY:-}" ] || [ -z "${GRAPH_ACCESS_TOKEN:-}" ]; } && need+=("STUB_PORT=$STUB_PORT")
+for kv in "${need[@]}"; do
+  port_busy "${kv#*=}" && fail "port ${kv#*=} is taken (another make dev?): stop what uses it, or run ${kv%%=*}=<free port> make dev"
+done
+done_step
+
+step "checking tools (moto, cargo-lambda in .venv; Postgres from Debian packages if missing)"
 "$ROOT/infra/scripts/ensure-tools.sh" dev
+command -v cargo-lambda >/dev/null || fail "cargo-lambda is missing from .venv: run infra/scripts/ensure-tools.sh dev"
 done_step
 
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   step "starting moto on 127.0.0.1:$MOTO_PORT"
-  if port_busy "$MOTO_PORT"; then
-    echo "port $MOTO_PORT is taken: stop what uses it, or run MOTO_PORT=<free port> make dev" >&2; exit 1
-  fi
-  .venv/bin/moto_server -H 127.0.0.1 -p "$MOTO_PORT" >.local/moto.log 2>&1 & pids+=($!)
+  start moto "$STATE/moto.log" "$ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
   export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
-  for _ in $(seq 1 100); do curl -sf -o /dev/null --noproxy '*' "$AWS_ENDPOINT_URL/moto-api/" && break; sleep 0.1; done
-  curl -sf -o /dev/null --noproxy '*' "$AWS_ENDPOINT_URL/moto-api/" || { echo "moto did not start; see .local/moto.log" >&2; exit 1; }
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "$AWS_ENDPOINT_URL/moto-api/" && break; sleep 0.1; done
+  curl -sf -o /dev/null "$AWS_ENDPOINT_URL/moto-api/" || fail "moto did not start; see $STATE/moto.log"
   done_step
 fi
 
-step "building the local tools (local-aws, devstack)"
-cargo build -q -p local-aws -p devstack
+step "building the local tools and the functions (the first run compiles everything: minutes)"
+cargo build -q --locked -p local-aws -p devstack || fail "building infra/ failed: see the errors above"
+for f in "${FUNCTIONS[@]}"; do
+  # Exactly what `cargo lambda watch` runs (`cargo run --bin <fn>`), so its first start is quick.
+  cargo build -q --locked --bin "$f" || fail "building $f failed: see the errors above (cargo build --bin $f)"
+done
 done_step
 
 step "creating the queues, table and secrets of template.yaml (stack $STACK)"
 target/debug/local-aws provision --template template.yaml --stack "$STACK" \
+  --param "ExtractionDelaySeconds=$EXTRACTION_DELAY_SECONDS" \
   --secret "AppSecret={\"meta_app_secret\":\"dev-app-secret\",\"meta_verify_token\":\"dev-verify-token\"}" \
-  --env-file .local/dev.env
+  --env-file "$STATE/dev.env" >"$STATE/provision.log" || fail "provisioning failed: see $STATE/provision.log"
 done_step
 
 if [ -z "${DATABASE_URL:-}" ]; then
-  step "starting Postgres on 127.0.0.1:$PG_PORT (data in .local/pg)"
-  if port_busy "$PG_PORT"; then
-    echo "port $PG_PORT is taken: stop what uses it, run PG_PORT=<free port> make dev, or set DATABASE_URL" >&2; exit 1
-  fi
-  pg_start "$ROOT/.local/pg" "$PG_PORT"
+  step "starting Postgres on 127.0.0.1:$PG_PORT (data in $STATE/pg)"
+  pg_start "$STATE/pg" "$PG_PORT" || fail "Postgres did not start: see $STATE/pg/log"
   pg_started=1
   export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   done_step
 fi
 
 step "migrating and seeding the demo tenant"
-target/debug/devstack seed
+target/debug/devstack seed || fail "cannot migrate/seed $DATABASE_URL"
 done_step
 
-upstreams="stub OpenAI and Graph API"
+upstreams="stub OpenAI and Graph API (the replies say so)"
 if [ -n "${OPENAI_API_KEY:-}" ] || [ -n "${GRAPH_ACCESS_TOKEN:-}" ]; then
   # Real upstreams wanted: let HTTPS through (env.sh blocks it by default).
   unset HTTPS_PROXY https_proxy
@@ -80,16 +128,14 @@ if [ -n "${OPENAI_API_KEY:-}" ] || [ -n "${GRAPH_ACCESS_TOKEN:-}" ]; then
 fi
 if [ -z "${OPENAI_API_KEY:-}" ] || [ -z "${GRAPH_ACCESS_TOKEN:-}" ]; then
   step "starting the stub upstreams on 127.0.0.1:$STUB_PORT"
-  if port_busy "$STUB_PORT"; then
-    echo "port $STUB_PORT is taken: stop what uses it, or run STUB_PORT=<free port> make dev" >&2; exit 1
-  fi
-  : >.local/graph-sink.jsonl
-  target/debug/devstack stubs --port "$STUB_PORT" --sink .local/graph-sink.jsonl >.local/stubs.log 2>&1 & pids+=($!)
-  for _ in $(seq 1 50); do port_busy "$STUB_PORT" && break; sleep 0.1; done
+  : >"$STATE/graph-sink.jsonl"
+  start stubs "$STATE/stubs.log" target/debug/devstack stubs --port "$STUB_PORT" --sink "$STATE/graph-sink.jsonl"
+  wait_port "$STUB_PORT" 10 "the stub server" "$STATE/stubs.log"
   done_step
 fi
 {
   echo "DATABASE_URL=$DATABASE_URL"
+  echo "WATCH_PORT=$WATCH_PORT"
   if [ -n "${OPENAI_API_KEY:-}" ]; then
     echo "OPENAI_API_KEY=$OPENAI_API_KEY"
     [ -n "${OPENAI_BASE_URL:-}" ] && echo "OPENAI_BASE_URL=$OPENAI_BASE_URL"
@@ -104,51 +150,41 @@ fi
     echo "GRAPH_BASE_URL=http://127.0.0.1:$STUB_PORT/graph"
     echo "INSTAGRAM_GRAPH_BASE_URL=http://127.0.0.1:$STUB_PORT/ig"
   fi
-} >>.local/dev.env
+} >>"$STATE/dev.env"
 
-step "starting cargo lambda watch on 127.0.0.1:$WATCH_PORT"
-if port_busy "$WATCH_PORT"; then
-  echo "port $WATCH_PORT is taken: stop what uses it, or run WATCH_PORT=<free port> make dev" >&2; exit 1
-fi
-cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --env-file .local/dev.env >.local/watch.log 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do port_busy "$WATCH_PORT" && break; sleep 0.2; done
+step "starting the functions under cargo lambda watch on 127.0.0.1:$WATCH_PORT"
+start watch "$STATE/watch.log" cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$STATE/dev.env"
+wait_port "$WATCH_PORT" 60 "cargo lambda watch" "$STATE/watch.log"
+verify="http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/?hub.mode=subscribe&hub.verify_token=dev-verify-token&hub.challenge=ready"
+[ "$(curl -s --max-time 300 "$verify")" = ready ] || fail "the webhook does not answer Meta's verification; see $STATE/watch.log"
 done_step
 
-step "sending events/wa-text.json (first request compiles the webhook; this can take a minute)"
-cargo lambda invoke -A 127.0.0.1 -P "$WATCH_PORT" webhook --data-file events/wa-text.json
-echo
+step "starting the event-source pump (queues -> processor, extraction, status)"
+start pump "$STATE/pump.log" target/debug/devstack pump --template template.yaml --stack "$STACK" \
+  --invoke "http://127.0.0.1:$WATCH_PORT"
+sleep 0.5
+kill -0 "$PID_pump" 2>/dev/null || fail "the pump stopped: see $STATE/pump.log"
 done_step
 
-step "sending events/sqs-inbound.json to the processor (first request compiles it)"
-cargo lambda invoke -A 127.0.0.1 -P "$WATCH_PORT" processor --data-file events/sqs-inbound.json
-echo
+step "playing the sample conversation (events/conversation.json) through the webhook"
+target/debug/devstack play --conversation events/conversation.json \
+  || fail "the sample conversation did not go through: see $STATE/watch.log and $STATE/pump.log"
 done_step
-if [ -s .local/graph-sink.jsonl ]; then
-  log "the Graph sink received: $(tail -n 1 .local/graph-sink.jsonl | .venv/bin/python -c 'import json,sys; m=json.loads(sys.stdin.read()); print(m["channel"], "to", m["to"] + ":", m["text"])')"
-fi
-
-inbound=$(grep '^INBOUND_QUEUE_URL=' .local/dev.env | cut -d= -f2-)
-log "inbound queue now holds $(.venv/bin/python - "$inbound" <<'PY'
-import sys, boto3
-sqs = boto3.client("sqs")
-print(sqs.get_queue_attributes(QueueUrl=sys.argv[1], AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"], "message(s)")
-PY
-)"
 
 cat <<MSG
-
 ready.
-  webhook (Function URL form):  http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/
-  verify:   curl 'http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/?hub.mode=subscribe&hub.verify_token=dev-verify-token&hub.challenge=42'
-  invoke:   make invoke EVENT=ig-text      (any file in events/)
-            make invoke FUNCTION=processor EVENT=sqs-inbound
-            make invoke FUNCTION=status EVENT=sqs-status
-            make invoke FUNCTION=extraction EVENT=sqs-extraction
-  emulator: $AWS_ENDPOINT_URL   (dev app secret: dev-app-secret)
-  database: $DATABASE_URL
-  upstreams: $upstreams (sends recorded in .local/graph-sink.jsonl)
-  logs:     .local/watch.log
-Ctrl-C stops everything started here.
+  send a message:  make send TEXT="¿Aceptan mascotas?"        (as a WhatsApp customer)
+  webhook URL:     http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/   (app secret: dev-app-secret)
+  verify:          curl '$verify'
+  invoke directly: make invoke EVENT=ig-text   |   make invoke FUNCTION=status EVENT=sqs-status
+  emulator:        $AWS_ENDPOINT_URL
+  database:        $DATABASE_URL
+  upstreams:       $upstreams; sends recorded in $STATE/graph-sink.jsonl
+  logs:            $STATE/watch.log (functions), $STATE/pump.log (queues)
+Ctrl-C stops everything started here. Messages as they come:
 MSG
-tail -n 0 -f .local/watch.log & pids+=($!)
-wait "${pids[0]}"
+start follow - target/debug/devstack follow
+# Stay up until Ctrl-C, or until one of the services stops on its own.
+set +e
+wait -n "${groups[@]}"
+fail "a service stopped unexpectedly; see the logs in $STATE"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local stack need and a fresh machine lacks, into the repo's
 # own virtualenvs (never system-wide). Idempotent and quick when everything is there.
-#   ensure-tools.sh test   -> moto (AWS emulator), cfn-lint + aws-sam-cli (template lint)
-#   ensure-tools.sh dev    -> the above plus cargo-lambda (and zig, for sam build)
+#   ensure-tools.sh dev    -> moto (AWS emulator) and cargo-lambda: `make dev`
+#   ensure-tools.sh test   -> the above plus cfn-lint + aws-sam-cli (template lint): `make test`
+#   ensure-tools.sh build  -> moto, SAM, cargo-lambda, zig and the arm64 Rust target: `make build`
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 what=${1:-test}
@@ -24,17 +25,19 @@ venv() { # venv DIR PACKAGES...
 }
 
 unset HTTPS_PROXY https_proxy   # pip must reach the package index
-venv "$ROOT/.venv" 'moto[server]>=5.1,<6'
-# aws-sam-cli pins boto3 exactly; it gets its own venv so it cannot fight moto's.
-venv "$ROOT/.venv-sam" 'aws-sam-cli>=1.140' 'cfn-lint>=1.30'
-if [ "$what" = dev ]; then
-  venv "$ROOT/.venv" 'cargo-lambda>=1.8' 'ziglang>=0.13'
+venv "$ROOT/.venv" 'moto[server]>=5.1,<6' 'cargo-lambda>=1.8'
+if [ "$what" != dev ]; then
+  # aws-sam-cli pins boto3 exactly; it gets its own venv so it cannot fight moto's.
+  venv "$ROOT/.venv-sam" 'aws-sam-cli>=1.140' 'cfn-lint>=1.30'
+fi
+if [ "$what" = build ]; then
+  venv "$ROOT/.venv" 'ziglang>=0.13'
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2
   exit 1
 fi
-if [ "$what" = dev ] && command -v rustup >/dev/null \
+if [ "$what" = build ] && command -v rustup >/dev/null \
    && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
   log "adding the aarch64-unknown-linux-gnu Rust target (Lambda runs arm64)"
   rustup target add aarch64-unknown-linux-gnu

@@ -290,13 +290,15 @@ impl Observer {
         Ok(row.get(0))
     }
 
-    /// One line for each message stored after `after`, oldest first, and the newest id seen.
+    /// One line for each settled message stored after `after`, oldest first, and the newest
+    /// id printed.
     pub async fn lines_after(&self, after: i64) -> Result<(Vec<String>, i64), DemoError> {
         let client = self.db.client().await?;
         let rows = client
             .query(
                 "SELECT m.id, to_char(m.created_at, 'HH24:MI:SS'), ca.channel, m.direction,
-                        coalesce(c.display_name, c.external_id), m.content, m.outcome, m.status, m.cost
+                        coalesce(c.display_name, c.external_id), m.content, m.outcome, m.status, m.cost,
+                        m.created_at > now() - interval '60 seconds'
                  FROM messages m
                  JOIN conversations cv ON cv.id = m.conversation_id
                  JOIN contacts c ON c.id = cv.contact_id
@@ -307,8 +309,14 @@ impl Observer {
             .await
             .map_err(DbError::from)?;
         let mut last = after;
-        let lines = rows
-            .iter()
+        // An inbound message is printed once the processor has settled it (its outcome is
+        // set), so the line says what happened; stop there and come back for it.
+        let settled = rows.iter().take_while(|r| {
+            r.get::<_, String>(3) == "out"
+                || r.get::<_, Option<String>>(6).is_some()
+                || !r.get::<_, bool>(9)
+        });
+        let lines = settled
             .map(|r| {
                 last = r.get(0);
                 let text: String = content_text(&r.get::<_, Value>(5))
@@ -318,7 +326,7 @@ impl Observer {
                 let who: String = r.get(4);
                 let detail = if r.get::<_, String>(3) == "in" {
                     r.get::<_, Option<String>>(6)
-                        .unwrap_or_else(|| "processing".to_owned())
+                        .unwrap_or_else(|| "no outcome after 60 s".to_owned())
                 } else {
                     let cost = r.get::<_, Option<i64>>(8).unwrap_or(0);
                     format!("{}, {cost} credits", r.get::<_, String>(7))

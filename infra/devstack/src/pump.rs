@@ -34,6 +34,10 @@ pub struct Mapping {
     pub batch_size: u32,
     pub batching_window: Duration,
     pub report_batch_item_failures: bool,
+    /// How long an invocation may take before the batch counts as failed: the function's
+    /// timeout plus time for `cargo lambda watch` to start it (a function that fails during
+    /// init never answers the invoke API).
+    pub invoke_timeout: Duration,
 }
 
 impl Mapping {
@@ -54,6 +58,7 @@ impl Mapping {
                     batch_size: m.batch_size.clamp(1, 10_000),
                     batching_window: Duration::from_secs(m.batching_window_secs.into()),
                     report_batch_item_failures: m.report_batch_item_failures,
+                    invoke_timeout: Duration::from_secs(u64::from(m.timeout_secs) + 60),
                 }
             })
             .collect())
@@ -122,11 +127,7 @@ impl Pump {
     pub fn new(sdk: &aws_config::SdkConfig, invoke_base: impl Into<String>) -> Self {
         Self {
             sqs: aws_sdk_sqs::Client::new(sdk),
-            // The first invocation of a function compiles it under `cargo lambda watch`.
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(900))
-                .build()
-                .expect("HTTP client"),
+            http: reqwest::Client::new(),
             invoke_base: invoke_base.into().trim_end_matches('/').to_owned(),
             region: sdk
                 .region()
@@ -205,7 +206,7 @@ impl Pump {
             .iter()
             .map(|msg| msg.message_id().unwrap_or_default().to_owned())
             .collect();
-        let (failed, batch_error) = match self.invoke(&m.function, &event).await {
+        let (failed, batch_error) = match self.invoke(m, &event).await {
             Err(e) => (ids.iter().cloned().collect(), Some(e)),
             Ok(body) if m.report_batch_item_failures => match failures_of(&body, &ids) {
                 Ok(failed) => (failed, None),
@@ -270,18 +271,28 @@ impl Pump {
 
     /// Calls the Lambda invoke API of `cargo lambda watch`; the body on success, the reason the
     /// whole batch failed otherwise.
-    async fn invoke(&self, function: &str, event: &SqsEvent) -> Result<String, String> {
+    async fn invoke(&self, m: &Mapping, event: &SqsEvent) -> Result<String, String> {
         let url = format!(
-            "{}/2015-03-31/functions/{function}/invocations",
-            self.invoke_base
+            "{}/2015-03-31/functions/{}/invocations",
+            self.invoke_base, m.function
         );
         let resp = self
             .http
             .post(&url)
+            .timeout(m.invoke_timeout)
             .json(event)
             .send()
             .await
-            .map_err(|e| format!("function unreachable at {url}: {e}"))?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    format!(
+                        "no answer within {} s (a function that fails at start-up never answers: see the watch log)",
+                        m.invoke_timeout.as_secs()
+                    )
+                } else {
+                    format!("function unreachable at {url}: {e}")
+                }
+            })?;
         let status = resp.status();
         let function_error = resp
             .headers()

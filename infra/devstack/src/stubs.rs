@@ -26,6 +26,9 @@ pub const STUB_MODEL_PREFIX: &str = "[stub model]";
 pub struct Stubs {
     sent: Mutex<Vec<Value>>,
     counter: AtomicU64,
+    /// Makes ids unique across restarts: the database keeps the ids of earlier runs, and a
+    /// repeated provider message id would be taken for a duplicate and not stored.
+    run: String,
     sink: Option<PathBuf>,
 }
 
@@ -33,12 +36,15 @@ impl Stubs {
     pub fn new(sink: Option<PathBuf>) -> Arc<Self> {
         Arc::new(Self {
             sink,
+            run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             ..Self::default()
         })
     }
 
-    fn next(&self) -> u64 {
-        self.counter.fetch_add(1, Ordering::SeqCst) + 1
+    /// A fresh id suffix: this run's tag and a counter.
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        format!("{}{n}", self.run)
     }
 
     fn record(&self, entry: Value) {

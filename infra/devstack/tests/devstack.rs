@@ -80,6 +80,16 @@ async fn the_graph_sink_records_sends_in_order_and_answers_like_meta() {
         .unwrap();
     assert_eq!(over_http.as_array().unwrap().len(), 2);
     let _ = std::fs::remove_file(&dir);
+
+    // A restarted stub must not hand out ids an earlier run stored (they would be taken for
+    // duplicates of the earlier sends).
+    let (restarted, _) = start(None).await;
+    let graph = GraphClient::new(format!("{restarted}/graph"), format!("{restarted}/ig"));
+    let after_restart = graph
+        .send_whatsapp_text(&token, DEMO_WHATSAPP_NUMBER, &to, "one", None)
+        .await
+        .unwrap();
+    assert_ne!(after_restart, first);
 }
 
 #[tokio::test]

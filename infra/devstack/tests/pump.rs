@@ -51,6 +51,7 @@ async fn fifo_with_dlq(sdk: &aws_config::SdkConfig, visibility: u32) -> (Mapping
         batch_size: 10,
         batching_window: Duration::ZERO,
         report_batch_item_failures: true,
+        invoke_timeout: Duration::from_secs(5),
     };
     (mapping, dlq)
 }
@@ -279,10 +280,29 @@ async fn the_template_mappings_resolve_to_the_provisioned_queues() {
     assert_eq!(processor.queue_url, stack.queue("InboundQueue").url);
     assert_eq!(processor.queue_arn, stack.queue("InboundQueue").arn);
     assert!(processor.report_batch_item_failures);
+    assert_eq!(processor.invoke_timeout, Duration::from_secs(90 + 60));
     assert_eq!(mappings[0].batching_window, Duration::from_secs(5));
     assert!(
         local_aws::locate_queues(&template, "never-provisioned", &sdk, &Default::default())
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_function_that_never_answers_fails_the_batch_at_its_timeout() {
+    let sdk = emulator_sdk().await;
+    let (mut m, _) = fifo_with_dlq(&sdk, 1).await;
+    m.invoke_timeout = Duration::from_millis(500);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&server)
+        .await;
+    let mut pump = Pump::new(&sdk, server.uri());
+    pump.idle_wait = Duration::from_secs(1);
+    send(&sdk, &m, "g1", "stuck").await;
+    let r = pump.poll_once(&m).await.unwrap().unwrap();
+    assert_eq!((r.received, r.deleted), (1, 0));
+    assert!(r.batch_error.unwrap().contains("no answer within"));
 }

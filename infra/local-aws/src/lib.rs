@@ -146,8 +146,22 @@ impl Template {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(default)
             };
+            let timeout_secs = [
+                self.root
+                    .get("Resources")
+                    .and_then(|r| r.get(function.as_str()))
+                    .and_then(|f| f.get("Properties")),
+                self.root.get("Globals").and_then(|g| g.get("Function")),
+            ]
+            .into_iter()
+            .flatten()
+            .find_map(|p| p.get("Timeout").and_then(scalar))
+            .and_then(|t| t.parse().ok())
+            // Lambda's default.
+            .unwrap_or(3);
             out.push(EventSourceMapping {
                 id: id.to_owned(),
+                timeout_secs,
                 queue,
                 function,
                 binary,
@@ -179,6 +193,8 @@ pub struct EventSourceMapping {
     pub batch_size: u32,
     pub batching_window_secs: u32,
     pub report_batch_item_failures: bool,
+    /// The function's `Timeout` (its own, else Globals', else Lambda's 3 s).
+    pub timeout_secs: u32,
 }
 
 /// What was created, by logical id.
@@ -796,15 +812,16 @@ Resources:
                     m.batch_size,
                     m.batching_window_secs,
                     m.report_batch_item_failures,
+                    m.timeout_secs,
                 )
             })
             .collect();
         assert_eq!(
             summary,
             vec![
-                ("ExtractionQueue", "extraction", 10, 5, true),
-                ("InboundQueue", "processor", 10, 0, true),
-                ("StatusQueue", "status", 10, 2, true),
+                ("ExtractionQueue", "extraction", 10, 5, true, 60),
+                ("InboundQueue", "processor", 10, 0, true, 90),
+                ("StatusQueue", "status", 10, 2, true, 30),
             ]
         );
         assert_eq!(

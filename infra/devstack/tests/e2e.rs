@@ -1,0 +1,266 @@
+//! End to end through `make dev`'s own script: starts the whole local stack (moto, Postgres,
+//! stub upstreams, the functions under `cargo lambda watch`, the event-source pump) on free
+//! ports with its own state directory, waits for "ready" (the sample conversation played),
+//! sends one more signed webhook over HTTP, checks the reply at the Graph sink, the rows in
+//! Postgres and the extracted lead, then stops it with Ctrl-C (SIGINT) and checks that
+//! everything it started is gone.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devstack::demo::{Customer, Observer};
+use serde_json::Value;
+use shared::db::{Db, DbConfig};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// The running script; killed with its whole process group if the test fails midway.
+struct Stack {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+    state: PathBuf,
+}
+
+impl Stack {
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, "--", &format!("-{}", self.child.id())])
+            .status();
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a line satisfies `pred`; panics with the output if the script ends first.
+    fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.output.lock().unwrap().iter().any(|l| pred(l)) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(300));
+                panic!(
+                    "make dev ended ({status}) before {what}:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("-INT");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            self.signal("-KILL");
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn make_dev_answers_a_signed_webhook_end_to_end_and_stops_cleanly() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let state = std::env::temp_dir().join(format!("devstack-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let (watch, moto, pg, stubs) = (free_port(), free_port(), free_port(), free_port());
+    // Started the way a terminal starts `make dev`: SIGINT at its default disposition. (A
+    // shell started in the background ignores SIGINT and could not trap Ctrl-C; python resets
+    // it before handing over to bash, whatever this test process inherited.)
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); \
+             os.execvp('bash', ['bash', 'infra/scripts/dev.sh'])",
+        ])
+        .current_dir(&root)
+        .env("DEV_STATE_DIR", &state)
+        .env("STACK", format!("e2e{}", std::process::id()))
+        .env("WATCH_PORT", watch.to_string())
+        .env("MOTO_PORT", moto.to_string())
+        .env("PG_PORT", pg.to_string())
+        .env("STUB_PORT", stubs.to_string())
+        // The stack starts its own emulator, database and stubs, as on a fresh machine.
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("GRAPH_ACCESS_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("python3 starts infra/scripts/dev.sh");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("make dev | {line}");
+                output.lock().unwrap().push(line);
+            }
+        });
+    }
+    let mut stack = Stack {
+        child,
+        output,
+        state: state.clone(),
+    };
+
+    // Cold builds of the functions happen inside; give them time.
+    stack.wait_for("ready", Duration::from_secs(1500), |l| l == "ready.");
+    let out = stack.output();
+    assert!(
+        out.contains("Ana Ruiz: Hola, busco un departamento"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Demo Realty: [stub model]"),
+        "the reply is in the transcript"
+    );
+    assert!(out.contains("credits charged: "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("email") && l.contains("ana.ruiz@ejemplo.mx")),
+        "the sample lead is printed"
+    );
+
+    // One more customer message, signed, over HTTP to the webhook under cargo lambda watch.
+    let url = format!("postgres://postgres@127.0.0.1:{pg}/postgres");
+    let db = Db::new(DbConfig::new(url.clone()));
+    let observer = Observer::new(Db::new(DbConfig::new(url)));
+    let mark = observer.ledger_mark().await.unwrap();
+    let wa_id = "5215511122233";
+    let customer = Customer::new(
+        &format!("http://127.0.0.1:{watch}/lambda-url/webhook/"),
+        local_aws::testing::DEV_APP_SECRET,
+        wa_id,
+        "E2E Customer",
+    );
+    let wamid = customer
+        .say("Quiero agendar una visita, escríbanme a e2e.lead@example.com")
+        .await
+        .unwrap();
+    let handled = observer
+        .handled(&wamid, Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_eq!(handled.outcome, "replied");
+    assert_eq!(handled.replies.len(), 1);
+    assert!(
+        handled.replies[0].contains("e2e.lead@example.com"),
+        "{:?}",
+        handled.replies
+    );
+
+    // The reply reached the Graph API (the sink), to this customer.
+    let sent: Vec<Value> = reqwest::get(format!("http://127.0.0.1:{stubs}/_sent"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ours: Vec<_> = sent.iter().filter(|s| s["to"] == wa_id).collect();
+    assert_eq!(ours.len(), 1, "{sent:?}");
+    assert_eq!(ours[0]["channel"], "whatsapp");
+    assert_eq!(ours[0]["text"].as_str(), Some(handled.replies[0].as_str()));
+
+    // Rows in Postgres: the outbound message carries the provider id the sink gave it, and
+    // the reply was charged.
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT provider_message_id, status, cost FROM messages
+             WHERE direction = 'out' AND id > $1 AND conversation_id =
+               (SELECT conversation_id FROM messages WHERE provider_message_id = $2)",
+            &[&handled.inbound_id, &wamid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        ours[0]["id"].as_str()
+    );
+    assert!(
+        row.get::<_, Option<i64>>(2).unwrap_or(0) > 0,
+        "the reply has a cost"
+    );
+
+    // The lead, extracted through the extraction queue and function.
+    let lead = observer
+        .lead_after(wa_id, handled.inbound_id, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .expect("a lead row");
+    assert!(
+        lead.contains(&("email".to_owned(), "e2e.lead@example.com".to_owned())),
+        "{lead:?}"
+    );
+    let (charged, _) = observer.charged_since(mark).await.unwrap();
+    let reasons: Vec<&str> = charged.iter().map(|(r, _)| r.as_str()).collect();
+    assert!(reasons.contains(&"extraction"), "{charged:?}");
+    assert!(charged.iter().all(|(_, n)| *n > 0));
+
+    // `make dev` printed a line for the message as it came.
+    stack.wait_for("the follow line", Duration::from_secs(10), |l| {
+        l.contains("E2E Customer ->") && l.contains("[replied]")
+    });
+
+    // Ctrl-C stops everything it started.
+    stack.signal("-INT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = stack.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "make dev did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!status.success(), "interrupted, not a clean exit: {status}");
+    assert!(stack
+        .output()
+        .contains("stopped everything make dev started"));
+    for (name, port) in [
+        ("watch", watch),
+        ("moto", moto),
+        ("postgres", pg),
+        ("stubs", stubs),
+    ] {
+        assert!(!listening(port), "{name} still listens on {port}");
+    }
+}
