@@ -374,6 +374,19 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_conversation_loads_and_gives_the_stub_model_an_email() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/conversation.json");
+        let c = Conversation::load(&path).unwrap();
+        assert!(c.messages.len() >= 2);
+        assert!(
+            c.messages.iter().any(|m| m.contains('@')),
+            "the stub extracts emails only"
+        );
+        assert!(Conversation::load(std::path::Path::new("/nonexistent.json")).is_err());
+    }
+
+    #[test]
     fn stored_content_prints_as_text() {
         assert_eq!(
             content_text(&json!({"type": "text", "body": "hola"})),

@@ -55,7 +55,15 @@ impl Mapping {
                     function: m.binary,
                     queue_url: q.url.clone(),
                     queue_arn: q.arn.clone(),
-                    batch_size: m.batch_size.clamp(1, 10_000),
+                    // Lambda's limits: 10 for FIFO queues, 10,000 for standard ones.
+                    batch_size: m.batch_size.clamp(
+                        1,
+                        if q.name.ends_with(".fifo") {
+                            10
+                        } else {
+                            10_000
+                        },
+                    ),
                     batching_window: Duration::from_secs(m.batching_window_secs.into()),
                     report_batch_item_failures: m.report_batch_item_failures,
                     invoke_timeout: Duration::from_secs(u64::from(m.timeout_secs) + 60),
@@ -414,6 +422,37 @@ pub fn failures_of(body: &str, ids: &[String]) -> Result<HashSet<String>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fifo_batches_are_capped_at_ten_like_lambdas() {
+        let template = local_aws::Template::parse(
+            r#"
+Resources:
+  F: {Type: AWS::Serverless::Function, Metadata: {BuildProperties: {Binary: f}}, Properties: {Timeout: 7}}
+  Q: {Type: AWS::SQS::Queue}
+  S: {Type: AWS::SQS::Queue}
+  MQ: {Type: AWS::Lambda::EventSourceMapping, Properties: {EventSourceArn: !GetAtt Q.Arn, FunctionName: !Ref F, BatchSize: 50}}
+  MS: {Type: AWS::Lambda::EventSourceMapping, Properties: {EventSourceArn: !GetAtt S.Arn, FunctionName: !Ref F, BatchSize: 50}}
+"#,
+        )
+        .unwrap();
+        let mut stack = local_aws::Stack::default();
+        for (id, name) in [("Q", "q.fifo"), ("S", "s")] {
+            stack.queues.insert(
+                id.into(),
+                local_aws::Queue {
+                    name: name.into(),
+                    url: format!("http://127.0.0.1:1/1/{name}"),
+                    arn: format!("arn:aws:sqs:us-east-1:1:{name}"),
+                },
+            );
+        }
+        let mut m = Mapping::from_template(&template, &stack).unwrap();
+        m.sort_by(|a, b| a.queue_url.cmp(&b.queue_url));
+        assert_eq!((m[0].batch_size, m[1].batch_size), (10, 50));
+        assert_eq!(m[0].invoke_timeout, Duration::from_secs(67));
+        assert_eq!(m[0].queue_name(), "q.fifo");
+    }
 
     #[test]
     fn batch_responses_are_read_by_lambdas_rules() {
