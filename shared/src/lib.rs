@@ -32,6 +32,7 @@ pub mod secrets;
 pub mod signature;
 pub mod split;
 pub mod telemetry;
+pub mod webchat;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

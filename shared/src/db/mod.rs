@@ -8,6 +8,7 @@
 
 pub mod leads;
 pub mod store;
+pub mod webchat;
 
 use std::sync::Arc;
 use std::time::Duration;
