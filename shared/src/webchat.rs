@@ -18,6 +18,8 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::envelope::{Channel, Contact, Content, InboundEnvelope, InboundKind, ENVELOPE_VERSION};
+
 /// Version of the token payload this build writes and accepts.
 pub const TOKEN_VERSION: u8 = 1;
 /// Longest identifier a site may vouch for.
@@ -114,6 +116,83 @@ impl TokenKey {
         }
         Ok(claims)
     }
+}
+
+/// Longest visitor message, in characters (WhatsApp's limit, so every channel takes the same).
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// Longest client message id (a UUID is 36).
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("the message is empty")]
+    Empty,
+    #[error("the message is longer than {MAX_MESSAGE_CHARS} characters")]
+    TooLong,
+    #[error("client_message_id must be 1-{MAX_CLIENT_ID_LEN} characters of [A-Za-z0-9-_]")]
+    BadClientId,
+}
+
+impl MessageError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            MessageError::Empty => "message_empty",
+            MessageError::TooLong => "message_too_long",
+            MessageError::BadClientId => "bad_client_message_id",
+        }
+    }
+}
+
+/// The queue envelope of a visitor's text. The provider message id is
+/// `wc.<visitor id>.<client message id>`, so a retried POST with the same client id is the same
+/// message everywhere (SQS deduplication, the idempotency claim, the unique provider id).
+pub fn visitor_message(
+    claims: &VisitorClaims,
+    client_message_id: &str,
+    text: &str,
+    now_ms: i64,
+    correlation_id: &str,
+) -> Result<InboundEnvelope, MessageError> {
+    if client_message_id.is_empty()
+        || client_message_id.len() > MAX_CLIENT_ID_LEN
+        || !client_message_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(MessageError::BadClientId);
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(MessageError::Empty);
+    }
+    if text.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(MessageError::TooLong);
+    }
+    let raw = serde_json::value::to_raw_value(
+        &serde_json::json!({"client_message_id": client_message_id, "text": text}),
+    )
+    .ok();
+    Ok(InboundEnvelope {
+        v: ENVELOPE_VERSION,
+        kind: InboundKind::InboundMessage,
+        correlation_id: correlation_id.to_owned(),
+        channel: Channel::Webchat,
+        channel_account_id: claims.site.clone(),
+        contact: Contact {
+            id: claims.vid.clone(),
+            user_id: claims.idn.clone(),
+            ..Contact::default()
+        },
+        provider_message_id: format!("wc.{}.{client_message_id}", claims.vid),
+        provider_timestamp_ms: now_ms,
+        reply_to: None,
+        referral: None,
+        content: Content::Text {
+            body: text.to_owned(),
+        },
+        raw,
+        raw_omitted: false,
+    })
 }
 
 /// `hex(HMAC-SHA256(secret, identifier))`: what the site's server computes for identity
@@ -243,6 +322,51 @@ mod tests {
             &long,
             &identifier_hash(b"site-secret", &long)
         ));
+    }
+
+    #[test]
+    fn a_visitor_message_becomes_a_webchat_envelope_with_a_stable_id() {
+        let mut c = claims(1_000);
+        c.idn = Some("customer-42".into());
+        let env = visitor_message(&c, "m-1", "  Hola  ", 1_767_225_600_000, "corr").unwrap();
+        assert_eq!(env.channel, Channel::Webchat);
+        assert_eq!(env.channel_account_id, "site_demo");
+        assert_eq!(env.contact.id, c.vid);
+        assert_eq!(env.contact.user_id.as_deref(), Some("customer-42"));
+        assert_eq!(env.provider_message_id, format!("wc.{}.m-1", c.vid));
+        assert_eq!(
+            env.content,
+            Content::Text {
+                body: "Hola".into()
+            }
+        );
+        let again = visitor_message(&c, "m-1", "Hola", 1_767_225_609_000, "corr2").unwrap();
+        assert_eq!(
+            again.provider_message_id, env.provider_message_id,
+            "a retry is the same message"
+        );
+        // The queue contract round-trips.
+        let json = serde_json::to_string(&env).unwrap();
+        let back: InboundEnvelope = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.provider_message_id, env.provider_message_id);
+
+        assert_eq!(
+            visitor_message(&c, "m-2", "   ", 0, "c").unwrap_err(),
+            MessageError::Empty
+        );
+        let long = "é".repeat(MAX_MESSAGE_CHARS + 1);
+        assert_eq!(
+            visitor_message(&c, "m-3", &long, 0, "c").unwrap_err(),
+            MessageError::TooLong
+        );
+        assert!(visitor_message(&c, "m-4", &"é".repeat(MAX_MESSAGE_CHARS), 0, "c").is_ok());
+        for bad in ["", "a b", "a/b", "ñ", &"x".repeat(MAX_CLIENT_ID_LEN + 1)] {
+            assert_eq!(
+                visitor_message(&c, bad, "hi", 0, "c").unwrap_err(),
+                MessageError::BadClientId,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -348,6 +348,82 @@ async fn instagram_message_gets_a_reply() {
 }
 
 #[tokio::test]
+async fn a_web_chat_message_is_answered_into_the_stored_conversation_without_graph() {
+    let h = harness().await;
+    answer_with(&h.openai, "¡Hola! Sí, tenemos.").await;
+    let agent: uuid::Uuid =
+        h.t.db
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT id FROM agents", &[])
+            .await
+            .unwrap()
+            .get(0);
+    let none: Vec<String> = vec![];
+    shared::db::webchat::create_site(
+        &h.t.db,
+        h.tenant,
+        &shared::db::webchat::NewSite {
+            site_key: "site_demo",
+            agent_id: Some(agent),
+            allowed_origins: &none,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let claims = shared::webchat::VisitorClaims {
+        v: shared::webchat::TOKEN_VERSION,
+        site: "site_demo".into(),
+        vid: "visitor-1".into(),
+        exp: i64::MAX,
+        idn: None,
+    };
+    let env = shared::webchat::visitor_message(
+        &claims,
+        "c-1",
+        "¿Tienen 2 recámaras?",
+        1_767_225_600_000,
+        "corr",
+    )
+    .unwrap();
+    let out = shared::ingest::inbound_message(env, shared::ordering::OrderingScope::Conversation);
+    let mut record = SqsMessage::default();
+    record.message_id = Some("sqs-wc-1".into());
+    record.body = Some(out.body.clone());
+    record
+        .attributes
+        .insert("MessageGroupId".into(), out.group_id.clone().unwrap());
+    assert!(h.run(vec![record]).await.is_empty());
+
+    assert!(
+        h.graph.received_requests().await.unwrap().is_empty(),
+        "no Graph call, no token"
+    );
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+    let row = h
+        .t
+        .db
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT provider_message_id, content->>'body', status, cost FROM messages WHERE direction = 'out'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, String>(0).starts_with("wc.out."));
+    assert_eq!(row.get::<_, String>(1), "¡Hola! Sí, tenemos.");
+    assert_eq!(row.get::<_, String>(2), "sent");
+    assert!(
+        row.get::<_, Option<i64>>(3).unwrap() > 0,
+        "charged like any reply"
+    );
+}
+
+#[tokio::test]
 async fn a_duplicate_delivery_never_calls_the_model_or_sends_twice() {
     let h = harness().await;
     answer_with(&h.openai, "Hi!").await;
