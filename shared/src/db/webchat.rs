@@ -77,6 +77,76 @@ pub async fn site_by_key(db: &Db, site_key: &str) -> Result<Option<WebchatSite>,
     }))
 }
 
+/// A message of a visitor's conversation as the widget shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VisitorMessage {
+    pub id: i64,
+    /// `in` (the visitor) or `out` (the agent).
+    pub direction: String,
+    pub text: String,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+/// The visitor's conversation on `site`: text messages after `after` (oldest first, at most
+/// `limit`; with `after` = 0 the latest `limit`), and whether a visitor message still waits for
+/// its outcome (the agent is working on it: the typing indicator).
+pub async fn visitor_messages(
+    db: &Db,
+    site: &WebchatSite,
+    visitor_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<(Vec<VisitorMessage>, bool), DbError> {
+    let c = db.client().await?;
+    let rows = c
+        .query(
+            "WITH conv AS (
+               SELECT cv.id FROM contacts ct
+                 JOIN conversations cv ON cv.contact_id = ct.id AND cv.user_id = ct.user_id
+                WHERE ct.user_id = $1 AND ct.channel_account_id = $2 AND ct.external_id = $3),
+             picked AS (
+               SELECT m.id, m.direction, m.content->>'body' AS body, m.created_at
+                 FROM messages m
+                WHERE m.user_id = $1 AND m.conversation_id = (SELECT id FROM conv)
+                  AND m.id > $4 AND m.content->>'type' = 'text'
+                  AND (m.direction = 'in' OR m.status <> 'failed')
+                ORDER BY m.id DESC LIMIT $5)
+             SELECT id, direction, body, (extract(epoch FROM created_at) * 1000)::bigint,
+                    EXISTS (SELECT 1 FROM messages p
+                             WHERE p.user_id = $1 AND p.conversation_id = (SELECT id FROM conv)
+                               AND p.direction = 'in' AND p.outcome IS NULL)
+               FROM picked
+             UNION ALL
+             SELECT NULL, NULL, NULL, NULL,
+                    EXISTS (SELECT 1 FROM messages p
+                             WHERE p.user_id = $1 AND p.conversation_id = (SELECT id FROM conv)
+                               AND p.direction = 'in' AND p.outcome IS NULL)
+             ORDER BY 1 NULLS LAST",
+            &[
+                &site.tenant.uuid(),
+                &site.channel_account_id,
+                &visitor_id,
+                &after,
+                &limit,
+            ],
+        )
+        .await?;
+    let pending = rows.last().map(|r| r.get::<_, bool>(4)).unwrap_or(false);
+    let messages = rows
+        .iter()
+        .filter_map(|r| {
+            Some(VisitorMessage {
+                id: r.get::<_, Option<i64>>(0)?,
+                direction: r.get(1),
+                text: r.get(2),
+                at: r.get(3),
+            })
+        })
+        .collect();
+    Ok((messages, pending))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +199,81 @@ mod tests {
             .await
             .unwrap();
         assert!(site_by_key(&t.db, "site_shop").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_visitor_sees_only_their_own_conversation_with_the_pending_flag() {
+        let t = TestDb::new().await;
+        let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
+        let none: Vec<String> = vec![];
+        create_site(
+            &t.db,
+            tenant,
+            &NewSite {
+                site_key: "site_shop",
+                allowed_origins: &none,
+                ..NewSite::default()
+            },
+        )
+        .await
+        .unwrap();
+        let site = site_by_key(&t.db, "site_shop").await.unwrap().unwrap();
+        let (empty, pending) = visitor_messages(&t.db, &site, "v1", 0, 50).await.unwrap();
+        assert!(empty.is_empty() && !pending, "no conversation yet");
+
+        let c = t.db.client().await.unwrap();
+        let mut conv = std::collections::HashMap::new();
+        for vid in ["v1", "v2"] {
+            let contact_id = store::upsert_contact(
+                &t.db,
+                tenant,
+                site.channel_account_id,
+                vid,
+                None,
+                None,
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            let cv = store::conversation_for(&t.db, tenant, site.channel_account_id, contact_id)
+                .await
+                .unwrap()
+                .unwrap();
+            conv.insert(vid, cv.id);
+        }
+        for (vid, dir, body, outcome) in [
+            ("v1", "in", "hola", Some("replied")),
+            ("v1", "out", "¡hola!", None),
+            ("v2", "in", "otro visitante", None),
+            ("v1", "in", "¿precio?", None),
+        ] {
+            c.execute(
+                "INSERT INTO messages (user_id, conversation_id, channel_account_id, direction, content, status, outcome)
+                 VALUES ($1, $2, $3, $4, jsonb_build_object('type', 'text', 'body', $5::text), 'sent', $6)",
+                &[&tenant.uuid(), &conv[vid], &site.channel_account_id, &dir, &body, &outcome],
+            )
+            .await
+            .unwrap();
+        }
+        let (all, pending) = visitor_messages(&t.db, &site, "v1", 0, 50).await.unwrap();
+        let texts: Vec<_> = all
+            .iter()
+            .map(|m| (m.direction.as_str(), m.text.as_str()))
+            .collect();
+        assert_eq!(
+            texts,
+            [("in", "hola"), ("out", "¡hola!"), ("in", "¿precio?")]
+        );
+        assert!(pending, "the last question has no outcome yet");
+        let (later, _) = visitor_messages(&t.db, &site, "v1", all[1].id, 50)
+            .await
+            .unwrap();
+        assert_eq!(later.len(), 1);
+        let (latest, _) = visitor_messages(&t.db, &site, "v1", 0, 2).await.unwrap();
+        assert_eq!(latest.len(), 2, "the latest two, oldest first");
+        assert_eq!(latest[1].text, "¿precio?");
+        assert!(latest[0].at > 0);
     }
 
     #[tokio::test]
