@@ -1,0 +1,458 @@
+//! The web chat endpoints (a `lambda_http` function behind its own Function URL, so the Meta
+//! webhook keeps no database dependency):
+//!
+//! | Route | What |
+//! |---|---|
+//! | `POST /v1/sites/{site}/sessions` | a visitor token for the site (reuses the visitor of a still-valid token; optional identity verification) |
+//! | `POST /v1/sites/{site}/messages` | Bearer token; `{client_message_id, text}` → 202, enqueued on the inbound FIFO queue |
+//! | `GET /v1/sites/{site}/messages?after=ID&wait=S` | Bearer token; the visitor's messages after `after` (long poll up to `wait` s), and `pending` while the agent works |
+//! | `OPTIONS` on the above | CORS preflight |
+//!
+//! Every response to a browser carries CORS headers only for the site's allowed origins; a
+//! request from any other origin (or none) is refused before anything else is read. Every
+//! rejection has a JSON body `{"error": reason}` and one log line with the reason; no token,
+//! secret or message text is logged. Nothing is queued unless the whole request is valid.
+
+pub mod config;
+pub mod limits;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lambda_http::http::{header, HeaderValue, Method, StatusCode};
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::cache::TtlCache;
+use shared::db::webchat::{site_by_key, visitor_messages, WebchatSite};
+use shared::db::Db;
+use shared::ingest::inbound_message;
+use shared::queue::QueuePublisher;
+use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKey, VisitorClaims};
+use tracing::{info, warn, Instrument};
+
+pub use config::{Config, Settings};
+use limits::{RateLimiter, Verdict};
+
+/// Messages returned per poll (and the history shown after a reload).
+pub const PAGE: i64 = 50;
+/// How often a long poll looks for new messages.
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+
+pub struct App {
+    settings: Settings,
+    db: Db,
+    key: TokenKey,
+    publisher: QueuePublisher,
+    limiter: RateLimiter,
+    sites: TtlCache<String, Option<Arc<WebchatSite>>>,
+}
+
+/// A refused request: status, stable reason, and seconds for `Retry-After`.
+struct Refusal(StatusCode, &'static str, Option<u64>);
+
+type Outcome = Result<Response<Body>, Refusal>;
+
+enum Route<'a> {
+    Sessions(&'a str),
+    Messages(&'a str),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Anything before `v1` is a prefix (cargo lambda watch serves under /lambda-url/<fn>/).
+    let at = segs.iter().position(|s| *s == "v1")?;
+    match &segs[at..] {
+        ["v1", "sites", site, "sessions"] => Some(Route::Sessions(site)),
+        ["v1", "sites", site, "messages"] => Some(Route::Messages(site)),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct SessionRequest {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    identifier: Option<String>,
+    #[serde(default)]
+    identifier_hash: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageRequest {
+    client_message_id: String,
+    text: String,
+}
+
+impl App {
+    pub fn new(settings: Settings, db: Db, key: TokenKey, sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            publisher: QueuePublisher::new(
+                aws_sdk_sqs::Client::new(sdk),
+                shared::queue::RetryPolicy::default(),
+            ),
+            limiter: RateLimiter::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                settings.limits_table.clone(),
+            ),
+            sites: TtlCache::new(settings.site_cache_ttl),
+            settings,
+            db,
+            key,
+        }
+    }
+
+    /// Handles one HTTP request. Never fails: every outcome is a response.
+    pub async fn handle(&self, req: Request) -> Response<Body> {
+        let correlation_id = shared::telemetry::correlation_id(
+            req.headers()
+                .get("x-correlation-id")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let span = tracing::info_span!("webchat", correlation_id = %correlation_id);
+        async {
+            let Some(route) = route(req.uri().path()) else {
+                return refused(&Refusal(StatusCode::NOT_FOUND, "no_such_route", None), None);
+            };
+            let site_key = match route {
+                Route::Sessions(s) | Route::Messages(s) => s,
+            };
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let site = match self.site(site_key).await {
+                Ok(Some(site)) => site,
+                Ok(None) => {
+                    return refused(&Refusal(StatusCode::NOT_FOUND, "unknown_site", None), None)
+                }
+                Err(r) => return refused(&r, None),
+            };
+            if !origin_allowed(origin.as_deref(), &site.allowed_origins) {
+                return refused(
+                    &Refusal(StatusCode::FORBIDDEN, "origin_not_allowed", None),
+                    None,
+                );
+            }
+            let allowed_origin = origin.as_deref();
+            let outcome = match (req.method().clone(), route) {
+                (Method::OPTIONS, _) => Ok(preflight()),
+                (Method::POST, Route::Sessions(_)) => self.start_session(&req, &site).await,
+                (Method::POST, Route::Messages(_)) => self.send(&req, &site, &correlation_id).await,
+                (Method::GET, Route::Messages(_)) => self.poll(&req, &site).await,
+                _ => Err(Refusal(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    None,
+                )),
+            };
+            match outcome {
+                Ok(resp) => with_cors(resp, allowed_origin),
+                Err(r) => refused(&r, allowed_origin),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn site(&self, key: &str) -> Result<Option<Arc<WebchatSite>>, Refusal> {
+        if key.is_empty() || key.len() > 128 {
+            return Ok(None);
+        }
+        if let Some(hit) = self.sites.get(&key.to_owned()) {
+            return Ok(hit);
+        }
+        match site_by_key(&self.db, key).await {
+            Ok(site) => {
+                let site = site.map(Arc::new);
+                self.sites.put(key.to_owned(), site.clone());
+                Ok(site)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "site lookup failed");
+                Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    Some(5),
+                ))
+            }
+        }
+    }
+
+    fn body_json<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        req: &Request,
+        optional: bool,
+    ) -> Result<T, Refusal> {
+        let body: &[u8] = req.body().as_ref();
+        if body.len() > self.settings.max_body_bytes {
+            return Err(Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                None,
+            ));
+        }
+        if optional && body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        serde_json::from_slice(body).map_err(|_| Refusal(StatusCode::BAD_REQUEST, "bad_json", None))
+    }
+
+    fn claims(&self, req: &Request, site: &WebchatSite) -> Result<VisitorClaims, Refusal> {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(Refusal(StatusCode::UNAUTHORIZED, "token_missing", None))?;
+        self.key
+            .verify(token.trim(), &site.site_key, now_secs())
+            .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.reason(), None))
+    }
+
+    async fn limit(&self, key: String, limit: u32) -> Result<(), Refusal> {
+        match self.limiter.hit(&key, limit).await {
+            Ok(Verdict::Allowed) => Ok(()),
+            Ok(Verdict::Limited { retry_after }) => Err(Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(retry_after),
+            )),
+            Err(e) => {
+                warn!(error = %e, "rate limit counter unavailable; request let through");
+                Ok(())
+            }
+        }
+    }
+
+    async fn start_session(&self, req: &Request, site: &WebchatSite) -> Outcome {
+        let body: SessionRequest = self.body_json(req, true)?;
+        let now = now_secs();
+        let previous = body
+            .token
+            .as_deref()
+            .and_then(|t| self.key.verify(t, &site.site_key, now).ok());
+        let identity = match (&body.identifier, &body.identifier_hash) {
+            (Some(id), Some(hash)) => {
+                let secret = site.identity_secret.as_deref().ok_or(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "identity_not_enabled",
+                    None,
+                ))?;
+                if !identity_matches(secret.as_bytes(), id, hash) {
+                    return Err(Refusal(StatusCode::UNAUTHORIZED, "identity_mismatch", None));
+                }
+                Some(id.clone())
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "identity_incomplete",
+                    None,
+                ))
+            }
+        };
+        if site.require_identity && identity.is_none() {
+            return Err(Refusal(StatusCode::UNAUTHORIZED, "identity_required", None));
+        }
+        // A visitor keeps their conversation across reloads; a different verified identity is
+        // a different person.
+        let visitor = match previous {
+            Some(p) if identity.is_none() || p.idn.is_none() || p.idn == identity => p.vid,
+            _ => {
+                self.limit(
+                    format!("s#{}", site.site_key),
+                    self.settings.site_per_minute,
+                )
+                .await?;
+                uuid::Uuid::new_v4().to_string()
+            }
+        };
+        let claims = VisitorClaims {
+            v: shared::webchat::TOKEN_VERSION,
+            site: site.site_key.clone(),
+            vid: visitor,
+            exp: now + self.settings.session_ttl.as_secs() as i64,
+            idn: identity,
+        };
+        info!(
+            outcome = "session",
+            verified = claims.idn.is_some(),
+            "web chat session issued"
+        );
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"token": self.key.issue(&claims), "visitor_id": claims.vid, "expires_at": claims.exp}),
+        ))
+    }
+
+    async fn send(&self, req: &Request, site: &WebchatSite, correlation_id: &str) -> Outcome {
+        let claims = self.claims(req, site)?;
+        let body: MessageRequest = match self.body_json::<Option<MessageRequest>>(req, false)? {
+            Some(b) => b,
+            None => return Err(Refusal(StatusCode::BAD_REQUEST, "bad_json", None)),
+        };
+        let env = visitor_message(
+            &claims,
+            &body.client_message_id,
+            &body.text,
+            shared::now_ms(),
+            correlation_id,
+        )
+        .map_err(|e| {
+            let status = if e == shared::webchat::MessageError::TooLong {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Refusal(status, e.reason(), None)
+        })?;
+        self.limit(
+            format!("v#{}#{}", site.site_key, claims.vid),
+            self.settings.visitor_per_minute,
+        )
+        .await?;
+        self.limit(
+            format!("s#{}", site.site_key),
+            self.settings.site_per_minute,
+        )
+        .await?;
+        let id = env.provider_message_id.clone();
+        let message = inbound_message(env, self.settings.ordering_scope);
+        if let Err(e) = self
+            .publisher
+            .send_all(&self.settings.inbound_queue_url, vec![message])
+            .await
+        {
+            tracing::error!(error = %e, outcome = "failed", reason = "queue_unavailable", "web chat message not queued");
+            return Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                Some(2),
+            ));
+        }
+        info!(outcome = "accepted", "web chat message queued");
+        Ok(json_response(StatusCode::ACCEPTED, &json!({"id": id})))
+    }
+
+    async fn poll(&self, req: &Request, site: &WebchatSite) -> Outcome {
+        let claims = self.claims(req, site)?;
+        let params = req.query_string_parameters();
+        let number = |name: &str, max: i64| -> Result<i64, Refusal> {
+            match params.first(name) {
+                None => Ok(0),
+                Some(v) => v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (0..=max).contains(n))
+                    .ok_or(Refusal(StatusCode::BAD_REQUEST, "bad_query", None)),
+            }
+        };
+        let after = number("after", i64::MAX)?;
+        let wait = Duration::from_secs(number("wait", 3600)? as u64).min(self.settings.max_wait);
+        let deadline = Instant::now() + wait;
+        loop {
+            let (messages, pending) = visitor_messages(&self.db, site, &claims.vid, after, PAGE)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "reading the conversation failed");
+                    Refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        Some(2),
+                    )
+                })?;
+            if !messages.is_empty() || Instant::now() + POLL_EVERY > deadline {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"messages": messages, "pending": pending}),
+                ));
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    shared::now_ms() / 1000
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::Text(body.to_string()))
+        .expect("valid response")
+}
+
+fn preflight() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header("access-control-allow-methods", "GET, POST, OPTIONS")
+        .header(
+            "access-control-allow-headers",
+            "authorization, content-type, x-correlation-id",
+        )
+        .header("access-control-max-age", "600")
+        .body(Body::Empty)
+        .expect("valid response")
+}
+
+fn with_cors(mut resp: Response<Body>, origin: Option<&str>) -> Response<Body> {
+    let headers = resp.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(v) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        headers.insert("access-control-allow-origin", v);
+        headers.insert(
+            "access-control-expose-headers",
+            HeaderValue::from_static("retry-after"),
+        );
+    }
+    resp
+}
+
+fn refused(r: &Refusal, origin: Option<&str>) -> Response<Body> {
+    let Refusal(status, reason, retry_after) = r;
+    warn!(
+        outcome = "rejected",
+        status = status.as_u16(),
+        reason,
+        "web chat request refused"
+    );
+    let mut resp = json_response(*status, &json!({"error": reason}));
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+    }
+    with_cors(resp, origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_found_behind_any_prefix() {
+        assert!(matches!(
+            route("/v1/sites/s1/sessions"),
+            Some(Route::Sessions("s1"))
+        ));
+        assert!(matches!(
+            route("/lambda-url/webchat/v1/sites/s1/messages"),
+            Some(Route::Messages("s1"))
+        ));
+        for bad in [
+            "/",
+            "/v1",
+            "/v1/sites/s1",
+            "/v1/sites/s1/other",
+            "/v1/sites/s1/messages/x",
+        ] {
+            assert!(route(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! The web chat endpoints on real parts: Postgres (fresh database), the inbound FIFO queue and
+//! the rate-limit table on the emulator (from template.yaml).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::{Body, Request, RequestExt, Response};
+use local_aws::testing::{drain, emulator_sdk, fresh_stack};
+use serde_json::{json, Value};
+use shared::db::testing::TestDb;
+use shared::db::webchat::{create_site, NewSite};
+use shared::db::{store, Db, DbConfig, TenantId};
+use shared::envelope::{Channel, InboundEnvelope};
+use shared::webchat::{identifier_hash, TokenKey, VisitorClaims, TOKEN_VERSION};
+use webchat::{App, Settings};
+
+const ORIGIN: &str = "https://shop.example.com";
+const SIGNING_KEY: &[u8] = b"webchat-test-signing-key";
+const IDENTITY_SECRET: &str = "identity-secret-of-the-shop";
+
+struct Harness {
+    t: TestDb,
+    sdk: aws_config::SdkConfig,
+    queue: String,
+    app: App,
+    tenant: TenantId,
+}
+
+async fn harness(visitor_per_minute: u32) -> Harness {
+    let t = TestDb::new().await;
+    let sdk = emulator_sdk().await;
+    let (_, stack) = fresh_stack(&sdk).await;
+    let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
+    let origins = vec![ORIGIN.to_owned()];
+    for (key, secret, require) in [
+        ("site_shop", Some(IDENTITY_SECRET), false),
+        ("site_members", Some(IDENTITY_SECRET), true),
+        ("site_plain", None, false),
+    ] {
+        create_site(
+            &t.db,
+            tenant,
+            &NewSite {
+                site_key: key,
+                allowed_origins: &origins,
+                identity_secret: secret,
+                require_identity: require,
+                ..NewSite::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let settings = Settings {
+        inbound_queue_url: stack.queue("InboundQueue").url.clone(),
+        limits_table: stack.tables["IdempotencyTable"].clone(),
+        visitor_per_minute,
+        max_wait: Duration::from_secs(5),
+        ..Settings::default()
+    };
+    let app = App::new(
+        settings,
+        Db::new(DbConfig::new(t.url.clone())),
+        TokenKey::new(SIGNING_KEY),
+        &sdk,
+    );
+    Harness {
+        queue: stack.queue("InboundQueue").url.clone(),
+        t,
+        sdk,
+        app,
+        tenant,
+    }
+}
+
+fn request(
+    method: Method,
+    path: &str,
+    origin: Option<&str>,
+    token: Option<&str>,
+    body: &str,
+) -> Request {
+    let mut b = lambda_http::http::Request::builder()
+        .method(method)
+        .uri(format!("https://chat.example.net{path}"));
+    if let Some(o) = origin {
+        b = b.header("origin", o);
+    }
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn json_of(resp: &Response<Body>) -> Value {
+    serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null)
+}
+
+fn error_of(resp: &Response<Body>) -> String {
+    json_of(resp)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+impl Harness {
+    async fn call(&self, req: Request) -> Response<Body> {
+        self.app.handle(req).await
+    }
+
+    async fn session(&self, site: &str, body: Value) -> Response<Body> {
+        self.call(request(
+            Method::POST,
+            &format!("/v1/sites/{site}/sessions"),
+            Some(ORIGIN),
+            None,
+            &body.to_string(),
+        ))
+        .await
+    }
+
+    async fn token(&self, site: &str) -> (String, String) {
+        let resp = self.session(site, json!({})).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v = json_of(&resp);
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["visitor_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn send(&self, site: &str, token: Option<&str>, body: &str) -> Response<Body> {
+        self.call(request(
+            Method::POST,
+            &format!("/v1/sites/{site}/messages"),
+            Some(ORIGIN),
+            token,
+            body,
+        ))
+        .await
+    }
+
+    async fn poll(&self, token: &str, after: i64, wait: u64) -> Value {
+        let req = request(
+            Method::GET,
+            "/v1/sites/site_shop/messages",
+            Some(ORIGIN),
+            Some(token),
+            "",
+        )
+        .with_query_string_parameters(HashMap::from([
+            ("after".to_owned(), after.to_string()),
+            ("wait".to_owned(), wait.to_string()),
+        ]));
+        let resp = self.call(req).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{}", error_of(&resp));
+        json_of(&resp)
+    }
+}
+
+fn text(id: &str, text: &str) -> String {
+    json!({"client_message_id": id, "text": text}).to_string()
+}
+
+#[tokio::test]
+async fn a_visitor_message_is_queued_once_even_when_the_browser_retries() {
+    let h = harness(20).await;
+    let (token, visitor) = h.token("site_shop").await;
+    let first = h
+        .send(
+            "site_shop",
+            Some(&token),
+            &text("m-1", "¿Tienen 2 recámaras?"),
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        first.headers()["access-control-allow-origin"],
+        ORIGIN,
+        "CORS for the site's origin"
+    );
+    let retry = h
+        .send(
+            "site_shop",
+            Some(&token),
+            &text("m-1", "¿Tienen 2 recámaras?"),
+        )
+        .await;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    assert_eq!(json_of(&first)["id"], json_of(&retry)["id"]);
+
+    let queued = drain(&h.sdk, &h.queue).await;
+    assert_eq!(queued.len(), 1, "the replay is one message");
+    let env: InboundEnvelope = serde_json::from_str(&queued[0].body).unwrap();
+    assert_eq!(env.channel, Channel::Webchat);
+    assert_eq!(env.channel_account_id, "site_shop");
+    assert_eq!(env.contact.id, visitor);
+    assert_eq!(env.provider_message_id, format!("wc.{visitor}.m-1"));
+    assert!(queued[0].group_id.as_deref().unwrap().contains("webchat"));
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_clear_error_and_queue_nothing() {
+    let h = harness(20).await;
+    let (token, _) = h.token("site_shop").await;
+    let (other_site_token, _) = h.token("site_plain").await;
+    let forged = TokenKey::new(b"not-our-key").issue(&VisitorClaims {
+        v: TOKEN_VERSION,
+        site: "site_shop".into(),
+        vid: "v".into(),
+        exp: i64::MAX,
+        idn: None,
+    });
+    let expired = TokenKey::new(SIGNING_KEY).issue(&VisitorClaims {
+        v: TOKEN_VERSION,
+        site: "site_shop".into(),
+        vid: "v".into(),
+        exp: 1,
+        idn: None,
+    });
+    let cases: Vec<(Request, StatusCode, &str)> = vec![
+        (
+            request(
+                Method::POST,
+                "/v1/sites/nope/messages",
+                Some(ORIGIN),
+                Some(&token),
+                &text("a", "hi"),
+            ),
+            StatusCode::NOT_FOUND,
+            "unknown_site",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some("https://evil.example"),
+                Some(&token),
+                &text("a", "hi"),
+            ),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                None,
+                Some(&token),
+                &text("a", "hi"),
+            ),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                None,
+                &text("a", "hi"),
+            ),
+            StatusCode::UNAUTHORIZED,
+            "token_missing",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&forged),
+                &text("a", "hi"),
+            ),
+            StatusCode::UNAUTHORIZED,
+            "token_bad_signature",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&expired),
+                &text("a", "hi"),
+            ),
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&other_site_token),
+                &text("a", "hi"),
+            ),
+            StatusCode::UNAUTHORIZED,
+            "token_wrong_site",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&token),
+                "{not json",
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&token),
+                &text("a b", "hi"),
+            ),
+            StatusCode::BAD_REQUEST,
+            "bad_client_message_id",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&token),
+                &text("a", "  "),
+            ),
+            StatusCode::BAD_REQUEST,
+            "message_empty",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&token),
+                &text("a", &"x".repeat(5000)),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_long",
+        ),
+        (
+            request(
+                Method::POST,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&token),
+                &"x".repeat(20_000),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            request(
+                Method::DELETE,
+                "/v1/sites/site_shop/messages",
+                Some(ORIGIN),
+                Some(&token),
+                "",
+            ),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            request(Method::GET, "/v1/elsewhere", Some(ORIGIN), Some(&token), ""),
+            StatusCode::NOT_FOUND,
+            "no_such_route",
+        ),
+    ];
+    for (req, status, reason) in cases {
+        let resp = h.call(req).await;
+        assert_eq!((resp.status(), error_of(&resp).as_str()), (status, reason));
+        if status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND {
+            assert!(
+                !resp.headers().contains_key("access-control-allow-origin"),
+                "no CORS grant for {reason}"
+            );
+        }
+    }
+    assert!(drain(&h.sdk, &h.queue).await.is_empty(), "nothing queued");
+}
+
+#[tokio::test]
+async fn a_visitor_over_the_limit_gets_429_with_retry_after() {
+    let h = harness(3).await;
+    let (token, _) = h.token("site_shop").await;
+    // Three per minute; a minute boundary during the test can allow up to three more.
+    let mut accepted = 0;
+    let limited = loop {
+        let r = h
+            .send(
+                "site_shop",
+                Some(&token),
+                &text(&format!("m{accepted}"), "hola"),
+            )
+            .await;
+        if r.status() != StatusCode::ACCEPTED {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted <= 6, "never limited");
+    };
+    assert!(accepted >= 3);
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_of(&limited), "rate_limited");
+    let after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&after));
+    // Another visitor of the same site is not affected.
+    let (other, _) = h.token("site_shop").await;
+    let r = h.send("site_shop", Some(&other), &text("m1", "hola")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(drain(&h.sdk, &h.queue).await.len(), accepted + 1);
+}
+
+#[tokio::test]
+async fn sessions_keep_the_visitor_and_verify_identity_with_the_sites_secret() {
+    let h = harness(20).await;
+    let (token, visitor) = h.token("site_shop").await;
+    let again = json_of(&h.session("site_shop", json!({"token": token})).await);
+    assert_eq!(
+        again["visitor_id"],
+        visitor.as_str(),
+        "a reload keeps the conversation"
+    );
+
+    let hash = identifier_hash(IDENTITY_SECRET.as_bytes(), "customer-42");
+    let verified = h
+        .session(
+            "site_shop",
+            json!({"token": token, "identifier": "customer-42", "identifier_hash": hash}),
+        )
+        .await;
+    assert_eq!(verified.status(), StatusCode::OK);
+    let v = json_of(&verified);
+    assert_eq!(
+        v["visitor_id"],
+        visitor.as_str(),
+        "an anonymous visitor who logs in keeps the chat"
+    );
+    let claims = TokenKey::new(SIGNING_KEY)
+        .verify(v["token"].as_str().unwrap(), "site_shop", 0)
+        .unwrap();
+    assert_eq!(claims.idn.as_deref(), Some("customer-42"));
+
+    let wrong = h
+        .session(
+            "site_shop",
+            json!({"identifier": "customer-43", "identifier_hash": hash}),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status(), error_of(&wrong).as_str()),
+        (StatusCode::UNAUTHORIZED, "identity_mismatch")
+    );
+    let half = h
+        .session("site_shop", json!({"identifier": "customer-42"}))
+        .await;
+    assert_eq!(error_of(&half), "identity_incomplete");
+    let required = h.session("site_members", json!({})).await;
+    assert_eq!(
+        (required.status(), error_of(&required).as_str()),
+        (StatusCode::UNAUTHORIZED, "identity_required")
+    );
+    let not_offered = h
+        .session(
+            "site_plain",
+            json!({"identifier": "customer-42", "identifier_hash": hash}),
+        )
+        .await;
+    assert_eq!(error_of(&not_offered), "identity_not_enabled");
+    let members = h
+        .session(
+            "site_members",
+            json!({"identifier": "customer-42", "identifier_hash": hash}),
+        )
+        .await;
+    assert_eq!(members.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_preflight_answers_only_the_sites_origins() {
+    let h = harness(20).await;
+    let ok = h
+        .call(request(
+            Method::OPTIONS,
+            "/v1/sites/site_shop/messages",
+            Some(ORIGIN),
+            None,
+            "",
+        ))
+        .await;
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    assert_eq!(ok.headers()["access-control-allow-origin"], ORIGIN);
+    assert!(ok.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let evil = h
+        .call(request(
+            Method::OPTIONS,
+            "/v1/sites/site_shop/messages",
+            Some("https://evil.example"),
+            None,
+            "",
+        ))
+        .await;
+    assert_eq!(evil.status(), StatusCode::FORBIDDEN);
+    assert!(!evil.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn the_visitor_reads_history_and_a_long_poll_returns_the_reply_when_it_is_stored() {
+    let h = harness(20).await;
+    let (token, visitor) = h.token("site_shop").await;
+    let empty = h.poll(&token, 0, 0).await;
+    assert_eq!(empty, json!({"messages": [], "pending": false}));
+
+    // What the processor stores for this visitor: the question (not settled yet).
+    let site = shared::db::webchat::site_by_key(&h.t.db, "site_shop")
+        .await
+        .unwrap()
+        .unwrap();
+    let contact = store::upsert_contact(
+        &h.t.db,
+        h.tenant,
+        site.channel_account_id,
+        &visitor,
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let conv = store::conversation_for(&h.t.db, h.tenant, site.channel_account_id, contact)
+        .await
+        .unwrap()
+        .unwrap();
+    let insert = |dir: &'static str, body: &'static str| {
+        let url = h.t.url.clone();
+        let (tenant, account, conv) = (h.tenant.uuid(), site.channel_account_id, conv.id);
+        async move {
+            Db::new(DbConfig::new(url))
+                .client()
+                .await
+                .unwrap()
+                .execute(
+                    "INSERT INTO messages (user_id, conversation_id, channel_account_id, direction, content, status)
+                     VALUES ($1, $2, $3, $4, jsonb_build_object('type', 'text', 'body', $5::text), 'sent')",
+                    &[&tenant, &conv, &account, &dir, &body],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    insert("in", "¿Tienen 2 recámaras?").await;
+    let history = h.poll(&token, 0, 0).await;
+    assert_eq!(history["messages"][0]["text"], "¿Tienen 2 recámaras?");
+    assert_eq!(history["pending"], true, "the agent is working on it");
+    let cursor = history["messages"][0]["id"].as_i64().unwrap();
+
+    // The reply is stored while the poll waits, and the poll returns it.
+    let late = tokio::spawn({
+        let insert = insert("out", "Sí, desde $900.");
+        async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            insert.await;
+        }
+    });
+    let polled = h.poll(&token, cursor, 5).await;
+    late.await.unwrap();
+    assert_eq!(polled["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(polled["messages"][0]["direction"], "out");
+    assert_eq!(polled["messages"][0]["text"], "Sí, desde $900.");
+
+    // Another visitor of the site sees none of it.
+    let (stranger, _) = h.token("site_shop").await;
+    assert_eq!(h.poll(&stranger, 0, 0).await["messages"], json!([]));
+}
