@@ -585,3 +585,36 @@ async fn the_visitor_reads_history_and_a_long_poll_returns_the_reply_when_it_is_
     let (stranger, _) = h.token("site_shop").await;
     assert_eq!(h.poll(&stranger, 0, 0).await["messages"], json!([]));
 }
+
+#[tokio::test]
+async fn the_template_environment_configures_the_function_with_a_generated_signing_key() {
+    use secrecy::ExposeSecret;
+    let sdk = emulator_sdk().await;
+    let (template, stack) = fresh_stack(&sdk).await;
+    let env = stack.function_env(&template, "WebchatFunction").unwrap();
+    let config =
+        webchat::Config::from_reader(shared::config::EnvReader::new(|k| env.get(k).cloned()))
+            .expect("the template's environment is a valid configuration");
+    assert_eq!(
+        config.settings.inbound_queue_url,
+        stack.queue("InboundQueue").url
+    );
+    assert_eq!(
+        config.settings.limits_table,
+        stack.tables["IdempotencyTable"]
+    );
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    sm.put_secret_value()
+        .secret_id(&stack.secrets["DatabaseSecret"].arn)
+        .secret_string(json!({"url": "postgres://u:p@db:5432/agent"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let secrets = shared::secrets::SecretCache::new(sm, Duration::from_secs(300));
+    let (url, key) = config.resolve(&secrets).await.unwrap();
+    assert!(url.expose_secret().starts_with("postgres://u:p@db"));
+    assert!(
+        key.expose_secret().len() >= 32,
+        "generated at deploy, nothing to fill in"
+    );
+}
