@@ -7,7 +7,8 @@
 #  4. creates template.yaml's queues, table and secrets on the emulator;
 #  5. Postgres (.local/pg, kept between runs) unless DATABASE_URL is set; migrates, seeds the
 #     demo tenant;
-#  6. stub OpenAI / Graph servers unless real credentials are given;
+#  6. stub OpenAI / Graph servers (used unless real credentials are given) and the web chat
+#     demo page;
 #  7. the functions under `cargo lambda watch` on 127.0.0.1:$WATCH_PORT, and the event-source
 #     pump (devstack pump) between the queues and the functions;
 #  8. plays events/conversation.json as signed webhooks and prints the transcript, the credits
@@ -29,7 +30,7 @@ STUB_PORT=${STUB_PORT:-9100}
 # The deployed stack delays extraction jobs 15 s to coalesce bursts; locally the lead of the
 # sample conversation should show up quickly.
 EXTRACTION_DELAY_SECONDS=${EXTRACTION_DELAY_SECONDS:-2}
-FUNCTIONS=(webhook processor extraction status)
+FUNCTIONS=(webhook webchat processor extraction status)
 mkdir -p "$STATE"
 export WATCH_PORT
 
@@ -73,7 +74,7 @@ step "checking ports"
 need=("WATCH_PORT=$WATCH_PORT")
 [ -z "${AWS_ENDPOINT_URL:-}" ] && need+=("MOTO_PORT=$MOTO_PORT")
 [ -z "${DATABASE_URL:-}" ] && need+=("PG_PORT=$PG_PORT")
-{ [ -z "${OPENAI_API_KEY:-}" ] || [ -z "${GRAPH_ACCESS_TOKEN:-}" ]; } && need+=("STUB_PORT=$STUB_PORT")
+need+=("STUB_PORT=$STUB_PORT")
 for kv in "${need[@]}"; do
   port_busy "${kv#*=}" && fail "port ${kv#*=} is taken (another make dev?): stop what uses it, or run ${kv%%=*}=<free port> make dev"
 done
@@ -117,7 +118,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 
 step "migrating and seeding the demo tenant"
-target/debug/devstack seed || fail "cannot migrate/seed $DATABASE_URL"
+target/debug/devstack seed --webchat-origin "http://127.0.0.1:$STUB_PORT" || fail "cannot migrate/seed $DATABASE_URL"
 done_step
 
 upstreams="stub OpenAI and Graph API (the replies say so)"
@@ -126,13 +127,13 @@ if [ -n "${OPENAI_API_KEY:-}" ] || [ -n "${GRAPH_ACCESS_TOKEN:-}" ]; then
   unset HTTPS_PROXY https_proxy
   upstreams="real upstreams where credentials were given"
 fi
-if [ -z "${OPENAI_API_KEY:-}" ] || [ -z "${GRAPH_ACCESS_TOKEN:-}" ]; then
-  step "starting the stub upstreams on 127.0.0.1:$STUB_PORT"
-  : >"$STATE/graph-sink.jsonl"
-  start stubs "$STATE/stubs.log" target/debug/devstack stubs --port "$STUB_PORT" --sink "$STATE/graph-sink.jsonl"
-  wait_port "$STUB_PORT" 10 "the stub server" "$STATE/stubs.log"
-  done_step
-fi
+# Always up: besides the stub upstreams it serves the web chat demo page.
+step "starting the stub upstreams and the web chat demo page on 127.0.0.1:$STUB_PORT"
+: >"$STATE/graph-sink.jsonl"
+start stubs "$STATE/stubs.log" target/debug/devstack stubs --port "$STUB_PORT" --sink "$STATE/graph-sink.jsonl" \
+  --widget "http://127.0.0.1:$WATCH_PORT/lambda-url/webchat/widget.js"
+wait_port "$STUB_PORT" 10 "the stub server" "$STATE/stubs.log"
+done_step
 {
   echo "DATABASE_URL=$DATABASE_URL"
   echo "WATCH_PORT=$WATCH_PORT"
@@ -153,7 +154,10 @@ fi
 } >>"$STATE/dev.env"
 
 step "starting the functions under cargo lambda watch on 127.0.0.1:$WATCH_PORT"
-start watch "$STATE/watch.log" cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$STATE/dev.env"
+# --disable-cors: the web chat function answers CORS itself, for its sites' origins only.
+# --concurrency: like Lambda, a second request while one waits (a web chat long poll) gets
+# another instance instead of queueing behind it.
+start watch "$STATE/watch.log" cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --disable-cors --concurrency 4 --env-file "$STATE/dev.env"
 wait_port "$WATCH_PORT" 60 "cargo lambda watch" "$STATE/watch.log"
 verify="http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/?hub.mode=subscribe&hub.verify_token=dev-verify-token&hub.challenge=ready"
 [ "$(curl -s --max-time 300 "$verify")" = ready ] || fail "the webhook does not answer Meta's verification; see $STATE/watch.log"
@@ -173,6 +177,7 @@ done_step
 
 cat <<MSG
 ready.
+  web chat demo:   http://127.0.0.1:$STUB_PORT/demo   (the widget on a page, same agent)
   send a message:  make send TEXT="¿Aceptan mascotas?"        (as a WhatsApp customer)
   webhook URL:     http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/   (app secret: dev-app-secret)
   verify:          curl '$verify'

@@ -7,6 +7,7 @@
 //! | `POST /v1/sites/{site}/messages` | Bearer token; `{client_message_id, text}` → 202, enqueued on the inbound FIFO queue |
 //! | `GET /v1/sites/{site}/messages?after=ID&wait=S` | Bearer token; the visitor's messages after `after` (long poll up to `wait` s), and `pending` while the agent works |
 //! | `OPTIONS` on the above | CORS preflight |
+//! | `GET /widget.js` | the embeddable widget |
 //!
 //! Every response to a browser carries CORS headers only for the site's allowed origins; a
 //! request from any other origin (or none) is refused before anything else is read. Every
@@ -112,6 +113,9 @@ impl App {
         );
         let span = tracing::info_span!("webchat", correlation_id = %correlation_id);
         async {
+            if req.method() == Method::GET && req.uri().path().ends_with("/widget.js") {
+                return widget();
+            }
             let Some(route) = route(req.uri().path()) else {
                 return refused(&Refusal(StatusCode::NOT_FOUND, "no_such_route", None), None);
             };
@@ -374,6 +378,22 @@ impl App {
             tokio::time::sleep(POLL_EVERY).await;
         }
     }
+}
+
+/// The embeddable widget (functions/webchat/widget/widget.js), served by the function itself
+/// so the `<script src>` and the endpoints share one base URL.
+pub const WIDGET_JS: &str = include_str!("../widget/widget.js");
+
+fn widget() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "application/javascript; charset=utf-8",
+        )
+        .header(header::CACHE_CONTROL, "public, max-age=300")
+        .body(Body::Text(WIDGET_JS.to_owned()))
+        .expect("valid response")
 }
 
 fn now_secs() -> i64 {

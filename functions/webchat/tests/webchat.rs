@@ -618,3 +618,36 @@ async fn the_template_environment_configures_the_function_with_a_generated_signi
         "generated at deploy, nothing to fill in"
     );
 }
+
+#[tokio::test]
+async fn the_widget_is_served_small_and_names_the_endpoints_it_uses() {
+    let h = harness(20).await;
+    let resp = h
+        .call(request(
+            Method::GET,
+            "/lambda-url/webchat/widget.js",
+            None,
+            None,
+            "",
+        ))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/javascript"));
+    let js = std::str::from_utf8(resp.body().as_ref()).unwrap();
+    // Under 15 KB before compression, so well under the 15 KB gzipped budget.
+    assert!(js.len() < 15 * 1024, "{} bytes", js.len());
+    for needle in [
+        "data-site-key",
+        "v1/sites/",
+        "sessions",
+        "messages?after=",
+        "client_message_id",
+        "localStorage",
+        "aria-live",
+    ] {
+        assert!(js.contains(needle), "{needle}");
+    }
+}

@@ -1,7 +1,9 @@
 //! The local stack's commands (`make dev` runs them; each prints what it does):
 //!
-//! - `devstack stubs [--port P] [--sink FILE]`: the stub OpenAI + Graph API server.
-//! - `devstack seed [--model M]`: migrate `DATABASE_URL` and create the demo tenant if missing.
+//! - `devstack stubs [--port P] [--sink FILE] [--widget URL]`: the stub OpenAI + Graph API
+//!   server; with `--widget`, also the web chat demo page at `/demo`.
+//! - `devstack seed [--model M] [--webchat-origin O]`: migrate `DATABASE_URL`, create the demo
+//!   tenant if missing, and let its web chat site run on origin O (the demo page).
 //! - `devstack pump [--template F] [--stack S] [--invoke URL]`: poll the template's event
 //!   source queues on `AWS_ENDPOINT_URL` and invoke the functions under `cargo lambda watch`.
 //! - `devstack play [--conversation F]`: send the sample conversation as signed webhooks and
@@ -84,13 +86,24 @@ async fn run() -> Result<(), String> {
                 "stubs listening on http://{addr} (OpenAI: /v1, Graph: /graph, Instagram: /ig)"
             );
             let sink = flags.0.get("sink").map(Into::into);
-            devstack::stubs::serve(listener, devstack::stubs::Stubs::new(sink))
+            let mut stubs = devstack::stubs::Stubs::new(sink);
+            if let Some(widget) = flags.0.get("widget") {
+                std::sync::Arc::get_mut(&mut stubs)
+                    .expect("not shared yet")
+                    .set_demo(widget, devstack::seed::DEMO_WEBCHAT_SITE);
+            }
+            devstack::stubs::serve(listener, stubs)
                 .await
                 .map_err(|e| e.to_string())
         }
         "seed" => {
             let db = database()?;
-            let seeded = devstack::seed::seed(&db, &flags.get("model", "gpt-5-mini"))
+            let origins: Vec<String> = flags
+                .0
+                .get("webchat-origin")
+                .map(|o| vec![o.clone()])
+                .unwrap_or_default();
+            let seeded = devstack::seed::seed(&db, &flags.get("model", "gpt-5-mini"), &origins)
                 .await
                 .map_err(|e| e.to_string())?;
             println!(

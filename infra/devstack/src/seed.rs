@@ -2,13 +2,15 @@
 //! used by `events/`), an agent with prices, and credits. Idempotent: a second run finds the
 //! tenant through its WhatsApp number and changes nothing.
 
-use shared::db::{store, Db, DbError, TenantId};
+use shared::db::{store, webchat, Db, DbError, TenantId};
 use shared::envelope::Channel;
 
 /// `phone_number_id` of the sample WhatsApp events.
 pub const DEMO_WHATSAPP_NUMBER: &str = "106540352242922";
 /// Instagram professional account id of the sample Instagram events.
 pub const DEMO_INSTAGRAM_ACCOUNT: &str = "17841400000000000";
+/// Site key of the demo web chat site (the demo page's widget).
+pub const DEMO_WEBCHAT_SITE: &str = "site_demo";
 pub const DEMO_CREDITS: i64 = 100_000;
 pub const DEMO_INSTRUCTIONS: &str = "You are the assistant of Demo Realty, a small agency \
 renting flats in Mexico City. Answer in the customer's language, in at most three sentences. \
@@ -20,12 +22,14 @@ pub struct Seeded {
     pub created: bool,
 }
 
-/// Applies the migrations and makes sure the demo tenant exists.
-pub async fn seed(db: &Db, model: &str) -> Result<Seeded, DbError> {
+/// Applies the migrations and makes sure the demo tenant exists, with its web chat site
+/// allowing `webchat_origins` (the demo page's origin, which depends on the local ports).
+pub async fn seed(db: &Db, model: &str, webchat_origins: &[String]) -> Result<Seeded, DbError> {
     db.migrate().await?;
     if let Some(route) =
         store::resolve_channel_account(db, Channel::Whatsapp, DEMO_WHATSAPP_NUMBER).await?
     {
+        ensure_site(db, route.tenant, route.agent_id, webchat_origins).await?;
         return Ok(Seeded {
             tenant: route.tenant,
             created: false,
@@ -52,9 +56,34 @@ pub async fn seed(db: &Db, model: &str) -> Result<Seeded, DbError> {
         None,
     )
     .await?;
+    ensure_site(db, tenant, Some(agent), webchat_origins).await?;
     store::top_up(db, tenant, DEMO_CREDITS, "top_up", Some("demo seed")).await?;
     Ok(Seeded {
         tenant,
         created: true,
     })
+}
+
+/// The demo web chat site, created if missing (databases seeded before web chat existed get it
+/// too), with its allowed origins set to `origins`.
+async fn ensure_site(
+    db: &Db,
+    tenant: TenantId,
+    agent: Option<uuid::Uuid>,
+    origins: &[String],
+) -> Result<(), DbError> {
+    if !webchat::set_allowed_origins(db, tenant, DEMO_WEBCHAT_SITE, origins).await? {
+        webchat::create_site(
+            db,
+            tenant,
+            &webchat::NewSite {
+                site_key: DEMO_WEBCHAT_SITE,
+                agent_id: agent,
+                allowed_origins: origins,
+                ..webchat::NewSite::default()
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }

@@ -30,6 +30,8 @@ pub struct Stubs {
     /// repeated provider message id would be taken for a duplicate and not stored.
     run: String,
     sink: Option<PathBuf>,
+    /// The web chat demo page, when the local stack serves one.
+    demo: Option<String>,
 }
 
 impl Stubs {
@@ -62,6 +64,11 @@ impl Stubs {
         self.sent.lock().expect("stub lock").push(entry);
     }
 
+    /// Serves a demo page at `/demo` embedding the widget from `widget_url` for `site_key`.
+    pub fn set_demo(&mut self, widget_url: &str, site_key: &str) {
+        self.demo = Some(demo_page(widget_url, site_key));
+    }
+
     pub fn sent(&self) -> Vec<Value> {
         self.sent.lock().expect("stub lock").clone()
     }
@@ -73,6 +80,7 @@ pub fn router(stubs: Arc<Stubs>) -> Router {
         .route("/graph/{account}/messages", post(whatsapp))
         .route("/ig/{account}/messages", post(instagram))
         .route("/_sent", get(sent))
+        .route("/demo", get(demo))
         .with_state(stubs)
 }
 
@@ -190,6 +198,47 @@ async fn instagram(
                         "text": body["message"]["text"], "body": body}),
     );
     Json(json!({"recipient_id": to, "message_id": id}))
+}
+
+/// A page like a business's site with the widget pasted in, as the README tells them to.
+fn demo_page(widget_url: &str, site_key: &str) -> String {
+    let attr = |v: &str| {
+        v.replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('<', "&lt;")
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="es">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>Demo Realty (local web chat demo)</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}}</style>
+</head>
+<body>
+<h1>Demo Realty</h1>
+<p>Departamentos en renta en la Ciudad de México. This page stands for a business's site: the
+chat button in the corner is the web chat widget, talking to the local stack's web chat function
+and the same agent as the WhatsApp demo number.</p>
+<script src="{}" data-site-key="{}" data-title="Demo Realty" async></script>
+</body>
+</html>
+"#,
+        attr(widget_url),
+        attr(site_key)
+    )
+}
+
+async fn demo(
+    State(stubs): State<Arc<Stubs>>,
+) -> Result<axum::response::Html<String>, axum::http::StatusCode> {
+    stubs
+        .demo
+        .clone()
+        .map(axum::response::Html)
+        .ok_or(axum::http::StatusCode::NOT_FOUND)
 }
 
 async fn sent(State(stubs): State<Arc<Stubs>>) -> Json<Value> {

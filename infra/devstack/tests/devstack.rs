@@ -95,9 +95,21 @@ async fn the_graph_sink_records_sends_in_order_and_answers_like_meta() {
 #[tokio::test]
 async fn seeding_twice_creates_the_demo_tenant_once() {
     let t = TestDb::new().await;
-    let first = seed(&t.db, "gpt-test").await.unwrap();
-    let again = seed(&t.db, "gpt-test").await.unwrap();
+    let first = seed(&t.db, "gpt-test", &["http://127.0.0.1:9100".to_owned()])
+        .await
+        .unwrap();
+    // A later run on other ports moves the demo page's origin.
+    let again = seed(&t.db, "gpt-test", &["http://127.0.0.1:9200".to_owned()])
+        .await
+        .unwrap();
     assert!(first.created && !again.created);
+    let site = shared::db::webchat::site_by_key(&t.db, devstack::seed::DEMO_WEBCHAT_SITE)
+        .await
+        .unwrap()
+        .expect("the demo web chat site");
+    assert_eq!(site.tenant, first.tenant);
+    assert!(site.agent_id.is_some());
+    assert_eq!(site.allowed_origins, ["http://127.0.0.1:9200"]);
     assert_eq!(first.tenant, again.tenant);
     assert_eq!(
         store::credit_state(&t.db, first.tenant).await.unwrap(),

@@ -2,8 +2,8 @@
 //! stub upstreams, the functions under `cargo lambda watch`, the event-source pump) on free
 //! ports with its own state directory, waits for "ready" (the sample conversation played),
 //! sends one more signed webhook over HTTP, checks the reply at the Graph sink, the rows in
-//! Postgres and the extracted lead, then stops it with Ctrl-C (SIGINT) and checks that
-//! everything it started is gone.
+//! Postgres and the extracted lead, runs the web chat browser test (infra/browser) on the demo
+//! page, then stops it with Ctrl-C (SIGINT) and checks that everything it started is gone.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -234,6 +234,41 @@ async fn make_dev_answers_a_signed_webhook_end_to_end_and_stops_cleanly() {
     let reasons: Vec<&str> = charged.iter().map(|(r, _)| r.as_str()).collect();
     assert!(reasons.contains(&"extraction"), "{charged:?}");
     assert!(charged.iter().all(|(_, n)| *n > 0));
+
+    // The web chat widget in a real browser on the demo page the stack serves: a visitor's
+    // message, the typing indicator, the reply, the history after a reload, a screenshot.
+    let shot = root.join("target/webchat.png");
+    let _ = std::fs::remove_file(&shot);
+    let browser = Command::new("node")
+        .arg("infra/browser/webchat.mjs")
+        .arg(format!("http://127.0.0.1:{stubs}/demo"))
+        .arg(&shot)
+        .current_dir(&root)
+        .output()
+        .expect("node runs the browser test (make test installs it)");
+    assert!(
+        browser.status.success(),
+        "browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&browser.stdout),
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    assert!(
+        shot.metadata().unwrap().len() > 1000,
+        "a screenshot was saved"
+    );
+    let answered: i64 = client
+        .query_one(
+            "SELECT count(*) FROM messages m JOIN channel_accounts ca ON ca.id = m.channel_account_id
+             WHERE ca.channel = 'webchat' AND m.direction = 'in' AND m.outcome = 'replied'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        answered, 1,
+        "the visitor's message went through the processor once"
+    );
 
     // `make dev` printed a line for the message as it came.
     stack.wait_for("the follow line", Duration::from_secs(10), |l| {

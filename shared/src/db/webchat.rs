@@ -51,6 +51,26 @@ pub async fn create_site(db: &Db, tenant: TenantId, site: &NewSite<'_>) -> Resul
     Ok(row.get(0))
 }
 
+/// Replaces a site's allowed origins; false when the tenant has no such site.
+pub async fn set_allowed_origins(
+    db: &Db,
+    tenant: TenantId,
+    site_key: &str,
+    origins: &[String],
+) -> Result<bool, DbError> {
+    let c = db.client().await?;
+    let n = c
+        .execute(
+            "UPDATE webchat_sites s SET allowed_origins = $3
+               FROM channel_accounts ca
+              WHERE ca.id = s.channel_account_id AND ca.user_id = $1 AND s.user_id = $1
+                AND ca.channel = 'webchat' AND ca.provider_account_id = $2",
+            &[&tenant.uuid(), &site_key, &origins],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// The active site behind a public site key (the lookup that learns the tenant, like the
 /// channel account routing). `None` for an unknown or inactive site or tenant.
 pub async fn site_by_key(db: &Db, site_key: &str) -> Result<Option<WebchatSite>, DbError> {
@@ -86,6 +106,10 @@ pub struct VisitorMessage {
     pub text: String,
     /// Unix milliseconds.
     pub at: i64,
+    /// For the visitor's own messages, the id their browser sent it with (so the widget can
+    /// match the copy it already shows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_message_id: Option<String>,
 }
 
 /// The visitor's conversation on `site`: text messages after `after` (oldest first, at most
@@ -106,19 +130,20 @@ pub async fn visitor_messages(
                  JOIN conversations cv ON cv.contact_id = ct.id AND cv.user_id = ct.user_id
                 WHERE ct.user_id = $1 AND ct.channel_account_id = $2 AND ct.external_id = $3),
              picked AS (
-               SELECT m.id, m.direction, m.content->>'body' AS body, m.created_at
+               SELECT m.id, m.direction, m.content->>'body' AS body, m.created_at, m.provider_message_id
                  FROM messages m
                 WHERE m.user_id = $1 AND m.conversation_id = (SELECT id FROM conv)
                   AND m.id > $4 AND m.content->>'type' = 'text'
                   AND (m.direction = 'in' OR m.status <> 'failed')
                 ORDER BY m.id DESC LIMIT $5)
              SELECT id, direction, body, (extract(epoch FROM created_at) * 1000)::bigint,
+                    provider_message_id,
                     EXISTS (SELECT 1 FROM messages p
                              WHERE p.user_id = $1 AND p.conversation_id = (SELECT id FROM conv)
                                AND p.direction = 'in' AND p.outcome IS NULL)
                FROM picked
              UNION ALL
-             SELECT NULL, NULL, NULL, NULL,
+             SELECT NULL, NULL, NULL, NULL, NULL,
                     EXISTS (SELECT 1 FROM messages p
                              WHERE p.user_id = $1 AND p.conversation_id = (SELECT id FROM conv)
                                AND p.direction = 'in' AND p.outcome IS NULL)
@@ -132,15 +157,22 @@ pub async fn visitor_messages(
             ],
         )
         .await?;
-    let pending = rows.last().map(|r| r.get::<_, bool>(4)).unwrap_or(false);
+    let pending = rows.last().map(|r| r.get::<_, bool>(5)).unwrap_or(false);
+    let own_prefix = format!("wc.{visitor_id}.");
     let messages = rows
         .iter()
         .filter_map(|r| {
+            let direction: String = r.get::<_, Option<String>>(1)?;
+            let client_message_id = r
+                .get::<_, Option<String>>(4)
+                .filter(|_| direction == "in")
+                .and_then(|p| p.strip_prefix(&own_prefix).map(str::to_owned));
             Some(VisitorMessage {
                 id: r.get::<_, Option<i64>>(0)?,
-                direction: r.get(1),
+                direction,
                 text: r.get(2),
                 at: r.get(3),
+                client_message_id,
             })
         })
         .collect();
@@ -194,6 +226,29 @@ mod tests {
                 .unwrap();
         assert_eq!(route.channel_account_id, id);
 
+        let more = vec![
+            "https://shop.example.com".to_owned(),
+            "http://127.0.0.1:9100".to_owned(),
+        ];
+        assert!(set_allowed_origins(&t.db, tenant, "site_shop", &more)
+            .await
+            .unwrap());
+        let other = store::create_tenant(&t.db, "Other").await.unwrap();
+        assert!(
+            !set_allowed_origins(&t.db, other, "site_shop", &[])
+                .await
+                .unwrap(),
+            "another tenant cannot touch the site"
+        );
+        assert_eq!(
+            site_by_key(&t.db, "site_shop")
+                .await
+                .unwrap()
+                .unwrap()
+                .allowed_origins,
+            more
+        );
+
         let c = t.db.client().await.unwrap();
         c.execute("UPDATE webchat_sites SET is_active = false", &[])
             .await
@@ -242,16 +297,16 @@ mod tests {
                 .unwrap();
             conv.insert(vid, cv.id);
         }
-        for (vid, dir, body, outcome) in [
-            ("v1", "in", "hola", Some("replied")),
-            ("v1", "out", "¡hola!", None),
-            ("v2", "in", "otro visitante", None),
-            ("v1", "in", "¿precio?", None),
+        for (vid, dir, body, outcome, provider_id) in [
+            ("v1", "in", "hola", Some("replied"), Some("wc.v1.c-1")),
+            ("v1", "out", "¡hola!", None, Some("wc.out.1")),
+            ("v2", "in", "otro visitante", None, None),
+            ("v1", "in", "¿precio?", None, None),
         ] {
             c.execute(
-                "INSERT INTO messages (user_id, conversation_id, channel_account_id, direction, content, status, outcome)
-                 VALUES ($1, $2, $3, $4, jsonb_build_object('type', 'text', 'body', $5::text), 'sent', $6)",
-                &[&tenant.uuid(), &conv[vid], &site.channel_account_id, &dir, &body, &outcome],
+                "INSERT INTO messages (user_id, conversation_id, channel_account_id, direction, content, status, outcome, provider_message_id)
+                 VALUES ($1, $2, $3, $4, jsonb_build_object('type', 'text', 'body', $5::text), 'sent', $6, $7)",
+                &[&tenant.uuid(), &conv[vid], &site.channel_account_id, &dir, &body, &outcome, &provider_id],
             )
             .await
             .unwrap();
@@ -266,6 +321,11 @@ mod tests {
             [("in", "hola"), ("out", "¡hola!"), ("in", "¿precio?")]
         );
         assert!(pending, "the last question has no outcome yet");
+        assert_eq!(all[0].client_message_id.as_deref(), Some("c-1"));
+        assert_eq!(
+            all[1].client_message_id, None,
+            "only the visitor's own messages"
+        );
         let (later, _) = visitor_messages(&t.db, &site, "v1", all[1].id, 50)
             .await
             .unwrap();
