@@ -6,6 +6,7 @@
 //! not ([`store::resolve_channel_account`]) is how a webhook's provider account id is turned into
 //! a tenant in the first place.
 
+pub mod apikeys;
 pub mod leads;
 pub mod store;
 pub mod webchat;
