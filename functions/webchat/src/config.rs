@@ -41,6 +41,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How long a site lookup is cached.
     pub site_cache_ttl: Duration,
+    /// CloudWatch namespace of the EMF metrics.
+    pub metrics_namespace: String,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             max_wait: Duration::from_secs(20),
             max_body_bytes: 16 * 1024,
             site_cache_ttl: Duration::from_secs(60),
+            metrics_namespace: "AiAgent".to_owned(),
         }
     }
 }
@@ -88,6 +91,9 @@ impl Config {
                 86_400 * env.number("WEBCHAT_SESSION_DAYS", 30, 1, 365),
             ),
             max_wait: Duration::from_secs(env.number("WEBCHAT_MAX_WAIT_SECS", 20, 0, 25)),
+            metrics_namespace: env
+                .optional("METRICS_NAMESPACE")
+                .unwrap_or(defaults.metrics_namespace.clone()),
             ..defaults
         };
         env.finish(Self {

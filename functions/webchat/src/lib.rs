@@ -28,6 +28,7 @@ use shared::cache::TtlCache;
 use shared::db::webchat::{site_by_key, visitor_messages, WebchatSite};
 use shared::db::Db;
 use shared::ingest::inbound_message;
+use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
 use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKey, VisitorClaims};
 use tracing::{info, warn, Instrument};
@@ -47,6 +48,7 @@ pub struct App {
     publisher: QueuePublisher,
     limiter: RateLimiter,
     sites: TtlCache<String, Option<Arc<WebchatSite>>>,
+    metrics: Metrics,
 }
 
 /// A refused request: status, stable reason, and seconds for `Retry-After`.
@@ -87,8 +89,15 @@ struct MessageRequest {
 }
 
 impl App {
-    pub fn new(settings: Settings, db: Db, key: TokenKey, sdk: &aws_config::SdkConfig) -> Self {
+    pub fn new(
+        settings: Settings,
+        db: Db,
+        key: TokenKey,
+        sdk: &aws_config::SdkConfig,
+        metrics: Metrics,
+    ) -> Self {
         Self {
+            metrics,
             publisher: QueuePublisher::new(
                 aws_sdk_sqs::Client::new(sdk),
                 shared::queue::RetryPolicy::default(),
@@ -104,8 +113,20 @@ impl App {
         }
     }
 
-    /// Handles one HTTP request. Never fails: every outcome is a response.
+    /// Running metric totals (tests read them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Handles one HTTP request. Never fails: every outcome is a response. One EMF document
+    /// per request: `Sessions`, `MessagesAccepted`, `Polls`, `Refusals` by `Reason`.
     pub async fn handle(&self, req: Request) -> Response<Body> {
+        let resp = self.route_request(req).await;
+        self.metrics.flush();
+        resp
+    }
+
+    async fn route_request(&self, req: Request) -> Response<Body> {
         let correlation_id = shared::telemetry::correlation_id(
             req.headers()
                 .get("x-correlation-id")
@@ -117,7 +138,7 @@ impl App {
                 return widget();
             }
             let Some(route) = route(req.uri().path()) else {
-                return refused(&Refusal(StatusCode::NOT_FOUND, "no_such_route", None), None);
+                return self.refuse(&Refusal(StatusCode::NOT_FOUND, "no_such_route", None), None);
             };
             let site_key = match route {
                 Route::Sessions(s) | Route::Messages(s) => s,
@@ -130,12 +151,12 @@ impl App {
             let site = match self.site(site_key).await {
                 Ok(Some(site)) => site,
                 Ok(None) => {
-                    return refused(&Refusal(StatusCode::NOT_FOUND, "unknown_site", None), None)
+                    return self.refuse(&Refusal(StatusCode::NOT_FOUND, "unknown_site", None), None)
                 }
-                Err(r) => return refused(&r, None),
+                Err(r) => return self.refuse(&r, None),
             };
             if !origin_allowed(origin.as_deref(), &site.allowed_origins) {
-                return refused(
+                return self.refuse(
                     &Refusal(StatusCode::FORBIDDEN, "origin_not_allowed", None),
                     None,
                 );
@@ -154,11 +175,17 @@ impl App {
             };
             match outcome {
                 Ok(resp) => with_cors(resp, allowed_origin),
-                Err(r) => refused(&r, allowed_origin),
+                Err(r) => self.refuse(&r, allowed_origin),
             }
         }
         .instrument(span)
         .await
+    }
+
+    fn refuse(&self, r: &Refusal, origin: Option<&str>) -> Response<Body> {
+        self.metrics
+            .count_by("Refusals", "Reason", r.1.to_owned(), 1);
+        refused(r, origin)
     }
 
     async fn site(&self, key: &str) -> Result<Option<Arc<WebchatSite>>, Refusal> {
@@ -287,6 +314,7 @@ impl App {
             verified = claims.idn.is_some(),
             "web chat session issued"
         );
+        self.metrics.count("Sessions", 1);
         Ok(json_response(
             StatusCode::OK,
             &json!({"token": self.key.issue(&claims), "visitor_id": claims.vid, "expires_at": claims.exp}),
@@ -339,6 +367,7 @@ impl App {
             ));
         }
         info!(outcome = "accepted", "web chat message queued");
+        self.metrics.count("MessagesAccepted", 1);
         Ok(json_response(StatusCode::ACCEPTED, &json!({"id": id})))
     }
 
@@ -370,6 +399,7 @@ impl App {
                     )
                 })?;
             if !messages.is_empty() || Instant::now() + POLL_EVERY > deadline {
+                self.metrics.count("Polls", 1);
                 return Ok(json_response(
                     StatusCode::OK,
                     &json!({"messages": messages, "pending": pending}),

@@ -27,7 +27,9 @@ async fn main() -> Result<(), Error> {
         .inspect_err(|e| tracing::error!(error = %e, "webchat cannot read its secrets"))?;
     let db = Db::new(DbConfig::new(database_url.expose_secret().to_owned()));
     let key = TokenKey::new(signing_key.expose_secret().as_bytes());
-    let app = Arc::new(App::new(config.settings, db, key, &sdk));
+    let metrics =
+        shared::metrics::Metrics::new(config.settings.metrics_namespace.clone(), "webchat");
+    let app = Arc::new(App::new(config.settings, db, key, &sdk, metrics));
     run(service_fn(move |req: Request| {
         let app = app.clone();
         async move { Ok::<_, Error>(app.handle(req).await) }

@@ -64,6 +64,7 @@ async fn harness(visitor_per_minute: u32) -> Harness {
         Db::new(DbConfig::new(t.url.clone())),
         TokenKey::new(SIGNING_KEY),
         &sdk,
+        shared::metrics::Metrics::silent("AiAgentTest", "webchat"),
     );
     Harness {
         queue: stack.queue("InboundQueue").url.clone(),
@@ -382,6 +383,11 @@ async fn bad_requests_get_a_clear_error_and_queue_nothing() {
         }
     }
     assert!(drain(&h.sdk, &h.queue).await.is_empty(), "nothing queued");
+    let m = h.app.metrics();
+    assert_eq!(m.total("Refusals.Reason=origin_not_allowed"), 2.0);
+    assert_eq!(m.total("Refusals.Reason=token_expired"), 1.0);
+    assert_eq!(m.total("MessagesAccepted"), 0.0);
+    assert_eq!(m.total("Sessions"), 2.0);
 }
 
 #[tokio::test]
