@@ -90,7 +90,8 @@ impl Config {
             session_ttl: Duration::from_secs(
                 86_400 * env.number("WEBCHAT_SESSION_DAYS", 30, 1, 365),
             ),
-            max_wait: Duration::from_secs(env.number("WEBCHAT_MAX_WAIT_SECS", 20, 0, 25)),
+            // The function's timeout is 25 s: a poll must end well before it.
+            max_wait: Duration::from_secs(env.number("WEBCHAT_MAX_WAIT_SECS", 20, 0, 20)),
             metrics_namespace: env
                 .optional("METRICS_NAMESPACE")
                 .unwrap_or(defaults.metrics_namespace.clone()),
@@ -161,7 +162,7 @@ mod tests {
             ("WEBCHAT_SIGNING_KEY", "k"),
             ("INBOUND_QUEUE_URL", "https://q/1/in.fifo"),
             ("IDEMPOTENCY_TABLE", "t"),
-            ("WEBCHAT_MAX_WAIT_SECS", "99"),
+            ("WEBCHAT_MAX_WAIT_SECS", "25"),
         ]))
         .is_err());
     }

@@ -238,9 +238,15 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(Refusal(StatusCode::UNAUTHORIZED, "token_missing", None))?;
-        self.key
+        let claims = self
+            .key
             .verify(token.trim(), &site.site_key, now_secs())
-            .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.reason(), None))
+            .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.reason(), None))?;
+        // A site that starts requiring identity stops anonymous tokens issued before at once.
+        if site.require_identity && claims.idn.is_none() {
+            return Err(Refusal(StatusCode::UNAUTHORIZED, "identity_required", None));
+        }
+        Ok(claims)
     }
 
     async fn limit(&self, key: String, limit: u32) -> Result<(), Refusal> {
@@ -289,13 +295,17 @@ impl App {
         if site.require_identity && identity.is_none() {
             return Err(Refusal(StatusCode::UNAUTHORIZED, "identity_required", None));
         }
-        // A visitor keeps their conversation across reloads; a different verified identity is
-        // a different person.
+        // A visitor keeps their conversation across reloads, and an anonymous visitor who logs
+        // in keeps it too. A token of a verified customer never carries over to anyone else:
+        // not to another identity, and not to an anonymous session (a logout, or the next
+        // person at the same browser).
         let visitor = match previous {
-            Some(p) if identity.is_none() || p.idn.is_none() || p.idn == identity => p.vid,
+            Some(p) if p.idn == identity || (p.idn.is_none() && identity.is_some()) => p.vid,
             _ => {
+                // New sessions have their own budget, so a script minting sessions cannot use
+                // up the one real visitors' messages need.
                 self.limit(
-                    format!("s#{}", site.site_key),
+                    format!("ss#{}", site.site_key),
                     self.settings.site_per_minute,
                 )
                 .await?;

@@ -456,6 +456,14 @@ async fn sessions_keep_the_visitor_and_verify_identity_with_the_sites_secret() {
         .unwrap();
     assert_eq!(claims.idn.as_deref(), Some("customer-42"));
 
+    // The verified customer's token never carries over to an anonymous session (a logout,
+    // or the next person at the same browser).
+    let after_logout = json_of(
+        &h.session("site_shop", json!({"token": v["token"].as_str().unwrap()}))
+            .await,
+    );
+    assert_ne!(after_logout["visitor_id"], visitor.as_str());
+
     let wrong = h
         .session(
             "site_shop",
@@ -489,6 +497,26 @@ async fn sessions_keep_the_visitor_and_verify_identity_with_the_sites_secret() {
         )
         .await;
     assert_eq!(members.status(), StatusCode::OK);
+    // A site that requires identity refuses anonymous tokens issued before it did.
+    let anonymous = TokenKey::new(SIGNING_KEY).issue(&VisitorClaims {
+        v: TOKEN_VERSION,
+        site: "site_members".into(),
+        vid: "earlier-visitor".into(),
+        exp: i64::MAX,
+        idn: None,
+    });
+    let refused = h
+        .send("site_members", Some(&anonymous), &text("m1", "hola"))
+        .await;
+    assert_eq!(
+        (refused.status(), error_of(&refused).as_str()),
+        (StatusCode::UNAUTHORIZED, "identity_required")
+    );
+    let member_token = json_of(&members)["token"].as_str().unwrap().to_owned();
+    let accepted = h
+        .send("site_members", Some(&member_token), &text("m1", "hola"))
+        .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
 }
 
 #[tokio::test]

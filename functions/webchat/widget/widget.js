@@ -62,7 +62,8 @@
     '<form><label class="sr" for="m">Your message</label>' +
     '<textarea id="m" rows="1" maxlength="4096" placeholder="Write a message…"></textarea>' +
     '<button type="submit">Send</button></form></section>';
-  document.body.appendChild(host);
+  if (document.body) document.body.appendChild(host);
+  else document.addEventListener("DOMContentLoaded", function () { document.body.appendChild(host); });
 
   var $ = function (s) { return root.querySelector(s); };
   var launcher = $(".launcher"), panel = $(".panel"), log = $(".log"), typing = $(".typing"),
@@ -123,11 +124,20 @@
       try { localStorage.setItem(storeKey, token); } catch (e) { /* private mode */ }
     });
   }
+  // Each long poll holds a server instance and a database connection: poll only while the
+  // panel is open and the tab visible; reopening picks up what came meanwhile.
+  function active() { return !panel.hidden && !document.hidden; }
+  function sessionEnded() {
+    token = null; started = false; session = null; polling = false;
+    try { localStorage.removeItem(storeKey); } catch (x) { /* private mode */ }
+    setStatus("Your session ended. Send a message to start a new one.");
+  }
   function poll() {
-    if (polling) return;
+    if (polling || !token) return;
     polling = true;
     (function next(delay) {
       setTimeout(function () {
+        if (!active()) { polling = false; return; }
         call("GET", "messages?after=" + lastId + "&wait=20").then(function (r) {
           setStatus("");
           r.messages.forEach(function (m) {
@@ -135,10 +145,13 @@
             if (m.id > lastId) lastId = m.id;
             if (m.direction === "out") waitingReply = false;
           });
+          // No reply may come (a person took over, no credits): once the server has our
+          // messages and is no longer working on them, stop showing "typing".
+          if (!r.pending && Object.keys(mine).length === 0) waitingReply = false;
           setTyping(r.pending || waitingReply);
           next(0);
         }, function (e) {
-          if (e.status === 401) { token = null; try { localStorage.removeItem(storeKey); } catch (x) { /* */ } polling = false; setStatus("Your session ended. Reopen the chat to continue."); return; }
+          if (e.status === 401) { sessionEnded(); return; }
           setStatus(navigator.onLine === false ? "You are offline. Messages will load when you are back." : "Connection problem, retrying…");
           next(Math.min(30000, (delay || 1000) * 2));
         });
@@ -167,7 +180,12 @@
       setStatus("");
     }, function (e) {
       sendBtn.disabled = false;
-      if (e.status === 429) {
+      if (e.status === 401) {
+        delete mine[id];
+        bubble.remove();
+        input.value = text;
+        sessionEnded();
+      } else if (e.status === 429) {
         delete mine[id];
         bubble.remove();
         input.value = text;
@@ -193,7 +211,7 @@
     launcher.setAttribute("aria-expanded", "true");
     launcher.setAttribute("aria-label", "Close chat");
     input.focus();
-    begin();
+    if (token) poll(); else begin();
   }
   function close() {
     panel.hidden = true;
@@ -223,5 +241,6 @@
     });
   });
   window.addEventListener("online", function () { setStatus(""); });
+  document.addEventListener("visibilitychange", function () { if (active()) poll(); });
   window.addEventListener("offline", function () { setStatus("You are offline."); });
 })();

@@ -113,8 +113,9 @@ pub struct VisitorMessage {
 }
 
 /// The visitor's conversation on `site`: text messages after `after` (oldest first, at most
-/// `limit`; with `after` = 0 the latest `limit`), and whether a visitor message still waits for
-/// its outcome (the agent is working on it: the typing indicator).
+/// `limit`; with `after` = 0 the latest `limit`), and whether the visitor's latest message still
+/// waits for its outcome (the agent is working on it: the typing indicator; a message without
+/// an outcome after 10 minutes went to the DLQ and no longer counts).
 pub async fn visitor_messages(
     db: &Db,
     site: &WebchatSite,
@@ -135,18 +136,21 @@ pub async fn visitor_messages(
                 WHERE m.user_id = $1 AND m.conversation_id = (SELECT id FROM conv)
                   AND m.id > $4 AND m.content->>'type' = 'text'
                   AND (m.direction = 'in' OR m.status <> 'failed')
-                ORDER BY m.id DESC LIMIT $5)
+                -- a reload gets the latest page; a cursor gets the next page, none skipped
+                ORDER BY CASE WHEN $4 = 0 THEN -m.id ELSE m.id END LIMIT $5),
+             last_in AS (
+               SELECT outcome, created_at FROM messages
+                WHERE user_id = $1 AND conversation_id = (SELECT id FROM conv) AND direction = 'in'
+                ORDER BY id DESC LIMIT 1)
              SELECT id, direction, body, (extract(epoch FROM created_at) * 1000)::bigint,
                     provider_message_id,
-                    EXISTS (SELECT 1 FROM messages p
-                             WHERE p.user_id = $1 AND p.conversation_id = (SELECT id FROM conv)
-                               AND p.direction = 'in' AND p.outcome IS NULL)
+                    EXISTS (SELECT 1 FROM last_in
+                             WHERE outcome IS NULL AND created_at > now() - interval '10 minutes')
                FROM picked
              UNION ALL
              SELECT NULL, NULL, NULL, NULL, NULL,
-                    EXISTS (SELECT 1 FROM messages p
-                             WHERE p.user_id = $1 AND p.conversation_id = (SELECT id FROM conv)
-                               AND p.direction = 'in' AND p.outcome IS NULL)
+                    EXISTS (SELECT 1 FROM last_in
+                             WHERE outcome IS NULL AND created_at > now() - interval '10 minutes')
              ORDER BY 1 NULLS LAST",
             &[
                 &site.tenant.uuid(),
@@ -334,6 +338,22 @@ mod tests {
         assert_eq!(latest.len(), 2, "the latest two, oldest first");
         assert_eq!(latest[1].text, "¿precio?");
         assert!(latest[0].at > 0);
+        // A cursor pages forward: the next message, not the newest.
+        let (next, _) = visitor_messages(&t.db, &site, "v1", all[0].id, 1)
+            .await
+            .unwrap();
+        assert_eq!(next[0].id, all[1].id);
+        // Only the latest visitor message decides `pending`: an older one left without an
+        // outcome (it went to the DLQ) does not keep the typing indicator on.
+        c.execute(
+            "UPDATE messages SET outcome = CASE WHEN content->>'body' = 'hola' THEN NULL ELSE 'replied' END
+              WHERE direction = 'in' AND conversation_id = $1",
+            &[&conv["v1"]],
+        )
+        .await
+        .unwrap();
+        let (_, pending) = visitor_messages(&t.db, &site, "v1", 0, 50).await.unwrap();
+        assert!(!pending);
     }
 
     #[tokio::test]
