@@ -85,16 +85,37 @@ impl Config {
                 OrderingScope::parse,
             ),
             limits_table: env.required("IDEMPOTENCY_TABLE"),
-            visitor_per_minute: env.number("WEBCHAT_VISITOR_PER_MINUTE", 20, 1, 10_000) as u32,
-            site_per_minute: env.number("WEBCHAT_SITE_PER_MINUTE", 600, 1, 1_000_000) as u32,
+            visitor_per_minute: env.number(
+                "WEBCHAT_VISITOR_PER_MINUTE",
+                defaults.visitor_per_minute.into(),
+                1,
+                10_000,
+            ) as u32,
+            site_per_minute: env.number(
+                "WEBCHAT_SITE_PER_MINUTE",
+                defaults.site_per_minute.into(),
+                1,
+                1_000_000,
+            ) as u32,
             session_ttl: Duration::from_secs(
-                86_400 * env.number("WEBCHAT_SESSION_DAYS", 30, 1, 365),
+                86_400
+                    * env.number(
+                        "WEBCHAT_SESSION_DAYS",
+                        defaults.session_ttl.as_secs() / 86_400,
+                        1,
+                        365,
+                    ),
             ),
             // The function's timeout is 25 s: a poll must end well before it.
-            max_wait: Duration::from_secs(env.number("WEBCHAT_MAX_WAIT_SECS", 20, 0, 20)),
+            max_wait: Duration::from_secs(env.number(
+                "WEBCHAT_MAX_WAIT_SECS",
+                defaults.max_wait.as_secs(),
+                0,
+                20,
+            )),
             metrics_namespace: env
                 .optional("METRICS_NAMESPACE")
-                .unwrap_or(defaults.metrics_namespace.clone()),
+                .unwrap_or_else(|| defaults.metrics_namespace.clone()),
             ..defaults
         };
         env.finish(Self {

@@ -2,8 +2,6 @@
 //! idempotency table, `pk` = `rl#…`, expiring with the table's TTL), incremented with a
 //! conditional update so concurrent containers share the count.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aws_sdk_dynamodb::types::AttributeValue;
 
 /// Window length in seconds.
@@ -35,9 +33,7 @@ impl RateLimiter {
     /// lets the request through (logged by the caller): the limits protect against abuse and
     /// must not take the chat down with DynamoDB.
     pub async fn hit(&self, key: &str, limit: u32) -> Result<Verdict, String> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = (shared::now_ms() / 1000).max(0) as u64;
         let window = now / WINDOW_SECS;
         let window_end = (window + 1) * WINDOW_SECS;
         let result = self

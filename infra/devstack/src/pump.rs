@@ -148,7 +148,9 @@ impl Pump {
     /// Receives one batch (waiting up to `idle_wait` for the first record), invokes the function
     /// and settles the batch. `None` when the queue stayed empty.
     pub async fn poll_once(&self, m: &Mapping) -> Result<Option<BatchReport>, PumpError> {
-        let mut batch = self.receive(m, self.idle_wait).await?;
+        let mut batch = self
+            .receive_up_to(m, self.idle_wait, m.batch_size as usize)
+            .await?;
         if batch.is_empty() {
             return Ok(None);
         }
@@ -172,10 +174,6 @@ impl Pump {
             }
         }
         Ok(Some(self.deliver(m, batch).await?))
-    }
-
-    async fn receive(&self, m: &Mapping, wait: Duration) -> Result<Vec<Message>, PumpError> {
-        self.receive_up_to(m, wait, m.batch_size as usize).await
     }
 
     async fn receive_up_to(

@@ -30,10 +30,11 @@ pub enum Error {
     Aws { what: String, message: String },
 }
 
-fn aws_err<E: std::fmt::Display>(what: impl Into<String>, e: E) -> Error {
+/// An SDK error with its whole cause chain (the service's code and message included).
+fn aws_err<E: std::error::Error>(what: impl Into<String>, e: E) -> Error {
     Error::Aws {
         what: what.into(),
-        message: format!("{e}"),
+        message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
     }
 }
 
@@ -462,7 +463,7 @@ pub async fn locate_queues(
             .map_err(|e| {
                 aws_err(
                     format!("GetQueueUrl {name} (run the provisioning first)"),
-                    aws_sdk_sqs::error::DisplayErrorContext(e),
+                    e,
                 )
             })?
             .queue_url()
@@ -496,12 +497,7 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, name: &str, url: &str) -> Result<S
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| {
-            aws_err(
-                format!("GetQueueAttributes {name}"),
-                aws_sdk_sqs::error::DisplayErrorContext(e),
-            )
-        })?;
+        .map_err(|e| aws_err(format!("GetQueueAttributes {name}"), e))?;
     Ok(attrs
         .attributes()
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
@@ -543,12 +539,7 @@ pub async fn provision(
         let url = req
             .send()
             .await
-            .map_err(|e| {
-                aws_err(
-                    format!("CreateQueue {name}"),
-                    aws_sdk_sqs::error::DisplayErrorContext(e),
-                )
-            })?
+            .map_err(|e| aws_err(format!("CreateQueue {name}"), e))?
             .queue_url()
             .unwrap_or_default()
             .to_owned();
@@ -569,12 +560,7 @@ pub async fn provision(
             .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
             .send()
             .await
-            .map_err(|e| {
-                aws_err(
-                    format!("SetQueueAttributes {id}"),
-                    aws_sdk_sqs::error::DisplayErrorContext(e),
-                )
-            })?;
+            .map_err(|e| aws_err(format!("SetQueueAttributes {id}"), e))?;
     }
 
     provision_tables(template, &mut stack, sdk).await?;
@@ -606,22 +592,12 @@ pub async fn provision(
                     .secret_string(&value)
                     .send()
                     .await
-                    .map_err(|e| {
-                        aws_err(
-                            format!("PutSecretValue {name}"),
-                            aws_sdk_secretsmanager::error::DisplayErrorContext(e),
-                        )
-                    })?
+                    .map_err(|e| aws_err(format!("PutSecretValue {name}"), e))?
                     .arn()
                     .unwrap_or_default()
                     .to_owned()
             }
-            Err(e) => {
-                return Err(aws_err(
-                    format!("CreateSecret {name}"),
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(e),
-                ))
-            }
+            Err(e) => return Err(aws_err(format!("CreateSecret {name}"), e)),
         };
         stack.secrets.insert(id.to_owned(), Secret { name, arn });
     }
@@ -691,12 +667,7 @@ async fn provision_tables(
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_in_use_exception()) => {}
-            Err(e) => {
-                return Err(aws_err(
-                    format!("CreateTable {name}"),
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                ))
-            }
+            Err(e) => return Err(aws_err(format!("CreateTable {name}"), e)),
         }
         if let Some(ttl) = props.get("TimeToLiveSpecification") {
             let enabled = ttl.get("Enabled").and_then(Yaml::as_bool).unwrap_or(false);
@@ -712,12 +683,7 @@ async fn provision_tables(
                     )
                     .send()
                     .await
-                    .map_err(|e| {
-                        aws_err(
-                            format!("UpdateTimeToLive {name}"),
-                            aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                        )
-                    })?;
+                    .map_err(|e| aws_err(format!("UpdateTimeToLive {name}"), e))?;
             }
         }
         stack.tables.insert(id.to_owned(), name);
