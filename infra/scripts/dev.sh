@@ -6,7 +6,7 @@
 #  3. builds the local tools and each function the way `cargo lambda watch` will run it;
 #  4. creates template.yaml's queues, table and secrets on the emulator;
 #  5. Postgres (.local/pg, kept between runs) unless DATABASE_URL is set; migrates, seeds the
-#     demo tenant;
+#     demo tenant and fresh admin API keys (platform, demo owner: $DEV_STATE_DIR/admin-keys.env);
 #  6. stub OpenAI / Graph servers (used unless real credentials are given) and the web chat
 #     demo page;
 #  7. the functions under `cargo lambda watch` on 127.0.0.1:$WATCH_PORT, and the event-source
@@ -30,7 +30,7 @@ STUB_PORT=${STUB_PORT:-9100}
 # The deployed stack delays extraction jobs 15 s to coalesce bursts; locally the lead of the
 # sample conversation should show up quickly.
 EXTRACTION_DELAY_SECONDS=${EXTRACTION_DELAY_SECONDS:-2}
-FUNCTIONS=(webhook webchat processor extraction status)
+FUNCTIONS=(webhook webchat admin processor extraction status)
 mkdir -p "$STATE"
 export WATCH_PORT
 
@@ -118,7 +118,10 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 
 step "migrating and seeding the demo tenant"
-target/debug/devstack seed --webchat-origin "http://127.0.0.1:$STUB_PORT" || fail "cannot migrate/seed $DATABASE_URL"
+target/debug/devstack seed --webchat-origin "http://127.0.0.1:$STUB_PORT" --keys-file "$STATE/admin-keys.env" \
+  || fail "cannot migrate/seed $DATABASE_URL"
+# shellcheck disable=SC1091
+source "$STATE/admin-keys.env"
 done_step
 
 upstreams="stub OpenAI and Graph API (the replies say so)"
@@ -180,6 +183,9 @@ ready.
   web chat demo:   http://127.0.0.1:$STUB_PORT/demo   (the widget on a page, same agent)
   send a message:  make send TEXT="¿Aceptan mascotas?"        (as a WhatsApp customer)
   webhook URL:     http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/   (app secret: dev-app-secret)
+  admin API:       curl -s -H "authorization: Bearer $ADMIN_OWNER_KEY" http://127.0.0.1:$WATCH_PORT/lambda-url/admin/v1/conversations
+                   (demo owner key; platform key: $ADMIN_PLATFORM_KEY; both in $STATE/admin-keys.env;
+                   the API is described at http://127.0.0.1:$WATCH_PORT/lambda-url/admin/v1/openapi.yaml)
   verify:          curl '$verify'
   invoke directly: make invoke EVENT=ig-text   |   make invoke FUNCTION=status EVENT=sqs-status
   emulator:        $AWS_ENDPOINT_URL

@@ -187,7 +187,37 @@ impl GraphClient {
         igsid: &str,
         text: &str,
     ) -> Result<String, SendError> {
-        let body = json!({"recipient": {"id": igsid}, "message": {"text": text}});
+        self.instagram_send(token, ig_account_id, igsid, text, None)
+            .await
+    }
+
+    /// Sends a human-written Instagram text with the `HUMAN_AGENT` message tag, which Meta
+    /// accepts up to 7 days after the customer's last message (needs the Human Agent feature;
+    /// never for AI text).
+    pub async fn send_instagram_human_agent_text(
+        &self,
+        token: &SecretString,
+        ig_account_id: &str,
+        igsid: &str,
+        text: &str,
+    ) -> Result<String, SendError> {
+        self.instagram_send(token, ig_account_id, igsid, text, Some("HUMAN_AGENT"))
+            .await
+    }
+
+    async fn instagram_send(
+        &self,
+        token: &SecretString,
+        ig_account_id: &str,
+        igsid: &str,
+        text: &str,
+        tag: Option<&str>,
+    ) -> Result<String, SendError> {
+        let mut body = json!({"recipient": {"id": igsid}, "message": {"text": text}});
+        if let Some(tag) = tag {
+            body["messaging_type"] = json!("MESSAGE_TAG");
+            body["tag"] = json!(tag);
+        }
         let out = self
             .post(
                 format!("{}/{ig_account_id}/messages", self.instagram_base),
@@ -196,5 +226,60 @@ impl GraphClient {
             )
             .await?;
         id_at(&out, "/message_id")
+    }
+}
+
+/// Where a channel account's Graph API token comes from: the Secrets Manager secret the account
+/// names (`channel_accounts.access_token_secret`, cached), else the deployment's default token.
+pub struct GraphTokens {
+    pub secrets: crate::secrets::SecretCache,
+    pub default: Option<SecretString>,
+    /// When set (deployed: `<stack>/channel/`), an account's secret must be named
+    /// `<prefix><provider account id>`: a row naming another account's secret must not make
+    /// us send with that account's token.
+    pub prefix: Option<String>,
+}
+
+/// Why no token could be had for an account.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct TokenError {
+    /// Secrets Manager trouble that may pass; otherwise a configuration fault.
+    pub retryable: bool,
+    pub reason: String,
+}
+
+impl GraphTokens {
+    /// The token for the account `provider_account_id` whose row names `secret_id`.
+    pub async fn for_account(
+        &self,
+        secret_id: Option<&str>,
+        provider_account_id: &str,
+    ) -> Result<SecretString, TokenError> {
+        let fault = |reason: String| TokenError {
+            retryable: false,
+            reason,
+        };
+        match (secret_id, &self.default) {
+            (Some(id), _) => {
+                if let Some(prefix) = &self.prefix {
+                    if id.strip_prefix(prefix.as_str()) != Some(provider_account_id) {
+                        return Err(fault(format!(
+                            "the account's token secret must be named {prefix}{provider_account_id}"
+                        )));
+                    }
+                }
+                let value = self.secrets.get(id).await.map_err(|e| TokenError {
+                    retryable: e.is_retryable(),
+                    reason: e.to_string(),
+                })?;
+                crate::secrets::graph_token_of(&value).map_err(|e| fault(e.to_string()))
+            }
+            (None, Some(token)) => Ok(token.clone()),
+            (None, None) => Err(fault(
+                "the channel account names no token secret and no default Graph token is set"
+                    .into(),
+            )),
+        }
     }
 }

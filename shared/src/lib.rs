@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod openai;
 pub mod ordering;
 pub mod queue;
+pub mod ratelimit;
 pub mod secrets;
 pub mod signature;
 pub mod split;

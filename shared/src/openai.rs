@@ -61,6 +61,10 @@ pub struct ResponseRequest {
     /// Hashed end-user id (≤ 64 chars), never the raw phone number.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub safety_identifier: Option<String>,
+    /// The agent's endpoint (`agents.base_url`, from the deployment's allowlist) in place of
+    /// the client's; not part of the body.
+    #[serde(skip)]
+    pub base_url: Option<String>,
 }
 
 /// What came back.
@@ -277,7 +281,8 @@ impl ResponsesClient {
     }
 
     async fn attempt(&self, req: &ResponseRequest) -> Attempt {
-        let url = format!("{}/responses", self.settings.base_url.trim_end_matches('/'));
+        let base = req.base_url.as_deref().unwrap_or(&self.settings.base_url);
+        let url = format!("{}/responses", base.trim_end_matches('/'));
         let sent = self
             .http
             .post(url)

@@ -64,6 +64,28 @@ async fn sends_the_documented_body_and_reads_text_and_usage() {
 }
 
 #[tokio::test]
+async fn an_agents_base_url_replaces_the_clients_and_stays_out_of_the_body() {
+    let default = MockServer::start().await;
+    let agents = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/gateway/v1/responses"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body("via gateway")))
+        .expect(1)
+        .mount(&agents)
+        .await;
+    let req = ResponseRequest {
+        base_url: Some(format!("{}/gateway/v1/", agents.uri())),
+        ..request()
+    };
+    let reply = client(&default).create(&req).await.unwrap();
+    assert_eq!(reply.text, "via gateway");
+    assert!(default.received_requests().await.unwrap().is_empty());
+    let sent: serde_json::Value =
+        serde_json::from_slice(&agents.received_requests().await.unwrap()[0].body).unwrap();
+    assert!(sent.get("base_url").is_none());
+}
+
+#[tokio::test]
 async fn a_500_then_a_200_gives_one_reply() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))

@@ -386,6 +386,11 @@ impl Extractor {
             reasoning: None,
             text: Some(text_format(schema)),
             safety_identifier: None,
+            // The agent's own endpoint serves the agent's model, not the extraction model.
+            base_url: agent
+                .base_url
+                .clone()
+                .filter(|_| self.deps.model_override.is_none()),
         };
         let started = Instant::now();
         let until = deadline

@@ -8,6 +8,9 @@
 //! skipped with SUCCESS and a log line, so the stack still deploys; invoke the function directly
 //! (`{"action": "migrate"}`) once the URL is in, or deploy again.
 //!
+//! `{"action": "issue_platform_key", "name": "…"}` migrates, then issues a platform key for the
+//! admin API and returns it: how the operator gets the first key (only its hash is stored).
+//!
 //! A failed migration answers FAILED: CloudFormation rolls the stack back to the previous
 //! template, and the schema is as before the failing migration.
 
@@ -19,6 +22,23 @@ use aws_lambda_events::event::cloudformation::{
 };
 use serde_json::{json, Value};
 use shared::secrets::SecretsError;
+
+/// Issues a platform (operator) key for the admin API after applying the migrations. The key
+/// is in the answer only; the log line names its prefix.
+pub async fn issue_platform_key(db: &shared::db::Db, event: &Value) -> Result<Value, String> {
+    let name = event["name"]
+        .as_str()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.chars().count() <= 100)
+        .ok_or("give the key a \"name\" of 1 to 100 characters")?;
+    db.migrate().await.map_err(|e| e.to_string())?;
+    let key = shared::db::apikeys::issue(db, None, shared::db::apikeys::Role::Platform, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(prefix = %key.prefix, "platform key issued");
+    Ok(json!({"id": key.id, "prefix": key.prefix, "key": key.key,
+              "note": "shown once: store it in your password manager"}))
+}
 
 /// Physical id of the one migrations resource.
 pub const PHYSICAL_ID: &str = "schema-migrations";
@@ -44,7 +64,7 @@ where
 {
     if event.get("RequestType").is_none() {
         if event["action"] != "migrate" {
-            return Err("expected a CloudFormation request or {\"action\": \"migrate\"}".into());
+            return Err("expected a CloudFormation request, {\"action\": \"migrate\"} or {\"action\": \"issue_platform_key\", \"name\": …}".into());
         }
         return match migrate().await? {
             Ran::Applied(n) => Ok(json!({"applied": n})),

@@ -38,6 +38,17 @@ async fn main() -> Result<(), Error> {
         let state = state.clone();
         async move {
             let s = &state;
+            if event.payload["action"] == "issue_platform_key" {
+                let url = s
+                    .database
+                    .resolve(&s.secrets)
+                    .await
+                    .map_err(|e| Error::from(e.to_string()))?;
+                let db = Db::new(DbConfig::new(secrecy::ExposeSecret::expose_secret(&url)));
+                return migrate::issue_platform_key(&db, &event.payload)
+                    .await
+                    .map_err(Error::from);
+            }
             let result = handle(&s.http, event.payload, || async move {
                 let url = match s.database.resolve(&s.secrets).await {
                     Ok(u) => u,

@@ -134,3 +134,30 @@ async fn a_direct_invocation_migrates_and_reports() {
     .unwrap_err();
     assert!(err.contains("expected"));
 }
+
+#[tokio::test]
+async fn a_platform_key_is_issued_once_and_authenticates() {
+    let t = TestDb::new().await;
+    let out = migrate::issue_platform_key(
+        &t.db,
+        &json!({"action": "issue_platform_key", "name": "operator"}),
+    )
+    .await
+    .unwrap();
+    let key = out["key"].as_str().unwrap();
+    assert!(key.starts_with(out["prefix"].as_str().unwrap()));
+    let who = shared::db::apikeys::authenticate(&t.db, key)
+        .await
+        .unwrap()
+        .expect("the key works");
+    assert_eq!(
+        (who.role, who.tenant),
+        (shared::db::apikeys::Role::Platform, None)
+    );
+    for bad in [
+        json!({"action": "issue_platform_key"}),
+        json!({"name": "  "}),
+    ] {
+        assert!(migrate::issue_platform_key(&t.db, &bad).await.is_err());
+    }
+}

@@ -16,13 +16,13 @@ use shared::db::store::{self, Agent, ChannelAccountRoute};
 use shared::db::{Db, DbError, TenantId};
 use shared::envelope::{Channel, Content, InboundEnvelope, ENVELOPE_VERSION};
 use shared::fifo::{run_batch_coalesced, Outcome};
+pub use shared::graph::GraphTokens;
 use shared::graph::{GraphClient, WaRecipient};
 use shared::idempotency::{Claim, IdempotencyStore};
 use shared::metrics::Metrics;
 use shared::openai::{price, InputMessage, ModelError, ResponseRequest, ResponsesClient};
 use shared::ordering::{dedup_id, sha256_hex};
-use shared::queue::{OutgoingMessage, ParkedRecord, QueuePublisher};
-use shared::secrets::{graph_token_of, SecretCache};
+use shared::queue::{ParkedRecord, QueuePublisher};
 use shared::split::{split_text, Measure, INSTAGRAM_MAX_BYTES, WHATSAPP_MAX_CHARS};
 use tracing::{info, warn, Instrument};
 
@@ -45,51 +45,6 @@ pub struct Deps {
     pub extraction_queue_url: String,
     pub dead_letter_queue_url: String,
     pub metrics: Metrics,
-}
-
-/// Where a channel account's Graph API token comes from: the Secrets Manager secret the account
-/// names (`channel_accounts.access_token_secret`, cached), else the deployment's default token.
-pub struct GraphTokens {
-    pub secrets: SecretCache,
-    pub default: Option<SecretString>,
-    /// When set (deployed: `<stack>/channel/`), an account's secret must be named
-    /// `<prefix><provider account id>`: a row naming another account's secret must not make
-    /// us send with that account's token.
-    pub prefix: Option<String>,
-}
-
-impl GraphTokens {
-    async fn for_account(
-        &self,
-        route: &ChannelAccountRoute,
-        provider_account_id: &str,
-    ) -> Result<SecretString, Fail> {
-        match (&route.access_token_secret, &self.default) {
-            (Some(id), _) => {
-                if let Some(prefix) = &self.prefix {
-                    if id.strip_prefix(prefix.as_str()) != Some(provider_account_id) {
-                        return Err(Fail::permanent(
-                            "no_token",
-                            format!("the account's token secret must be named {prefix}{provider_account_id}"),
-                        ));
-                    }
-                }
-                let value = self.secrets.get(id).await.map_err(|e| {
-                    if e.is_retryable() {
-                        Fail::Retry(e.to_string())
-                    } else {
-                        Fail::permanent("no_token", e.to_string())
-                    }
-                })?;
-                graph_token_of(&value).map_err(|e| Fail::permanent("no_token", e.to_string()))
-            }
-            (None, Some(token)) => Ok(token.clone()),
-            (None, None) => Err(Fail::permanent(
-                "no_token",
-                "the channel account names no token secret and no default Graph token is set",
-            )),
-        }
-    }
 }
 
 pub struct Processor {
@@ -499,8 +454,18 @@ impl Processor {
         } else {
             self.deps
                 .tokens
-                .for_account(route, &last.channel_account_id)
-                .await?
+                .for_account(
+                    route.access_token_secret.as_deref(),
+                    &last.channel_account_id,
+                )
+                .await
+                .map_err(|e| {
+                    if e.retryable {
+                        Fail::Retry(e.reason)
+                    } else {
+                        Fail::permanent("no_token", e.reason)
+                    }
+                })?
         };
         let reach = Reach {
             tenant,
@@ -589,18 +554,12 @@ impl Processor {
         let charged = charge.map_or(0, |c| c.charged);
         metrics.count("CreditsCharged", charged.max(0) as u64);
         // 11. Extraction job for this conversation.
-        let job = json!({"v": 1, "kind": "extract", "tenant_id": tenant.uuid().to_string(), "conversation_id": conv.id.to_string()});
         if let Err(e) = self
             .deps
             .publisher
             .send_all(
                 &self.deps.extraction_queue_url,
-                vec![OutgoingMessage {
-                    body: job.to_string(),
-                    group_id: None,
-                    dedup_id: None,
-                    attributes: vec![],
-                }],
+                vec![shared::queue::extraction_job(tenant, conv.id)],
             )
             .await
         {
@@ -793,6 +752,7 @@ impl Processor {
                 .map(|e| json!({"effort": e})),
             text: None,
             safety_identifier: Some(sha256_hex(contact_id.as_bytes())[..32].to_owned()),
+            base_url: agent.base_url.clone(),
         };
         if req.previous_response_id.is_none() {
             req.input = self.history(agent, tenant, conversation, texts).await?;

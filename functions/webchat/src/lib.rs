@@ -15,7 +15,6 @@
 //! secret or message text is logged. Nothing is queued unless the whole request is valid.
 
 pub mod config;
-pub mod limits;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +33,7 @@ use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKe
 use tracing::{info, warn, Instrument};
 
 pub use config::{Config, Settings};
-use limits::{RateLimiter, Verdict};
+use shared::ratelimit::{RateLimiter, Verdict};
 
 /// Messages returned per poll (and the history shown after a reload).
 pub const PAGE: i64 = 50;

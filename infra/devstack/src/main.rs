@@ -2,8 +2,9 @@
 //!
 //! - `devstack stubs [--port P] [--sink FILE] [--widget URL]`: the stub OpenAI + Graph API
 //!   server; with `--widget`, also the web chat demo page at `/demo`.
-//! - `devstack seed [--model M] [--webchat-origin O]`: migrate `DATABASE_URL`, create the demo
-//!   tenant if missing, and let its web chat site run on origin O (the demo page).
+//! - `devstack seed [--model M] [--webchat-origin O] [--keys-file F]`: migrate `DATABASE_URL`,
+//!   create the demo tenant if missing, let its web chat site run on origin O (the demo page),
+//!   and with `--keys-file` write fresh admin API keys (platform, demo owner) to F.
 //! - `devstack pump [--template F] [--stack S] [--invoke URL]`: poll the template's event
 //!   source queues on `AWS_ENDPOINT_URL` and invoke the functions under `cargo lambda watch`.
 //! - `devstack play [--conversation F]`: send the sample conversation as signed webhooks and
@@ -117,6 +118,17 @@ async fn run() -> Result<(), String> {
                 devstack::seed::DEMO_WHATSAPP_NUMBER,
                 devstack::seed::DEMO_INSTAGRAM_ACCOUNT
             );
+            if let Some(path) = flags.0.get("keys-file") {
+                let (platform, owner) = devstack::seed::dev_keys(&db, seeded.tenant)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                std::fs::write(
+                    path,
+                    format!("ADMIN_PLATFORM_KEY={platform}\nADMIN_OWNER_KEY={owner}\n"),
+                )
+                .map_err(|e| format!("writing {path}: {e}"))?;
+                println!("admin API keys (platform, demo tenant owner) in {path}");
+            }
             Ok(())
         }
         "pump" => pump(&flags).await,

@@ -2,6 +2,7 @@
 //! used by `events/`), an agent with prices, and credits. Idempotent: a second run finds the
 //! tenant through its WhatsApp number and changes nothing.
 
+use shared::db::apikeys::{self, Role};
 use shared::db::{store, webchat, Db, DbError, TenantId};
 use shared::envelope::Channel;
 
@@ -86,4 +87,23 @@ async fn ensure_site(
         .await?;
     }
     Ok(())
+}
+
+/// Names of the keys `make dev` issues (so the next run can retire them).
+pub const DEV_PLATFORM_KEY: &str = "make dev platform";
+pub const DEV_OWNER_KEY: &str = "make dev owner";
+
+/// Fresh admin API keys for the local stack: a platform key and an owner key of the demo
+/// tenant. Keys are shown once, so each run revokes the previous run's and issues new ones.
+pub async fn dev_keys(db: &Db, tenant: TenantId) -> Result<(String, String), DbError> {
+    let c = db.client().await?;
+    c.execute(
+        "UPDATE api_keys SET revoked_at = now()
+          WHERE revoked_at IS NULL AND ((user_id IS NULL AND name = $1) OR (user_id = $2 AND name = $3))",
+        &[&DEV_PLATFORM_KEY, &tenant.uuid(), &DEV_OWNER_KEY],
+    )
+    .await?;
+    let platform = apikeys::issue(db, None, Role::Platform, DEV_PLATFORM_KEY).await?;
+    let owner = apikeys::issue(db, Some(tenant), Role::Owner, DEV_OWNER_KEY).await?;
+    Ok((platform.key, owner.key))
 }

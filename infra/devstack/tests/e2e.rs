@@ -235,6 +235,34 @@ async fn make_dev_answers_a_signed_webhook_end_to_end_and_stops_cleanly() {
     assert!(reasons.contains(&"extraction"), "{charged:?}");
     assert!(charged.iter().all(|(_, n)| *n > 0));
 
+    // The admin API, with the curl example the banner prints (the demo owner's fresh key):
+    // the sample conversation and this customer's are listed.
+    let curl = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin API:"))
+        .expect("the banner shows an admin API example")
+        .trim()
+        .to_owned();
+    let listed = Command::new("bash")
+        .args(["-c", &curl])
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .output()
+        .expect("curl runs");
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap_or_else(|_| {
+        panic!(
+            "admin API answer: {}",
+            String::from_utf8_lossy(&listed.stdout)
+        )
+    });
+    let contacts: Vec<&str> = listed["data"]
+        .as_array()
+        .expect("a page of conversations")
+        .iter()
+        .filter_map(|c| c["contact"]["wa_id"].as_str())
+        .collect();
+    assert!(contacts.contains(&wa_id), "{listed}");
+
     // The web chat widget in a real browser on the demo page the stack serves: a visitor's
     // message, the typing indicator, the reply, the history after a reload, a screenshot.
     let shot = root.join("target/webchat.png");

@@ -1,4 +1,4 @@
-//! Fixed-window rate limits on DynamoDB: one counter item per key and minute (in the
+//! Fixed-window rate limits on DynamoDB (web chat visitors and sites, admin API keys): one counter item per key and minute (in the
 //! idempotency table, `pk` = `rl#…`, expiring with the table's TTL), incremented with a
 //! conditional update so concurrent containers share the count.
 
@@ -33,7 +33,7 @@ impl RateLimiter {
     /// lets the request through (logged by the caller): the limits protect against abuse and
     /// must not take the chat down with DynamoDB.
     pub async fn hit(&self, key: &str, limit: u32) -> Result<Verdict, String> {
-        let now = (shared::now_ms() / 1000).max(0) as u64;
+        let now = (crate::now_ms() / 1000).max(0) as u64;
         let window = now / WINDOW_SECS;
         let window_end = (window + 1) * WINDOW_SECS;
         let result = self

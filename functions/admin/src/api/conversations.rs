@@ -1,0 +1,401 @@
+//! Conversations, their messages, and human handoff: switching a conversation between `ai`
+//! and `human`, and sending a human agent's reply through the conversation's channel.
+//!
+//! The processor reads the mode from Postgres on every turn (not cached), so a switch applies
+//! to the next customer message. In `human` mode it stores inbound messages with outcome
+//! `human_mode` and does not reply.
+
+use serde_json::{json, Value as Json};
+use shared::db::store;
+use shared::graph::WaRecipient;
+use shared::split::{split_text, Measure, INSTAGRAM_MAX_BYTES, WHATSAPP_MAX_CHARS};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{json_one, json_rows, keyset};
+use crate::input::Input;
+use crate::{page, ApiError, Ctx, Reply};
+
+/// WhatsApp's customer-service window and Instagram's standard window.
+const DAY_SECS: f64 = 86_400.0;
+/// Instagram's `HUMAN_AGENT` tag window.
+const HUMAN_AGENT_SECS: f64 = 7.0 * DAY_SECS;
+
+const SELECT: &str = "SELECT to_jsonb(x) FROM (
+    SELECT c.id, ca.channel, c.channel_account_id, c.mode, c.mode_changed_at, c.last_inbound_at,
+           c.created_at, c.updated_at,
+           jsonb_build_object('id', ct.id, 'external_id', ct.external_id, 'wa_id', ct.wa_id,
+                              'display_name', ct.display_name, 'username', ct.username) AS contact,
+           jsonb_build_array(c.updated_at::text, c.id) AS _k
+      FROM conversations c
+      JOIN channel_accounts ca ON ca.id = c.channel_account_id
+      JOIN contacts ct ON ct.id = c.contact_id
+     WHERE c.user_id = $1";
+
+/// Newest activity first; filters `channel`, `mode`, `updated_since` (RFC 3339). A
+/// conversation that gets a new message while a client pages may show again on page one;
+/// new conversations never shift later pages.
+pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let limit = ctx.limit()?;
+    let (k1, k2) = keyset(ctx)?;
+    let mut bad = std::collections::BTreeMap::new();
+    let channel = ctx.query.get("channel").cloned();
+    if channel
+        .as_deref()
+        .is_some_and(|c| !["whatsapp", "instagram", "webchat"].contains(&c))
+    {
+        bad.insert(
+            "channel".into(),
+            "must be whatsapp, instagram or webchat".into(),
+        );
+    }
+    let mode = ctx.query.get("mode").cloned();
+    if mode.as_deref().is_some_and(|m| m != "ai" && m != "human") {
+        bad.insert("mode".into(), "must be ai or human".into());
+    }
+    let since = ctx.query.get("updated_since").cloned();
+    if since.as_deref().is_some_and(|s| !looks_like_rfc3339(s)) {
+        bad.insert(
+            "updated_since".into(),
+            "must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z".into(),
+        );
+    }
+    if !bad.is_empty() {
+        return Err(ApiError::Invalid(bad));
+    }
+    let rows = json_rows(
+        ctx,
+        &format!(
+            "{SELECT}
+               AND ($2::text IS NULL OR ca.channel = $2)
+               AND ($3::text IS NULL OR c.mode = $3)
+               AND ($4::text IS NULL OR c.updated_at >= $4::timestamptz)
+               AND ($5::text IS NULL OR (c.updated_at, c.id) < ($5::timestamptz, $6::text::uuid))
+             ORDER BY c.updated_at DESC, c.id DESC LIMIT $7) x"
+        ),
+        &[
+            &ctx.tenant().uuid(),
+            &channel,
+            &mode,
+            &since,
+            &k1,
+            &k2,
+            &(limit + 1),
+        ],
+    )
+    .await?;
+    Ok(Reply::ok(page(rows, limit)))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` followed by optional fraction and a zone (Postgres parses the rest).
+fn looks_like_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b.len() <= 40
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && (b[10] == b'T' || b[10] == b't')
+        && b[13] == b':'
+        && b[16] == b':'
+        && (s.ends_with('Z') || s.ends_with('z') || s[19..].contains(['+', '-']))
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || "-:.+TtZz".contains(c))
+}
+
+async fn one(ctx: &Ctx<'_>, id: Uuid) -> Result<Json, ApiError> {
+    let mut v = json_one(
+        ctx,
+        &format!("{SELECT} AND c.id = $2) x"),
+        &[&ctx.tenant().uuid(), &id],
+    )
+    .await?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("_k");
+    }
+    Ok(v)
+}
+
+pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    Ok(Reply::ok(one(ctx, ctx.id(0)?).await?))
+}
+
+/// Oldest first, with delivery status and, for inbound messages, what the processor did.
+pub async fn messages(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    let limit = ctx.limit()?;
+    let (k1, _) = keyset(ctx)?;
+    one(ctx, id).await?;
+    let rows = json_rows(
+        ctx,
+        "SELECT to_jsonb(x) FROM (
+           SELECT id, direction, content, status, error_code, outcome, provider_message_id,
+                  input_tokens, output_tokens, cost, created_at, updated_at,
+                  jsonb_build_array(id) AS _k
+             FROM messages
+            WHERE user_id = $1 AND conversation_id = $2 AND ($3::text IS NULL OR id > $3::bigint)
+            ORDER BY id LIMIT $4) x",
+        &[&ctx.tenant().uuid(), &id, &k1, &(limit + 1)],
+    )
+    .await?;
+    Ok(Reply::ok(page(rows, limit)))
+}
+
+/// `{"mode": "human" | "ai"}`. A real change is recorded (when, which key) and announced to
+/// the tenant's webhook as `conversation.mode_changed`.
+pub async fn set_mode(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    let mut i = Input::parse(ctx.body)?;
+    let mode = i.choice("mode", &["ai", "human"]);
+    if mode.is_none() {
+        i.bad("mode", "is required: ai or human");
+    }
+    // 404 for another tenant's conversation comes before field errors.
+    one(ctx, id).await?;
+    i.finish()?;
+    let mode = mode.expect("validated");
+    let tenant = ctx.tenant();
+    let c = ctx.app.db().client().await?;
+    let row = c
+        .query_one(
+            "WITH old AS (
+               SELECT id, mode FROM conversations WHERE user_id = $1 AND id = $2 FOR UPDATE),
+             upd AS (
+               UPDATE conversations c SET mode = $3, mode_changed_at = now(), mode_changed_by = $4
+                 FROM old WHERE c.id = old.id AND old.mode <> $3 RETURNING c.id),
+             ev AS (
+               INSERT INTO webhook_deliveries (user_id, conversation_id, event_type, payload)
+               SELECT $1, upd.id, 'conversation.mode_changed', jsonb_build_object(
+                        'type', 'conversation.mode_changed', 'tenant_id', $1,
+                        'conversation_id', upd.id, 'mode', $3::text, 'previous_mode', old.mode,
+                        'changed_at', now())
+                 FROM upd, old, tenants t WHERE t.id = $1 AND t.webhook_url IS NOT NULL
+               RETURNING id)
+             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM ev)",
+            &[&tenant.uuid(), &id, &mode, &ctx.who.key_id],
+        )
+        .await
+        .map_err(shared::db::DbError::from)?;
+    let (changed, events): (i64, i64) = (row.get(0), row.get(1));
+    if changed > 0 {
+        ctx.metrics().count_by("Handoffs", "Mode", mode.clone(), 1);
+        info!(conversation = %id, mode = %mode, "conversation mode changed");
+    }
+    if events > 0 {
+        // The extraction function delivers a conversation's pending webhook events first
+        // thing in a job; queue one so the event goes out without waiting for a message.
+        if let Err(e) = ctx
+            .app
+            .publisher()
+            .send_all(
+                &ctx.app.settings().extraction_queue_url,
+                vec![shared::queue::extraction_job(tenant, id)],
+            )
+            .await
+        {
+            warn!(error = %e, "handoff event stored but no delivery job queued; the next turn delivers it");
+        }
+    }
+    Ok(Reply::ok(one(ctx, id).await?))
+}
+
+/// `{"text": "…"}`: a human agent's reply, sent through the conversation's channel in
+/// channel-sized parts and stored as outbound messages (`sent_by: "human"`, no credits).
+/// WhatsApp: only within 24 h of the customer's last message (409 after). Instagram: within
+/// 24 h as usual, up to 7 days with the `HUMAN_AGENT` tag, 409 after. Web chat: stored, and
+/// the visitor's widget shows it on its next poll.
+pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    let mut i = Input::parse(ctx.body)?;
+    let text = i.required_str("text", 1, 4096);
+    let tenant = ctx.tenant();
+    let c = ctx.app.db().client().await?;
+    let target = c
+        .query_opt(
+            "SELECT ca.channel, ca.provider_account_id, ca.access_token_secret, ca.is_active,
+                    ct.external_id, ct.wa_id,
+                    EXTRACT(EPOCH FROM now() - c.last_inbound_at)::float8, ca.id
+               FROM conversations c
+               JOIN channel_accounts ca ON ca.id = c.channel_account_id
+               JOIN contacts ct ON ct.id = c.contact_id
+              WHERE c.user_id = $1 AND c.id = $2",
+            &[&tenant.uuid(), &id],
+        )
+        .await
+        .map_err(shared::db::DbError::from)?
+        .ok_or(ApiError::NotFound)?;
+    i.finish()?;
+    let text = text.expect("validated");
+    let channel: String = target.get(0);
+    let account: String = target.get(1);
+    let secret: Option<String> = target.get(2);
+    let active: bool = target.get(3);
+    let external_id: String = target.get(4);
+    let wa_id: Option<String> = target.get(5);
+    let age: Option<f64> = target.get(6);
+    let account_row: Uuid = target.get(7);
+    if !active {
+        return Err(ApiError::Conflict(
+            "channel_inactive",
+            "the conversation's channel account is deactivated".into(),
+        ));
+    }
+    let age = age.unwrap_or(f64::INFINITY);
+    let tag = match channel.as_str() {
+        "whatsapp" if age > DAY_SECS => {
+            return Err(ApiError::Conflict(
+                "outside_window",
+                "more than 24 h since the customer's last message: WhatsApp only allows an \
+                 approved template now"
+                    .into(),
+            ))
+        }
+        "instagram" if age > HUMAN_AGENT_SECS => {
+            return Err(ApiError::Conflict(
+                "outside_window",
+                "more than 7 days since the customer's last message: Instagram allows no reply"
+                    .into(),
+            ))
+        }
+        "instagram" if age > DAY_SECS => Some("HUMAN_AGENT"),
+        _ => None,
+    };
+    let token = if channel == "webchat" {
+        secrecy::SecretString::from(String::new())
+    } else {
+        ctx.app
+            .tokens()
+            .for_account(secret.as_deref(), &account)
+            .await
+            .map_err(|e| {
+                warn!(reason = %e.reason, "no Graph token for the account");
+                if e.retryable {
+                    ApiError::Unavailable
+                } else {
+                    ApiError::Conflict("no_token", e.reason)
+                }
+            })?
+    };
+    let (max, measure) = if channel == "instagram" {
+        (INSTAGRAM_MAX_BYTES, Measure::Bytes)
+    } else {
+        (WHATSAPP_MAX_CHARS, Measure::Chars)
+    };
+    let graph = ctx.app.graph();
+    let mut sent = Vec::new();
+    let mut failure = None;
+    for piece in split_text(&text, max, measure) {
+        let result = match channel.as_str() {
+            "whatsapp" => {
+                let to = match &wa_id {
+                    Some(w) => WaRecipient::WaId(w.clone()),
+                    None => WaRecipient::Bsuid(external_id.clone()),
+                };
+                graph
+                    .send_whatsapp_text(&token, &account, &to, &piece, None)
+                    .await
+            }
+            "instagram" if tag.is_some() => {
+                graph
+                    .send_instagram_human_agent_text(&token, &account, &external_id, &piece)
+                    .await
+            }
+            "instagram" => {
+                graph
+                    .send_instagram_text(&token, &account, &external_id, &piece)
+                    .await
+            }
+            _ => Ok(format!("wc.out.{}", Uuid::new_v4().simple())),
+        };
+        let mut content = json!({"type": "text", "body": piece, "sent_by": "human",
+                                 "api_key_id": ctx.who.key_id});
+        if let Some(t) = tag {
+            content["tag"] = json!(t);
+        }
+        match result {
+            Ok(provider_id) => {
+                let row = store::insert_outbound_message(
+                    ctx.app.db(),
+                    tenant,
+                    id,
+                    Some(&provider_id),
+                    &content,
+                    None,
+                    None,
+                    None,
+                )
+                .await;
+                match row {
+                    Ok(row_id) => {
+                        sent.push(json!({"id": row_id, "provider_message_id": provider_id}))
+                    }
+                    Err(e) => {
+                        // Sent but not stored: say so rather than invite a resend.
+                        tracing::error!(outcome = "reply_not_recorded", error = %e, "human reply sent but not stored");
+                        sent.push(json!({"id": null, "provider_message_id": provider_id}));
+                    }
+                }
+                let _ = store::apply_pending_statuses(
+                    ctx.app.db(),
+                    tenant,
+                    account_row,
+                    &[provider_id.as_str()],
+                )
+                .await;
+            }
+            Err(e) => {
+                ctx.metrics()
+                    .count_by("SendFailures", "ErrorCode", e.code.to_string(), 1);
+                warn!(
+                    outcome = "send_failed",
+                    code = e.code,
+                    "human reply not sent"
+                );
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        let message = if sent.is_empty() {
+            format!(
+                "Meta refused the message (code {}, HTTP {})",
+                e.code, e.status
+            )
+        } else {
+            format!(
+                "{} part(s) sent, then Meta refused the rest (code {}, HTTP {})",
+                sent.len(),
+                e.code,
+                e.status
+            )
+        };
+        return Err(ApiError::Upstream(message, Some(e.code)));
+    }
+    ctx.metrics().count("HumanRepliesSent", 1);
+    info!(conversation = %id, parts = sent.len(), tagged = tag.is_some(), "human reply sent");
+    Ok(Reply::created(json!({"messages": sent, "tag": tag})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_shapes() {
+        for ok in [
+            "2026-11-01T00:00:00Z",
+            "2026-11-01T00:00:00.123+02:00",
+            "2026-11-01t10:00:00-05:00",
+        ] {
+            assert!(looks_like_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "2026-11-01",
+            "yesterday",
+            "2026-11-01T00:00:00",
+            "2026-11-01T00:00:00Z'--",
+        ] {
+            assert!(!looks_like_rfc3339(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Leads: list (newest change first), one with its field history, CSV export.
+
+use serde_json::{json, Value as Json};
+
+use shared::db::leads::LEAD_FIELDS;
+
+use super::{json_one, json_rows, keyset};
+use crate::{cursor, page, ApiError, Ctx, Reply};
+
+/// Columns of a lead as the API shows them, in CSV order: ids, channel, the extracted fields
+/// (`LEAD_FIELDS`), then the rest.
+fn columns() -> Vec<&'static str> {
+    ["id", "contact_id", "conversation_id", "channel"]
+        .into_iter()
+        .chain(LEAD_FIELDS)
+        .chain(["extra", "confidence", "created_at", "updated_at"])
+        .collect()
+}
+
+const SELECT: &str = "SELECT to_jsonb(x) FROM (
+    SELECT l.id, l.contact_id,
+           (SELECT c.id FROM conversations c WHERE c.contact_id = l.contact_id LIMIT 1) AS conversation_id,
+           ca.channel, l.name, l.email, l.phone, l.company, l.intent, l.product_interest, l.budget,
+           l.timeline, l.language, l.summary, l.extra, l.confidence, l.created_at, l.updated_at,
+           jsonb_build_array(l.updated_at::text, l.id) AS _k
+      FROM leads l
+      JOIN contacts ct ON ct.id = l.contact_id
+      JOIN channel_accounts ca ON ca.id = ct.channel_account_id
+     WHERE l.user_id = $1 AND l.is_active";
+
+/// Export pages are larger than API pages.
+const MAX_EXPORT: i64 = 5000;
+
+async fn rows(ctx: &Ctx<'_>, limit: i64) -> Result<Vec<Json>, ApiError> {
+    let (k1, k2) = keyset(ctx)?;
+    json_rows(
+        ctx,
+        &format!(
+            "{SELECT} AND ($2::text IS NULL OR (l.updated_at, l.id) < ($2::timestamptz, $3::text::uuid))
+             ORDER BY l.updated_at DESC, l.id DESC LIMIT $4) x"
+        ),
+        &[&ctx.tenant().uuid(), &k1, &k2, &(limit + 1)],
+    )
+    .await
+}
+
+pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let limit = ctx.limit()?;
+    Ok(Reply::ok(page(rows(ctx, limit).await?, limit)))
+}
+
+pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    let mut lead = json_one(
+        ctx,
+        &format!("{SELECT} AND l.id = $2) x"),
+        &[&ctx.tenant().uuid(), &id],
+    )
+    .await?;
+    let history = json_rows(
+        ctx,
+        "SELECT to_jsonb(x) FROM (
+           SELECT field, old_value, new_value, extraction_id, created_at
+             FROM lead_history WHERE user_id = $1 AND lead_id = $2 ORDER BY id) x",
+        &[&ctx.tenant().uuid(), &id],
+    )
+    .await?;
+    if let Some(o) = lead.as_object_mut() {
+        o.remove("_k");
+        o.insert("history".into(), json!(history));
+    }
+    Ok(Reply::ok(lead))
+}
+
+/// `text/csv`, up to `limit` (default and max 5000) leads; `X-Next-Cursor` names the next
+/// page. Cells a spreadsheet would run as a formula are prefixed with `'`.
+pub async fn export(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let limit = match ctx.query.get("limit") {
+        None => MAX_EXPORT,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_EXPORT).contains(n))
+            .ok_or_else(|| {
+                ApiError::field("limit", format!("an integer from 1 to {MAX_EXPORT}"))
+            })?,
+    };
+    let mut rows = rows(ctx, limit).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| cursor(r["_k"].clone()))
+    } else {
+        None
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let write = |w: &mut csv::Writer<Vec<u8>>, rec: Vec<String>| {
+        w.write_record(rec).map_err(|e| {
+            tracing::error!(error = %e, "CSV write failed");
+            ApiError::Internal
+        })
+    };
+    let columns = columns();
+    write(&mut w, columns.iter().map(|f| f.to_string()).collect())?;
+    for r in &rows {
+        write(&mut w, columns.iter().map(|f| cell(&r[*f])).collect())?;
+    }
+    let bytes = w.into_inner().map_err(|_| ApiError::Internal)?;
+    ctx.metrics().count("LeadsExported", rows.len() as u64);
+    Ok(Reply::Csv(
+        String::from_utf8(bytes).map_err(|_| ApiError::Internal)?,
+        next,
+    ))
+}
+
+/// One CSV cell: strings as they are (formula-looking ones defused), null empty, the rest as
+/// JSON.
+fn cell(v: &Json) -> String {
+    match v {
+        Json::Null => String::new(),
+        Json::String(s) => {
+            if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                format!("'{s}")
+            } else {
+                s.clone()
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_defuse_formulas_and_keep_the_rest() {
+        assert_eq!(cell(&json!("=HYPERLINK(\"x\")")), "'=HYPERLINK(\"x\")");
+        assert_eq!(cell(&json!("+52 55 1234")), "'+52 55 1234");
+        assert_eq!(cell(&json!("Ana")), "Ana");
+        assert_eq!(cell(&Json::Null), "");
+        assert_eq!(cell(&json!({"bedrooms": 2})), "{\"bedrooms\":2}");
+        assert_eq!(cell(&json!(0.5)), "0.5");
+    }
+}

@@ -1,0 +1,292 @@
+//! Who am I, tenants and top-ups (platform), API keys, credits and the outbound webhook.
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use serde_json::{json, Value as Json};
+use shared::db::apikeys::{self, Role};
+use shared::db::{store, TenantId};
+
+use super::{json_one, json_rows, keyset};
+use crate::input::{is_web_url, Input};
+use crate::{page, ApiError, Ctx, Reply};
+
+const TENANT_COLUMNS: &str = "t.id, t.name, t.is_active, t.created_at, t.updated_at,
+    ca.balance, t.webhook_url IS NOT NULL AS webhook_configured";
+
+pub async fn me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let tenant = match ctx.who.tenant {
+        Some(t) => {
+            json_one(
+                ctx,
+                "SELECT jsonb_build_object('id', id, 'name', name) FROM tenants WHERE id = $1",
+                &[&t.uuid()],
+            )
+            .await?
+        }
+        None => Json::Null,
+    };
+    Ok(Reply::ok(json!({
+        "key_id": ctx.who.key_id,
+        "role": ctx.who.role.as_str(),
+        "tenant": tenant,
+    })))
+}
+
+pub async fn list_tenants(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let limit = ctx.limit()?;
+    let (k1, k2) = keyset(ctx)?;
+    let rows = json_rows(
+        ctx,
+        &format!(
+            "SELECT to_jsonb(x) FROM (
+               SELECT {TENANT_COLUMNS}, jsonb_build_array(t.created_at::text, t.id) AS _k
+                 FROM tenants t LEFT JOIN credit_accounts ca ON ca.user_id = t.id
+                WHERE $1::text IS NULL OR (t.created_at, t.id) > ($1::timestamptz, $2::text::uuid)
+                ORDER BY t.created_at, t.id LIMIT $3) x"
+        ),
+        &[&k1, &k2, &(limit + 1)],
+    )
+    .await?;
+    Ok(Reply::ok(page(rows, limit)))
+}
+
+async fn tenant_json(ctx: &Ctx<'_>, id: uuid::Uuid) -> Result<Json, ApiError> {
+    json_one(
+        ctx,
+        &format!(
+            "SELECT to_jsonb(x) FROM (SELECT {TENANT_COLUMNS}
+               FROM tenants t LEFT JOIN credit_accounts ca ON ca.user_id = t.id WHERE t.id = $1) x"
+        ),
+        &[&id],
+    )
+    .await
+}
+
+fn key_json(k: &apikeys::IssuedKey, role: Role, name: &str) -> Json {
+    json!({"id": k.id, "prefix": k.prefix, "role": role.as_str(), "name": name,
+           "key": k.key, "note": "shown once: store it now"})
+}
+
+pub async fn create_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let mut i = Input::parse(ctx.body)?;
+    let name = i.required_str("name", 1, 200);
+    let key_name = i.str("owner_key_name", 1, 100);
+    i.finish()?;
+    let name = name.expect("validated");
+    let tenant = store::create_tenant(ctx.app.db(), &name).await?;
+    let key_name = key_name.unwrap_or_else(|| "owner".to_owned());
+    let key = apikeys::issue(ctx.app.db(), Some(tenant), Role::Owner, &key_name).await?;
+    tracing::info!(tenant = %tenant, "tenant created");
+    Ok(Reply::created(json!({
+        "tenant": tenant_json(ctx, tenant.uuid()).await?,
+        "owner_key": key_json(&key, Role::Owner, &key_name),
+    })))
+}
+
+pub async fn get_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    Ok(Reply::ok(tenant_json(ctx, ctx.id(0)?).await?))
+}
+
+/// Soft delete: its keys stop working at once; its channel accounts stop being answered
+/// within the processor's routing cache TTL (5 min).
+pub async fn deactivate_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    let c = ctx.app.db().client().await?;
+    let n = c
+        .execute("UPDATE tenants SET is_active = false WHERE id = $1", &[&id])
+        .await
+        .map_err(shared::db::DbError::from)?;
+    if n == 0 {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(tenant = %id, "tenant deactivated");
+    Ok(Reply::ok(tenant_json(ctx, id).await?))
+}
+
+pub async fn top_up(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    let mut i = Input::parse(ctx.body)?;
+    if !i.has("amount") {
+        i.bad("amount", "is required");
+    }
+    let amount = i.int("amount", 1, 1_000_000_000_000);
+    let reference = i.str("reference", 1, 200);
+    i.finish()?;
+    let tenant = TenantId::from_trusted(id);
+    match store::top_up(
+        ctx.app.db(),
+        tenant,
+        amount.expect("validated"),
+        "top_up",
+        reference.as_deref(),
+    )
+    .await
+    {
+        Ok(Some(balance)) => {
+            ctx.metrics().count("TopUps", 1);
+            Ok(Reply::created(json!({"tenant_id": id, "balance": balance})))
+        }
+        Ok(None) => Err(ApiError::NotFound),
+        Err(e) => match ApiError::from(e) {
+            ApiError::Conflict(..) => Err(ApiError::Conflict(
+                "duplicate_reference",
+                "this tenant already has a top-up with that reference".into(),
+            )),
+            other => Err(other),
+        },
+    }
+}
+
+/// A key for a tenant, issued by the platform (the first owner key comes with the tenant).
+pub async fn issue_tenant_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    let exists = json_rows(
+        ctx,
+        "SELECT to_jsonb(id) FROM tenants WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    if exists.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    new_key(ctx, TenantId::from_trusted(id)).await
+}
+
+async fn new_key(ctx: &Ctx<'_>, tenant: TenantId) -> Result<Reply, ApiError> {
+    let mut i = Input::parse(ctx.body)?;
+    let name = i.required_str("name", 1, 100);
+    if !i.has("role") {
+        i.bad("role", "is required: owner, agent or viewer");
+    }
+    let role = i.choice("role", &["owner", "agent", "viewer"]);
+    i.finish()?;
+    let (name, role) = (
+        name.expect("validated"),
+        Role::parse(&role.expect("validated")).expect("a tenant role"),
+    );
+    let key = apikeys::issue(ctx.app.db(), Some(tenant), role, &name).await?;
+    tracing::info!(tenant = %tenant, prefix = %key.prefix, role = role.as_str(), "API key issued");
+    Ok(Reply::created(key_json(&key, role, &name)))
+}
+
+pub async fn list_keys(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let rows = json_rows(
+        ctx,
+        "SELECT to_jsonb(x) FROM (
+           SELECT id, name, role, prefix, created_at, last_used_at, revoked_at
+             FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id) x",
+        &[&ctx.tenant().uuid()],
+    )
+    .await?;
+    Ok(Reply::ok(json!({"data": rows})))
+}
+
+pub async fn create_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    new_key(ctx, ctx.tenant()).await
+}
+
+/// Takes effect on the next request (keys are not cached).
+pub async fn revoke_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    if !apikeys::revoke(ctx.app.db(), Some(ctx.tenant()), id).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(key_id = %id, "API key revoked");
+    Ok(Reply::ok(json!({"id": id, "revoked": true})))
+}
+
+pub async fn credits(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let row = json_one(
+        ctx,
+        "SELECT jsonb_build_object('balance', balance, 'updated_at', updated_at)
+           FROM credit_accounts WHERE user_id = $1",
+        &[&ctx.tenant().uuid()],
+    )
+    .await?;
+    Ok(Reply::ok(row))
+}
+
+/// Newest first.
+pub async fn ledger(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let limit = ctx.limit()?;
+    let (k1, _) = keyset(ctx)?;
+    let rows = json_rows(
+        ctx,
+        "SELECT to_jsonb(x) FROM (
+           SELECT id, delta, balance_after, reason, reference, created_at, jsonb_build_array(id) AS _k
+             FROM credit_ledger
+            WHERE user_id = $1 AND ($2::text IS NULL OR id < $2::bigint)
+            ORDER BY id DESC LIMIT $3) x",
+        &[&ctx.tenant().uuid(), &k1, &(limit + 1)],
+    )
+    .await?;
+    Ok(Reply::ok(page(rows, limit)))
+}
+
+pub async fn get_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let row = json_one(
+        ctx,
+        "SELECT jsonb_build_object(
+                  'url', t.webhook_url,
+                  'pending_deliveries', (SELECT count(*) FROM webhook_deliveries d
+                                          WHERE d.user_id = t.id AND d.status = 'pending'),
+                  'failed_deliveries', (SELECT count(*) FROM webhook_deliveries d
+                                         WHERE d.user_id = t.id AND d.status = 'failed'))
+           FROM tenants t WHERE t.id = $1",
+        &[&ctx.tenant().uuid()],
+    )
+    .await?;
+    Ok(Reply::ok(row))
+}
+
+/// Sets the URL; a signing secret is generated the first time (or with `rotate_secret`) and
+/// shown in this response only.
+pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let mut i = Input::parse(ctx.body)?;
+    let url = i.required_str("url", 1, 2000);
+    if url.as_deref().is_some_and(|u| !is_web_url(u)) {
+        i.bad("url", "must be an https:// URL");
+    }
+    let rotate = i.bool("rotate_secret").unwrap_or(false);
+    i.finish()?;
+    let tenant = ctx.tenant();
+    let c = ctx.app.db().client().await?;
+    let current: Option<String> = c
+        .query_opt(
+            "SELECT webhook_secret FROM tenants WHERE id = $1",
+            &[&tenant.uuid()],
+        )
+        .await
+        .map_err(shared::db::DbError::from)?
+        .ok_or(ApiError::NotFound)?
+        .get(0);
+    let new_secret = match current {
+        Some(_) if !rotate => None,
+        _ => {
+            let mut b = [0u8; 32];
+            SystemRandom::new().fill(&mut b).expect("system randomness");
+            Some(format!("whsec_{}", hex::encode(b)))
+        }
+    };
+    let secret = new_secret.clone().or(current);
+    store_webhook(ctx, url.as_deref(), secret.as_deref()).await?;
+    let mut out = json!({"url": url});
+    if let Some(s) = new_secret {
+        out["secret"] = json!(s);
+        out["note"] = json!("the signing secret is shown once: store it now");
+    }
+    Ok(Reply::ok(out))
+}
+
+async fn store_webhook(
+    ctx: &Ctx<'_>,
+    url: Option<&str>,
+    secret: Option<&str>,
+) -> Result<(), ApiError> {
+    shared::db::leads::set_tenant_webhook(ctx.app.db(), ctx.tenant(), url, secret).await?;
+    Ok(())
+}
+
+pub async fn delete_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    store_webhook(ctx, None, None).await?;
+    Ok(Reply::ok(json!({"url": null})))
+}

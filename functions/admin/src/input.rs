@@ -1,0 +1,324 @@
+//! Reading a JSON request body field by field, collecting one message per bad field so a 422
+//! names all of them at once. Unknown fields are refused (a typo must not be silently ignored).
+//!
+//! For PATCH, `Some(None)` from the `nullable_*` readers means "set to null" and `None` means
+//! "not given, keep".
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value as Json};
+
+use crate::ApiError;
+
+pub struct Input {
+    obj: Map<String, Json>,
+    errors: BTreeMap<String, String>,
+}
+
+impl Input {
+    /// The body as a JSON object (an empty body reads as `{}`).
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let obj = if body.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            match serde_json::from_slice::<Json>(body) {
+                Ok(Json::Object(m)) => m,
+                Ok(_) => {
+                    return Err(ApiError::BadRequest(
+                        "malformed_json",
+                        "the body must be a JSON object".into(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(ApiError::BadRequest(
+                        "malformed_json",
+                        "the body is not valid JSON".into(),
+                    ))
+                }
+            }
+        };
+        Ok(Self {
+            obj,
+            errors: BTreeMap::new(),
+        })
+    }
+
+    pub fn bad(&mut self, field: &str, message: impl Into<String>) {
+        self.errors
+            .entry(field.to_owned())
+            .or_insert_with(|| message.into());
+    }
+
+    pub fn has(&self, field: &str) -> bool {
+        self.obj.contains_key(field)
+    }
+
+    fn take(&mut self, field: &str) -> Option<Json> {
+        self.obj.remove(field)
+    }
+
+    /// A string of `min..=max` characters (trimmed).
+    fn check_str(&mut self, field: &str, v: Json, min: usize, max: usize) -> Option<String> {
+        match v {
+            Json::String(s) => {
+                let s = s.trim().to_owned();
+                let n = s.chars().count();
+                if n < min || n > max {
+                    self.bad(field, format!("must be {min} to {max} characters"));
+                    None
+                } else {
+                    Some(s)
+                }
+            }
+            _ => {
+                self.bad(field, "must be a string");
+                None
+            }
+        }
+    }
+
+    pub fn required_str(&mut self, field: &str, min: usize, max: usize) -> Option<String> {
+        match self.take(field) {
+            None | Some(Json::Null) => {
+                self.bad(field, "is required");
+                None
+            }
+            Some(v) => self.check_str(field, v, min, max),
+        }
+    }
+
+    pub fn str(&mut self, field: &str, min: usize, max: usize) -> Option<String> {
+        match self.take(field) {
+            None => None,
+            Some(Json::Null) => {
+                self.bad(field, "must not be null");
+                None
+            }
+            Some(v) => self.check_str(field, v, min, max),
+        }
+    }
+
+    pub fn nullable_str(&mut self, field: &str, min: usize, max: usize) -> Option<Option<String>> {
+        match self.take(field) {
+            None => None,
+            Some(Json::Null) => Some(None),
+            Some(v) => self.check_str(field, v, min, max).map(Some),
+        }
+    }
+
+    pub fn int(&mut self, field: &str, min: i64, max: i64) -> Option<i64> {
+        match self.take(field) {
+            None => None,
+            Some(v) => match v.as_i64().filter(|n| (min..=max).contains(n)) {
+                Some(n) => Some(n),
+                None => {
+                    self.bad(field, format!("must be an integer from {min} to {max}"));
+                    None
+                }
+            },
+        }
+    }
+
+    pub fn nullable_number(&mut self, field: &str, min: f64, max: f64) -> Option<Option<f64>> {
+        match self.take(field) {
+            None => None,
+            Some(Json::Null) => Some(None),
+            Some(v) => match v.as_f64().filter(|n| (min..=max).contains(n)) {
+                Some(n) => Some(Some(n)),
+                None => {
+                    self.bad(field, format!("must be a number from {min} to {max}"));
+                    None
+                }
+            },
+        }
+    }
+
+    pub fn bool(&mut self, field: &str) -> Option<bool> {
+        match self.take(field) {
+            None => None,
+            Some(Json::Bool(b)) => Some(b),
+            Some(_) => {
+                self.bad(field, "must be true or false");
+                None
+            }
+        }
+    }
+
+    /// One of `allowed`.
+    pub fn choice(&mut self, field: &str, allowed: &[&str]) -> Option<String> {
+        let v = self.take(field)?;
+        match v.as_str().filter(|s| allowed.contains(s)) {
+            Some(s) => Some(s.to_owned()),
+            None => {
+                self.bad(field, format!("must be one of: {}", allowed.join(", ")));
+                None
+            }
+        }
+    }
+
+    pub fn nullable_choice(&mut self, field: &str, allowed: &[&str]) -> Option<Option<String>> {
+        match self.take(field) {
+            None => None,
+            Some(Json::Null) => Some(None),
+            Some(v) => match v.as_str().filter(|s| allowed.contains(s)) {
+                Some(s) => Some(Some(s.to_owned())),
+                None => {
+                    self.bad(
+                        field,
+                        format!("must be one of: {}, or null", allowed.join(", ")),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// A UUID string, or null.
+    pub fn nullable_uuid(&mut self, field: &str) -> Option<Option<uuid::Uuid>> {
+        match self.take(field) {
+            None => None,
+            Some(Json::Null) => Some(None),
+            Some(v) => match v.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()) {
+                Some(id) => Some(Some(id)),
+                None => {
+                    self.bad(field, "must be an id (UUID) or null");
+                    None
+                }
+            },
+        }
+    }
+
+    /// An array of strings, each `1..=max` characters, at most `max_items`.
+    pub fn strings(&mut self, field: &str, max_items: usize, max: usize) -> Option<Vec<String>> {
+        let v = self.take(field)?;
+        let Some(items) = v.as_array().filter(|a| a.len() <= max_items) else {
+            self.bad(
+                field,
+                format!("must be an array of at most {max_items} strings"),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match item
+                .as_str()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.len() <= max)
+            {
+                Some(s) => out.push(s.to_owned()),
+                None => {
+                    self.bad(
+                        field,
+                        format!("every item must be a string of 1 to {max} characters"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// A JSON object, as given.
+    pub fn object(&mut self, field: &str) -> Option<Json> {
+        let v = self.take(field)?;
+        if v.is_object() {
+            Some(v)
+        } else {
+            self.bad(field, "must be an object");
+            None
+        }
+    }
+
+    /// Refuses what is left (unknown fields) and returns every collected error as a 422.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        let unknown: Vec<String> = self.obj.keys().cloned().collect();
+        for k in unknown {
+            self.bad(&k, "unknown field");
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Invalid(self.errors))
+        }
+    }
+}
+
+/// An `http(s)://host[:port]` origin with no path (web chat allowed origins).
+pub fn is_origin(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (rest, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// An absolute `https://` URL (or `http://` for 127.0.0.1 / localhost, for local stacks).
+pub fn is_web_url(s: &str) -> bool {
+    let ok_scheme = s.starts_with("https://")
+        || s.starts_with("http://127.0.0.1")
+        || s.starts_with("http://localhost");
+    ok_scheme && !s.chars().any(char::is_whitespace) && s.len() <= 2000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn collects_every_bad_field_and_refuses_unknown_ones() {
+        let body = json!({"name": "", "n": 5, "flag": "yes", "typo": 1, "keep": null});
+        let mut i = Input::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(i.required_str("name", 1, 10), None);
+        assert_eq!(i.int("n", 0, 3), None);
+        assert_eq!(i.bool("flag"), None);
+        assert_eq!(i.nullable_str("keep", 1, 5), Some(None));
+        assert_eq!(i.str("absent", 1, 5), None);
+        let Err(ApiError::Invalid(f)) = i.finish() else {
+            panic!("422 expected")
+        };
+        assert_eq!(
+            f.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["flag", "n", "name", "typo"]
+        );
+        assert!(matches!(
+            Input::parse(b"[1]"),
+            Err(ApiError::BadRequest("malformed_json", _))
+        ));
+        assert!(matches!(
+            Input::parse(b"{nope"),
+            Err(ApiError::BadRequest("malformed_json", _))
+        ));
+        assert!(Input::parse(b"").unwrap().finish().is_ok());
+    }
+
+    #[test]
+    fn origins_and_urls() {
+        assert!(is_origin("https://shop.example.com"));
+        assert!(is_origin("http://127.0.0.1:9100"));
+        for bad in [
+            "https://shop.example.com/",
+            "shop.example.com",
+            "https://a/b",
+            "https://",
+            "https://x:port",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+        assert!(is_web_url("https://crm.example.com/hook"));
+        assert!(is_web_url("http://127.0.0.1:9/x"));
+        assert!(!is_web_url("http://crm.example.com/hook"));
+        assert!(!is_web_url("ftp://x"));
+    }
+}

@@ -1,0 +1,571 @@
+//! The admin API (a `lambda_http` function behind its own Function URL): JSON REST under `/v1`
+//! for the platform operator (tenants, top-ups) and for each tenant (channel accounts, agents,
+//! credits, conversations, leads, human handoff, outbound webhook, API keys).
+//!
+//! Every request: API key (`Authorization: Bearer aak_…`) → rate limit per key → route → role
+//! check → handler. The routes, with the role each needs, are [`routes::ROUTES`]; the OpenAPI
+//! document (`openapi.yaml`, served at `GET /v1/openapi.yaml`) is checked against that table by
+//! a test. Errors are JSON `{"error": code, "message": text}` (plus `fields` on 422): 401 no or
+//! bad key, 403 role, 404 unknown id *or another tenant's id* (existence is never revealed),
+//! 409 state conflict, 422 invalid fields, 429 with `Retry-After`. One log line per request
+//! with route, status and key prefix; never a key, secret or message text.
+
+pub mod config;
+pub mod routes;
+
+mod api;
+mod input;
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use lambda_http::http::{header, HeaderValue, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde_json::{json, Value as Json};
+use shared::db::apikeys::{self, Principal, Role};
+use shared::db::{Db, DbError, TenantId};
+use shared::graph::{GraphClient, GraphTokens};
+use shared::metrics::Metrics;
+use shared::queue::QueuePublisher;
+use shared::ratelimit::{RateLimiter, Verdict};
+use tracing::{info, warn, Instrument};
+
+pub use config::{Config, Settings};
+use routes::Access;
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
+
+/// Largest page a list returns (`limit` defaults to 50).
+pub const MAX_PAGE: i64 = 200;
+
+pub struct App {
+    settings: Settings,
+    db: Db,
+    limiter: RateLimiter,
+    graph: GraphClient,
+    tokens: GraphTokens,
+    publisher: QueuePublisher,
+    metrics: Metrics,
+}
+
+/// A failed request, mapped to one status and JSON body.
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden(String),
+    NotFound,
+    MethodNotAllowed,
+    BadRequest(&'static str, String),
+    Invalid(BTreeMap<String, String>),
+    Conflict(&'static str, String),
+    Limited(u64),
+    /// Meta refused or failed a send.
+    Upstream(String, Option<i64>),
+    /// The database (or another dependency) is unreachable; worth retrying.
+    Unavailable,
+    Internal,
+}
+
+impl ApiError {
+    /// A 422 about one field.
+    pub fn field(name: &str, message: impl Into<String>) -> Self {
+        ApiError::Invalid(BTreeMap::from([(name.to_owned(), message.into())]))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadRequest(..) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Upstream(..) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable code for the body and the log line.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::BadRequest(code, _) => code,
+            ApiError::Invalid(_) => "invalid",
+            ApiError::Conflict(code, _) => code,
+            ApiError::Limited(_) => "rate_limited",
+            ApiError::Upstream(..) => "send_failed",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal => "internal",
+        }
+    }
+
+    fn response(&self) -> Response<Body> {
+        let mut body = json!({"error": self.code()});
+        let message = match self {
+            ApiError::Unauthorized => {
+                "send a valid API key as `Authorization: Bearer aak_…`".to_owned()
+            }
+            ApiError::Forbidden(m) | ApiError::BadRequest(_, m) | ApiError::Conflict(_, m) => {
+                m.clone()
+            }
+            ApiError::NotFound => "no such resource".to_owned(),
+            ApiError::MethodNotAllowed => "this path does not take that method".to_owned(),
+            ApiError::Invalid(fields) => {
+                body["fields"] = json!(fields);
+                "some fields are invalid".to_owned()
+            }
+            ApiError::Limited(secs) => format!("too many requests for this key; retry in {secs} s"),
+            ApiError::Upstream(m, code) => {
+                if let Some(c) = code {
+                    body["provider_code"] = json!(c);
+                }
+                m.clone()
+            }
+            ApiError::Unavailable => "a dependency is unavailable; retry shortly".to_owned(),
+            ApiError::Internal => "internal error".to_owned(),
+        };
+        body["message"] = json!(message);
+        let mut resp = json_response(self.status(), &body);
+        if let ApiError::Limited(secs) = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        resp
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if let DbError::Postgres(pg) = &e {
+            if let Some(db) = pg.as_db_error() {
+                match db.code().code() {
+                    "23505" => {
+                        return ApiError::Conflict(
+                            "already_exists",
+                            "a resource with that identity already exists".into(),
+                        )
+                    }
+                    // check / not-null / invalid text: a value the schema refuses
+                    "23514" | "23502" | "22P02" | "22007" | "22008" | "22003" => {
+                        return ApiError::field("_", db.message().to_owned())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if e.is_retryable() {
+            warn!(error = %e, "database unavailable");
+            ApiError::Unavailable
+        } else {
+            tracing::error!(error = %e, "database error");
+            ApiError::Internal
+        }
+    }
+}
+
+/// What a handler returns.
+pub enum Reply {
+    Json(StatusCode, Json),
+    Csv(String, Option<String>),
+    Yaml(&'static str),
+}
+
+impl Reply {
+    pub fn ok(v: Json) -> Self {
+        Reply::Json(StatusCode::OK, v)
+    }
+    pub fn created(v: Json) -> Self {
+        Reply::Json(StatusCode::CREATED, v)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Json) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(body.to_string()))
+        .expect("response")
+}
+
+/// One request, as the handlers see it.
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub who: &'a Principal,
+    pub params: Vec<String>,
+    pub query: BTreeMap<String, String>,
+    pub body: &'a [u8],
+}
+
+impl Ctx<'_> {
+    /// The caller's tenant (tenant routes are only dispatched to tenant keys).
+    pub fn tenant(&self) -> TenantId {
+        self.who.tenant.expect("tenant route with a tenant key")
+    }
+
+    /// Path parameter `i` as a UUID; anything else names nothing (404).
+    pub fn id(&self, i: usize) -> Result<uuid::Uuid, ApiError> {
+        self.params
+            .get(i)
+            .and_then(|p| uuid::Uuid::parse_str(p).ok())
+            .ok_or(ApiError::NotFound)
+    }
+
+    /// `limit` query parameter (1..=MAX_PAGE, default 50).
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.query.get("limit") {
+            None => Ok(50),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| {
+                    ApiError::field("limit", format!("an integer from 1 to {MAX_PAGE}"))
+                }),
+        }
+    }
+
+    /// The decoded `cursor` query parameter (what [`cursor`] made), if any.
+    pub fn cursor(&self) -> Result<Option<Json>, ApiError> {
+        let Some(raw) = self.query.get("cursor") else {
+            return Ok(None);
+        };
+        URL_SAFE_NO_PAD
+            .decode(raw)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+            .filter(Json::is_array)
+            .map(Some)
+            .ok_or_else(|| ApiError::field("cursor", "not a cursor this API returned"))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.app.metrics
+    }
+}
+
+/// An opaque page cursor for the keyset `key` (e.g. `[updated_at, id]` of the last row).
+pub fn cursor(key: Json) -> String {
+    URL_SAFE_NO_PAD.encode(key.to_string())
+}
+
+/// A page of `rows` (fetched with `limit + 1` to know whether more follow) as
+/// `{"data": [...], "next_cursor": ...}`. Each row carries its keyset as `_k` (removed here).
+pub fn page(mut rows: Vec<Json>, limit: i64) -> Json {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|r| json!(cursor(r["_k"].clone())))
+    } else {
+        None
+    };
+    for r in &mut rows {
+        if let Some(o) = r.as_object_mut() {
+            o.remove("_k");
+        }
+    }
+    json!({"data": rows, "next_cursor": next})
+}
+
+impl App {
+    pub fn new(
+        settings: Settings,
+        db: Db,
+        sdk: &aws_config::SdkConfig,
+        tokens: GraphTokens,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            limiter: RateLimiter::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                settings.limits_table.clone(),
+            ),
+            graph: GraphClient::new(
+                settings.graph_base_url.clone(),
+                settings.instagram_graph_base_url.clone(),
+            ),
+            publisher: QueuePublisher::new(
+                aws_sdk_sqs::Client::new(sdk),
+                shared::queue::RetryPolicy::default(),
+            ),
+            settings,
+            db,
+            tokens,
+            metrics,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn graph(&self) -> &GraphClient {
+        &self.graph
+    }
+
+    fn tokens(&self) -> &GraphTokens {
+        &self.tokens
+    }
+
+    fn publisher(&self) -> &QueuePublisher {
+        &self.publisher
+    }
+
+    /// Running metric totals (tests read them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Handles one HTTP request. Never fails: every outcome is a response. EMF: `Requests` by
+    /// `Status`.
+    pub async fn handle(&self, req: Request) -> Response<Body> {
+        let correlation_id = shared::telemetry::correlation_id(
+            req.headers()
+                .get("x-correlation-id")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let span = tracing::info_span!("admin", correlation_id = %correlation_id);
+        let started = std::time::Instant::now();
+        let resp = async {
+            let method = req.method().as_str().to_owned();
+            let (route, key, result) = self.serve(&req).await;
+            let resp = match result {
+                Ok(reply) => render(reply),
+                Err(e) => {
+                    let r = e.response();
+                    if r.status().is_server_error() {
+                        warn!(error = e.code(), "request failed");
+                    }
+                    r
+                }
+            };
+            info!(
+                method = %method,
+                route = route.unwrap_or("unmatched"),
+                key = key.as_deref().unwrap_or("-"),
+                status = resp.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+                "admin request"
+            );
+            resp
+        }
+        .instrument(span)
+        .await;
+        self.metrics
+            .count_by("Requests", "Status", resp.status().as_u16().to_string(), 1);
+        self.metrics.flush();
+        resp
+    }
+
+    /// (route template, key prefix, result).
+    async fn serve(
+        &self,
+        req: &Request,
+    ) -> (
+        Option<&'static str>,
+        Option<String>,
+        Result<Reply, ApiError>,
+    ) {
+        let found = routes::find(req.method().as_str(), req.uri().path());
+        let (spec, params) = match found {
+            Ok(x) => x,
+            Err(e) => return (None, None, Err(e)),
+        };
+        if spec.access == Access::Public {
+            return (Some(spec.path), None, Ok(Reply::Yaml(OPENAPI_YAML)));
+        }
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let Some(presented) = presented else {
+            return (Some(spec.path), None, Err(ApiError::Unauthorized));
+        };
+        let who = match apikeys::authenticate(&self.db, presented).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return (Some(spec.path), None, Err(ApiError::Unauthorized)),
+            Err(e) => return (Some(spec.path), None, Err(e.into())),
+        };
+        let prefix = presented.get(..12).map(str::to_owned);
+        let result = self.authorised(req, spec, params, &who).await;
+        (Some(spec.path), prefix, result)
+    }
+
+    async fn authorised(
+        &self,
+        req: &Request,
+        spec: &'static routes::RouteSpec,
+        params: Vec<String>,
+        who: &Principal,
+    ) -> Result<Reply, ApiError> {
+        match self
+            .limiter
+            .hit(
+                &format!("k#{}", who.key_id.simple()),
+                self.settings.per_key_per_minute,
+            )
+            .await
+        {
+            Ok(Verdict::Allowed) => {}
+            Ok(Verdict::Limited { retry_after }) => return Err(ApiError::Limited(retry_after)),
+            Err(e) => warn!(error = %e, "rate-limit counter unreachable; request let through"),
+        }
+        match spec.access {
+            Access::Public | Access::AnyKey => {}
+            Access::Platform if who.role == Role::Platform => {}
+            Access::Platform => {
+                return Err(ApiError::Forbidden(
+                    "this route needs the platform key".into(),
+                ))
+            }
+            Access::Tenant(_) if who.role == Role::Platform => {
+                return Err(ApiError::Forbidden(
+                    "this route needs a tenant key; the platform key manages tenants".into(),
+                ))
+            }
+            Access::Tenant(required) => {
+                let tenant = who.tenant.expect("tenant key");
+                if !who.may(tenant, required) {
+                    return Err(ApiError::Forbidden(format!(
+                        "this route needs the {} role",
+                        required.as_str()
+                    )));
+                }
+            }
+        }
+        let body = req.body().as_ref();
+        if body.len() > self.settings.max_body_bytes {
+            return Err(ApiError::BadRequest(
+                "body_too_large",
+                format!(
+                    "bodies are limited to {} bytes",
+                    self.settings.max_body_bytes
+                ),
+            ));
+        }
+        let query = req
+            .uri()
+            .query()
+            .map(|q| {
+                form_pairs(q)
+                    .into_iter()
+                    .collect::<BTreeMap<String, String>>()
+            })
+            .unwrap_or_default();
+        let ctx = Ctx {
+            app: self,
+            who,
+            params,
+            query,
+            body,
+        };
+        api::dispatch(spec.op, &ctx).await
+    }
+}
+
+/// `a=1&b=x%20y` → pairs, percent- and plus-decoded.
+fn form_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn render(reply: Reply) -> Response<Body> {
+    match reply {
+        Reply::Json(status, body) => json_response(status, &body),
+        Reply::Csv(text, next) => {
+            let mut b = Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"leads.csv\"",
+                )
+                .header(header::CACHE_CONTROL, "no-store");
+            if let Some(n) = next {
+                b = b.header("x-next-cursor", n);
+            }
+            b.body(Body::from(text)).expect("response")
+        }
+        Reply::Yaml(text) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/yaml")
+            .body(Body::from(text))
+            .expect("response"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(
+            form_pairs("mode=human&updated_since=2026-01-01T00%3A00%3A00Z&x=a+b&bad=%zz&&t=%4"),
+            vec![
+                ("mode".to_owned(), "human".to_owned()),
+                (
+                    "updated_since".to_owned(),
+                    "2026-01-01T00:00:00Z".to_owned()
+                ),
+                ("x".to_owned(), "a b".to_owned()),
+                ("bad".to_owned(), "%zz".to_owned()),
+                ("t".to_owned(), "%4".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn pages_carry_a_cursor_only_when_more_rows_follow() {
+        let rows: Vec<Json> = (1..=3).map(|i| json!({"id": i, "_k": [i]})).collect();
+        let p = page(rows.clone(), 2);
+        assert_eq!(p["data"], json!([{"id": 1}, {"id": 2}]));
+        let c = p["next_cursor"].as_str().unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.decode(c).unwrap(), b"[2]");
+        let p = page(rows, 3);
+        assert!(p["next_cursor"].is_null());
+    }
+}
