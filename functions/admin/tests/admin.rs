@@ -163,6 +163,23 @@ async fn another_tenants_ids_are_not_found_and_nothing_changes() {
         .filter(|r| matches!(r.access, Access::Tenant(_)))
     {
         if !route.path.contains('{') {
+            // B's own resources (a new site, agent, key, its webhook): allowed, and A's state
+            // (checked below) must not move.
+            let r = h
+                .call(
+                    route.method,
+                    route.path,
+                    &h.b.owner,
+                    body_for(route.method, route.path),
+                )
+                .await;
+            assert!(
+                r.status < 300,
+                "{} {}: {}",
+                route.method,
+                route.path,
+                r.text
+            );
             continue;
         }
         let r = h
@@ -1135,4 +1152,55 @@ async fn each_key_has_its_own_rate_limit() {
         .handle(request("GET", "/v1/credits", Some(&fresh.key), None))
         .await;
     assert_eq!(other.status().as_u16(), 200, "another key is not limited");
+}
+
+#[tokio::test]
+async fn malformed_ids_are_not_found_and_paging_parameters_are_checked() {
+    let h = Harness::new().await;
+    let before = snapshot(&h).await;
+    for route in ROUTES.iter().filter(|r| r.path.contains('{')) {
+        let key = match route.access {
+            Access::Platform => h.platform.clone(),
+            _ => h.a.owner.clone(),
+        };
+        let path = route
+            .path
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "not-a-uuid"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let r = h
+            .call(
+                route.method,
+                &path,
+                &key,
+                body_for(route.method, route.path),
+            )
+            .await;
+        assert_eq!(r.status, 404, "{} {path}: {}", route.method, r.text);
+    }
+    assert_eq!(snapshot(&h).await, before);
+    let conv = h.fx.wa_conversation;
+    for (path, key) in [
+        ("/v1/tenants".to_owned(), &h.platform),
+        ("/v1/credits/ledger".to_owned(), &h.a.viewer),
+        ("/v1/conversations".to_owned(), &h.a.viewer),
+        (format!("/v1/conversations/{conv}/messages"), &h.a.viewer),
+        ("/v1/leads".to_owned(), &h.a.viewer),
+        ("/v1/leads.csv".to_owned(), &h.a.viewer),
+    ] {
+        for bad in ["limit=0", "limit=x", "cursor=nope", "cursor=WyJ4Il0"] {
+            let r = h
+                .call("GET", &format!("{path}?{bad}"), key, Value::Null)
+                .await;
+            assert_eq!(r.status, 422, "{path}?{bad}: {}", r.text);
+            assert_eq!(r.body["error"], "invalid");
+        }
+    }
 }
