@@ -1204,3 +1204,39 @@ async fn malformed_ids_are_not_found_and_paging_parameters_are_checked() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_templates_environment_configures_the_function() {
+    use secrecy::ExposeSecret;
+    let sdk = local_aws::testing::emulator_sdk().await;
+    let (template, stack) = local_aws::testing::fresh_stack(&sdk).await;
+    let env = stack.function_env(&template, "AdminFunction").unwrap();
+    let config =
+        admin::Config::from_reader(shared::config::EnvReader::new(|k| env.get(k).cloned()))
+            .expect("the template's environment is a valid configuration");
+    let s = &config.settings;
+    assert_eq!(s.limits_table, stack.tables["IdempotencyTable"]);
+    assert_eq!(s.extraction_queue_url, stack.queue("ExtractionQueue").url);
+    assert_eq!(
+        s.token_secret_prefix.as_deref(),
+        Some(format!("{}/channel/", stack.name).as_str())
+    );
+    assert!(
+        s.model_base_urls.is_empty(),
+        "no endpoint override unless the operator lists one"
+    );
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    sm.put_secret_value()
+        .secret_id(&stack.secrets["DatabaseSecret"].arn)
+        .secret_string(json!({"url": "postgres://u:p@db:5432/agent"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let secrets = shared::secrets::SecretCache::new(sm, std::time::Duration::from_secs(300));
+    let (url, token) = config.resolve(&secrets).await.unwrap();
+    assert!(url.expose_secret().starts_with("postgres://u:p@db"));
+    assert!(
+        token.is_none(),
+        "no default Graph token until the operator sets one"
+    );
+}
