@@ -71,6 +71,25 @@ impl<'a> EnvReader<'a> {
         v.trim_end_matches('/').to_owned()
     }
 
+    /// A comma-separated list of http(s) base URLs (each without its trailing `/`); empty when
+    /// unset.
+    pub fn url_list(&mut self, key: &str) -> Vec<String> {
+        let list: Vec<String> = self
+            .optional(key)
+            .unwrap_or_default()
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for u in &list {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                self.problems
+                    .push(format!("{key} must list http(s) URLs, got `{u}`"));
+            }
+        }
+        list
+    }
+
     /// A number in `min..=max`, or `default` when unset.
     pub fn number(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         match self.optional(key) {

@@ -61,8 +61,8 @@ pub struct ResponseRequest {
     /// Hashed end-user id (≤ 64 chars), never the raw phone number.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub safety_identifier: Option<String>,
-    /// The agent's endpoint (`agents.base_url`, from the deployment's allowlist) in place of
-    /// the client's; not part of the body.
+    /// The agent's endpoint (`agents.base_url`) in place of the client's, if the client's
+    /// `allowed_base_urls` lists it; not part of the body.
     #[serde(skip)]
     pub base_url: Option<String>,
 }
@@ -127,6 +127,9 @@ pub struct ClientSettings {
     pub max_backoff: Duration,
     pub breaker_threshold: u32,
     pub breaker_cool_down: Duration,
+    /// Endpoints a request's `base_url` (an agent's override) may name; the API key is sent
+    /// there, so any other is ignored (with a warning) and `base_url` above is used.
+    pub allowed_base_urls: Vec<String>,
 }
 
 impl ClientSettings {
@@ -140,6 +143,7 @@ impl ClientSettings {
             max_backoff: Duration::from_secs(8),
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(30),
+            allowed_base_urls: Vec::new(),
         }
     }
 }
@@ -281,7 +285,16 @@ impl ResponsesClient {
     }
 
     async fn attempt(&self, req: &ResponseRequest) -> Attempt {
-        let base = req.base_url.as_deref().unwrap_or(&self.settings.base_url);
+        let base = match req.base_url.as_deref().map(|u| u.trim_end_matches('/')) {
+            Some(u) if self.settings.allowed_base_urls.iter().any(|a| a == u) => u,
+            Some(_) => {
+                tracing::warn!(
+                    "the agent's base_url is not in MODEL_BASE_URL_ALLOWLIST; using the default endpoint"
+                );
+                &self.settings.base_url
+            }
+            None => &self.settings.base_url,
+        };
         let url = format!("{}/responses", base.trim_end_matches('/'));
         let sent = self
             .http

@@ -64,7 +64,7 @@ async fn sends_the_documented_body_and_reads_text_and_usage() {
 }
 
 #[tokio::test]
-async fn an_agents_base_url_replaces_the_clients_and_stays_out_of_the_body() {
+async fn an_agents_base_url_is_used_only_when_allow_listed_and_stays_out_of_the_body() {
     let default = MockServer::start().await;
     let agents = MockServer::start().await;
     Mock::given(method("POST"))
@@ -77,9 +77,22 @@ async fn an_agents_base_url_replaces_the_clients_and_stays_out_of_the_body() {
         base_url: Some(format!("{}/gateway/v1/", agents.uri())),
         ..request()
     };
+    // Not on the allowlist: the key stays with the default endpoint.
+    Mock::given(method("POST"))
+        .and(path("/v1/responses"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body("default")))
+        .mount(&default)
+        .await;
     let reply = client(&default).create(&req).await.unwrap();
+    assert_eq!(reply.text, "default");
+    assert!(agents.received_requests().await.unwrap().is_empty());
+    // Listed: the agent's endpoint answers.
+    let mut settings =
+        ClientSettings::new(format!("{}/v1", default.uri()), "sk-test".to_owned().into());
+    settings.allowed_base_urls = vec![format!("{}/gateway/v1", agents.uri())];
+    let reply = ResponsesClient::new(settings).create(&req).await.unwrap();
     assert_eq!(reply.text, "via gateway");
-    assert!(default.received_requests().await.unwrap().is_empty());
+    assert_eq!(default.received_requests().await.unwrap().len(), 1);
     let sent: serde_json::Value =
         serde_json::from_slice(&agents.received_requests().await.unwrap()[0].body).unwrap();
     assert!(sent.get("base_url").is_none());

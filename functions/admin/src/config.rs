@@ -28,6 +28,9 @@ pub struct Settings {
     pub limits_table: String,
     /// Requests per API key per minute.
     pub per_key_per_minute: u32,
+    /// Requests per source address per minute, counted before the key is looked up (so bad
+    /// keys cannot be tried at database speed).
+    pub per_ip_per_minute: u32,
     /// Where a job is queued to deliver a handoff event to the tenant's webhook promptly.
     pub extraction_queue_url: String,
     pub graph_base_url: String,
@@ -50,6 +53,7 @@ impl Default for Settings {
         Self {
             limits_table: String::new(),
             per_key_per_minute: 300,
+            per_ip_per_minute: 600,
             extraction_queue_url: String::new(),
             graph_base_url: format!("https://graph.facebook.com/{GRAPH_VERSION}"),
             instagram_graph_base_url: format!("https://graph.instagram.com/{GRAPH_VERSION}"),
@@ -78,20 +82,18 @@ impl Config {
                 1,
                 100_000,
             ) as u32,
+            per_ip_per_minute: env.number(
+                "ADMIN_REQUESTS_PER_IP_PER_MINUTE",
+                d.per_ip_per_minute as u64,
+                1,
+                1_000_000,
+            ) as u32,
             extraction_queue_url: env.required_url("EXTRACTION_QUEUE_URL"),
             graph_base_url: env.base_url("GRAPH_BASE_URL", &d.graph_base_url),
             instagram_graph_base_url: env
                 .base_url("INSTAGRAM_GRAPH_BASE_URL", &d.instagram_graph_base_url),
             token_secret_prefix: env.optional("TOKEN_SECRET_PREFIX"),
-            model_base_urls: env
-                .optional("MODEL_BASE_URL_ALLOWLIST")
-                .map(|v| {
-                    v.split(',')
-                        .map(|u| u.trim().trim_end_matches('/').to_owned())
-                        .filter(|u| !u.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            model_base_urls: env.url_list("MODEL_BASE_URL_ALLOWLIST"),
             max_body_bytes: d.max_body_bytes,
             secrets_ttl: Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600)),
             metrics_namespace: env
@@ -99,6 +101,12 @@ impl Config {
                 .unwrap_or(d.metrics_namespace),
         };
         let app_secret_id = env.optional("APP_SECRET_ID");
+        if app_secret_id.is_some() && settings.token_secret_prefix.is_none() {
+            // Deployed: without the prefix a tenant could name any secret as its token.
+            env.problem(
+                "TOKEN_SECRET_PREFIX is required with APP_SECRET_ID (deployed: <stack>/channel/)",
+            );
+        }
         let graph_access_token = env.optional("GRAPH_ACCESS_TOKEN").map(SecretString::from);
         env.finish(Self {
             database,

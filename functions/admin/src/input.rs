@@ -63,7 +63,10 @@ impl Input {
             Json::String(s) => {
                 let s = s.trim().to_owned();
                 let n = s.chars().count();
-                if n < min || n > max {
+                if s.contains('\0') {
+                    self.bad(field, "must not contain NUL characters");
+                    None
+                } else if n < min || n > max {
                     self.bad(field, format!("must be {min} to {max} characters"));
                     None
                 } else {
@@ -203,7 +206,7 @@ impl Input {
             match item
                 .as_str()
                 .map(str::trim)
-                .filter(|s| !s.is_empty() && s.len() <= max)
+                .filter(|s| !s.is_empty() && s.len() <= max && !s.contains('\0'))
             {
                 Some(s) => out.push(s.to_owned()),
                 None => {
@@ -221,10 +224,11 @@ impl Input {
     /// A JSON object, as given.
     pub fn object(&mut self, field: &str) -> Option<Json> {
         let v = self.take(field)?;
-        if v.is_object() {
+        // Postgres refuses NUL in jsonb strings (and keys).
+        if v.is_object() && !v.to_string().contains("\\u0000") {
             Some(v)
         } else {
-            self.bad(field, "must be an object");
+            self.bad(field, "must be an object (without NUL characters)");
             None
         }
     }
@@ -263,18 +267,44 @@ pub fn is_origin(s: &str) -> bool {
             .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// An absolute `https://` URL (or `http://` for 127.0.0.1 / localhost, for local stacks).
-pub fn is_web_url(s: &str) -> bool {
-    let ok_scheme = s.starts_with("https://")
-        || s.starts_with("http://127.0.0.1")
-        || s.starts_with("http://localhost");
-    ok_scheme && !s.chars().any(char::is_whitespace) && s.len() <= 2000
+/// Where the tenant's webhook may point: `https://` with a DNS host name (no IP literal, no
+/// `localhost`, no user info), so deliveries cannot be aimed at the functions' own network by
+/// address. (A name that resolves to a private address is not caught here.)
+pub fn is_public_https_url(s: &str) -> bool {
+    let Ok(u) = url::Url::parse(s) else {
+        return false;
+    };
+    let host_ok = match u.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            d.contains('.') && d != "localhost" && !d.ends_with(".localhost")
+        }
+        _ => false,
+    };
+    u.scheme() == "https"
+        && host_ok
+        && u.username().is_empty()
+        && u.password().is_none()
+        && s.len() <= 2000
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn refuses_nul_characters() {
+        let body = json!({"a": "x\u{0}y", "b": ["ok", "n\u{0}"], "c": {"k": "\u{0}"}});
+        let mut i = Input::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(i.str("a", 1, 10), None);
+        assert_eq!(i.strings("b", 5, 10), None);
+        assert_eq!(i.object("c"), None);
+        let Err(ApiError::Invalid(f)) = i.finish() else {
+            panic!("422 expected")
+        };
+        assert_eq!(f.len(), 3);
+    }
 
     #[test]
     fn collects_every_bad_field_and_refuses_unknown_ones() {
@@ -316,9 +346,21 @@ mod tests {
         ] {
             assert!(!is_origin(bad), "{bad}");
         }
-        assert!(is_web_url("https://crm.example.com/hook"));
-        assert!(is_web_url("http://127.0.0.1:9/x"));
-        assert!(!is_web_url("http://crm.example.com/hook"));
-        assert!(!is_web_url("ftp://x"));
+        assert!(is_public_https_url("https://crm.example.com/hook?x=1"));
+        for bad in [
+            "http://crm.example.com/hook",
+            "https://127.0.0.1/x",
+            "https://0x7f.1/x",
+            "https://[::1]/x",
+            "https://169.254.169.254/latest",
+            "https://localhost/x",
+            "https://api.localhost/x",
+            "https://user:pw@crm.example.com/x",
+            "https://intranet/x",
+            "ftp://x.example",
+            "not a url",
+        ] {
+            assert!(!is_public_https_url(bad), "{bad}");
+        }
     }
 }

@@ -61,8 +61,8 @@ pub enum ApiError {
     Invalid(BTreeMap<String, String>),
     Conflict(&'static str, String),
     Limited(u64),
-    /// Meta refused or failed a send.
-    Upstream(String, Option<i64>),
+    /// Meta refused or failed a send: message, Meta's code, the parts that did go out.
+    Upstream(String, Option<i64>, Json),
     /// The database (or another dependency) is unreachable; worth retrying.
     Unavailable,
     Internal,
@@ -123,10 +123,11 @@ impl ApiError {
                 "some fields are invalid".to_owned()
             }
             ApiError::Limited(secs) => format!("too many requests for this key; retry in {secs} s"),
-            ApiError::Upstream(m, code) => {
+            ApiError::Upstream(m, code, sent) => {
                 if let Some(c) = code {
                     body["provider_code"] = json!(c);
                 }
+                body["sent"] = sent.clone();
                 m.clone()
             }
             ApiError::Unavailable => "a dependency is unavailable; retry shortly".to_owned(),
@@ -154,9 +155,8 @@ impl From<DbError> for ApiError {
                         )
                     }
                     // check / not-null / invalid text: a value the schema refuses
-                    "23514" | "23502" | "22P02" | "22007" | "22008" | "22003" => {
-                        return ApiError::field("_", db.message().to_owned())
-                    }
+                    "23514" | "23502" | "22P02" | "22007" | "22008" | "22003" | "22021"
+                    | "22P05" => return ApiError::field("_", db.message().to_owned()),
                     _ => {}
                 }
             }
@@ -397,6 +397,19 @@ impl App {
         let Some(presented) = presented else {
             return (Some(spec.path), None, Err(ApiError::Unauthorized));
         };
+        if let Some(ip) = source_ip(req) {
+            match self
+                .limiter
+                .hit(&format!("ip#{ip}"), self.settings.per_ip_per_minute)
+                .await
+            {
+                Ok(Verdict::Allowed) => {}
+                Ok(Verdict::Limited { retry_after }) => {
+                    return (Some(spec.path), None, Err(ApiError::Limited(retry_after)))
+                }
+                Err(e) => warn!(error = %e, "rate-limit counter unreachable; request let through"),
+            }
+        }
         let who = match apikeys::authenticate(&self.db, presented).await {
             Ok(Some(p)) => p,
             Ok(None) => return (Some(spec.path), None, Err(ApiError::Unauthorized)),
@@ -476,6 +489,16 @@ impl App {
             body,
         };
         api::dispatch(spec.op, &ctx).await
+    }
+}
+
+/// The caller's address as the Function URL saw it (none in tests and local invokes).
+fn source_ip(req: &Request) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(c) => c.http.source_ip.clone(),
+        _ => None,
     }
 }
 

@@ -31,7 +31,7 @@ fn body_for(method: &str, path: &str) -> Value {
         ("POST", "/v1/tenants/{tenant_id}/keys") | ("POST", "/v1/keys") => {
             json!({"name": "k", "role": "viewer"})
         }
-        ("POST", "/v1/channels") => {
+        ("POST", "/v1/channels") | ("POST", "/v1/tenants/{tenant_id}/channels") => {
             json!({"channel": "webchat", "allowed_origins": ["https://b.example.com"]})
         }
         ("PATCH", "/v1/channels/{channel_id}") => json!({"display_name": "Renamed"}),
@@ -541,9 +541,56 @@ async fn channel_accounts() {
         assert_eq!(r.status, 422, "{body}: {}", r.text);
         assert!(r.body["fields"][field].is_string(), "{body}: {}", r.text);
     }
+    // A tenant names its account's own token secret; the deployment's token is the operator's.
+    let r = h
+        .call(
+            "POST",
+            "/v1/channels",
+            &h.a.owner,
+            json!({"channel": "whatsapp", "provider_account_id": "1065400000", "waba_id": "1"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.body["fields"]["access_token_secret"].is_string(),
+        "{}",
+        r.text
+    );
+    let own = h
+        .call(
+            "POST",
+            "/v1/channels",
+            &h.a.owner,
+            json!({"channel": "whatsapp", "provider_account_id": "1065400000", "waba_id": "1",
+                   "access_token_secret": "agent/channel/1065400000"}),
+        )
+        .await;
+    assert_eq!(own.status, 201, "{}", own.text);
+    let r = h
+        .call(
+            "PATCH",
+            &format!("/v1/channels/{}", id_of(&own.body)),
+            &h.a.owner,
+            json!({"access_token_secret": null}),
+        )
+        .await;
+    assert_eq!(
+        r.status, 422,
+        "a tenant cannot fall back to the operator's token"
+    );
+    // The operator's route: another tenant's id is 404, the tenant must exist.
+    let r = h
+        .call(
+            "POST",
+            &format!("/v1/tenants/{}/channels", Uuid::new_v4()),
+            &h.platform,
+            json!({"channel": "instagram", "provider_account_id": "1"}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
     // The same number again, for this or another tenant: 409 without saying whose.
-    let dup =
-        json!({"channel": "whatsapp", "provider_account_id": common::WA_NUMBER, "waba_id": "1"});
+    let dup = json!({"channel": "whatsapp", "provider_account_id": common::WA_NUMBER,
+                     "waba_id": "1", "access_token_secret": "agent/channel/x"});
     for key in [&h.a.owner, &h.b.owner] {
         let r = h.call("POST", "/v1/channels", key, dup.clone()).await;
         assert_eq!(
@@ -750,6 +797,13 @@ async fn agents_are_validated_as_a_whole() {
             .unwrap()
             .len(),
         2
+    );
+    let r = h
+        .call("PATCH", &path, &h.a.owner, json!({"is_active": false}))
+        .await;
+    assert_eq!(
+        r.status, 422,
+        "deactivation goes through DELETE and its checks"
     );
     // Deactivation is refused while a channel answers with the agent.
     let used = format!("/v1/agents/{}", h.fx.agent);
@@ -1239,4 +1293,39 @@ async fn the_templates_environment_configures_the_function() {
         token.is_none(),
         "no default Graph token until the operator sets one"
     );
+}
+
+#[tokio::test]
+async fn each_source_address_is_limited_before_any_key_is_looked_up() {
+    use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    let h = Harness::new().await;
+    let mut settings = settings_for(&h.stack, &h.graph).await;
+    settings.per_ip_per_minute = 3;
+    let app = app_with(&h.t, &h.sdk, settings);
+    let from = |ip: &str, key: &str| {
+        let mut ctx = ApiGatewayV2httpRequestContext::default();
+        ctx.http.source_ip = Some(ip.to_owned());
+        request("GET", "/v1/credits", Some(key), None)
+            .with_request_context(RequestContext::ApiGatewayV2(ctx))
+    };
+    let mut limited = false;
+    for n in 0..10 {
+        // Bad keys and a good one alike count against the address.
+        let key = if n % 2 == 0 {
+            "aak_abcdefgh_guess"
+        } else {
+            h.a.viewer.as_str()
+        };
+        let status = app.handle(from("203.0.113.7", key)).await.status().as_u16();
+        assert!(matches!(status, 200 | 401 | 429), "{status}");
+        if status == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the address was limited");
+    let other = app.handle(from("198.51.100.9", &h.a.viewer)).await;
+    assert_eq!(other.status().as_u16(), 200, "another address is not");
 }

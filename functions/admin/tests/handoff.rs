@@ -352,6 +352,11 @@ async fn replies_outside_the_window_follow_each_channels_rule() {
         ),
         (502, json!("send_failed"), json!(131026))
     );
+    assert_eq!(
+        r.body["sent"],
+        json!([]),
+        "nothing went out before the refusal"
+    );
     let after: i64 = h
         .scalar("SELECT count(*) FROM messages WHERE direction = 'out'", &[])
         .await;

@@ -12,6 +12,8 @@ pub struct Config {
     pub app_secret_id: Option<String>,
     pub openai_api_key: Option<SecretString>,
     pub openai_base_url: String,
+    /// Endpoints an agent's `base_url` may name (`MODEL_BASE_URL_ALLOWLIST`); others are ignored.
+    pub model_base_urls: Vec<String>,
     /// Model for every extraction (e.g. a small, cheap one); unset: the agent's model.
     pub model: Option<String>,
     pub model_timeout: Duration,
@@ -39,6 +41,7 @@ impl Config {
             env.problem("set OPENAI_API_KEY or APP_SECRET_ID (a secret with `openai_api_key`)");
         }
         let openai_base_url = env.base_url("OPENAI_BASE_URL", "https://api.openai.com/v1");
+        let model_base_urls = env.url_list("MODEL_BASE_URL_ALLOWLIST");
         let model = env.optional("EXTRACTION_MODEL");
         let model_timeout = Duration::from_secs(env.number("MODEL_TIMEOUT_SECS", 30, 1, 300));
         let idempotency_table = env.required("IDEMPOTENCY_TABLE");
@@ -52,6 +55,7 @@ impl Config {
             app_secret_id,
             openai_api_key,
             openai_base_url,
+            model_base_urls,
             model,
             model_timeout,
             idempotency_table,

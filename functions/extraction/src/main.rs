@@ -30,6 +30,7 @@ async fn main() -> Result<(), Error> {
         .await
         .inspect_err(|e| tracing::error!(error = %e, "extraction cannot read its secrets"))?;
     let mut model = ClientSettings::new(config.openai_base_url.clone(), resolved.openai_api_key);
+    model.allowed_base_urls = config.model_base_urls.clone();
     model.timeout = config.model_timeout;
     let extractor = std::sync::Arc::new(Extractor::new(Deps {
         db: Db::new(DbConfig::new(secrecy::ExposeSecret::expose_secret(

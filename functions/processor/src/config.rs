@@ -24,6 +24,8 @@ pub struct Config {
     pub extraction_queue_url: String,
     pub dead_letter_queue_url: String,
     pub openai_base_url: String,
+    /// Endpoints an agent's `base_url` may name (`MODEL_BASE_URL_ALLOWLIST`); others are ignored.
+    pub model_base_urls: Vec<String>,
     pub graph_base_url: String,
     pub instagram_graph_base_url: String,
     pub metrics_namespace: String,
@@ -59,6 +61,7 @@ impl Config {
         let extraction_queue_url = env.required_url("EXTRACTION_QUEUE_URL");
         let dead_letter_queue_url = env.required_url("INBOUND_DLQ_URL");
         let openai_base_url = env.base_url("OPENAI_BASE_URL", "https://api.openai.com/v1");
+        let model_base_urls = env.url_list("MODEL_BASE_URL_ALLOWLIST");
         let graph_base_url = env.base_url(
             "GRAPH_BASE_URL",
             &format!("https://graph.facebook.com/{GRAPH_VERSION}"),
@@ -82,6 +85,7 @@ impl Config {
             extraction_queue_url,
             dead_letter_queue_url,
             openai_base_url,
+            model_base_urls,
             graph_base_url,
             instagram_graph_base_url,
             metrics_namespace,

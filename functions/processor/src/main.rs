@@ -32,6 +32,7 @@ async fn main() -> Result<(), Error> {
         .await
         .inspect_err(|e| tracing::error!(error = %e, "processor cannot read its secrets"))?;
     let mut model = ClientSettings::new(config.openai_base_url.clone(), resolved.openai_api_key);
+    model.allowed_base_urls = config.model_base_urls.clone();
     model.timeout = config.model_timeout;
     let deps = Deps {
         db: Db::new(DbConfig::new(secrecy::ExposeSecret::expose_secret(

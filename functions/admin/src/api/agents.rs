@@ -7,7 +7,7 @@ use serde_json::{json, Value as Json};
 use uuid::Uuid;
 
 use super::{json_one, json_rows};
-use crate::input::{is_web_url, Input};
+use crate::input::Input;
 use crate::{ApiError, Ctx, Reply};
 
 const COLUMNS: &str = "id, name, instructions, model, base_url, max_output_tokens, temperature,
@@ -96,7 +96,7 @@ impl Fields {
         if let Some(v) = i.nullable_str("base_url", 1, 500) {
             let allowed = &ctx.app.settings().model_base_urls;
             match v.as_deref().map(|u| u.trim_end_matches('/')) {
-                Some(u) if !is_web_url(u) || !allowed.iter().any(|a| a == u) => i.bad(
+                Some(u) if !allowed.iter().any(|a| a == u) => i.bad(
                     "base_url",
                     if allowed.is_empty() {
                         "this deployment allows no model endpoint override".to_owned()
@@ -182,9 +182,10 @@ pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::ok(one(ctx, ctx.id(0)?).await?))
 }
 
-/// Writes every field of `f` to agent `id` (inserting it when `insert`).
-async fn save(ctx: &Ctx<'_>, id: Uuid, f: &Fields, insert: bool) -> Result<(), ApiError> {
-    let sql = if insert {
+/// Writes every field of `f` to agent `id`: inserts it when `seen` is `None`, else updates it
+/// only if its `updated_at` is still `seen` (409 otherwise: another change came in between).
+async fn save(ctx: &Ctx<'_>, id: Uuid, f: &Fields, seen: Option<&str>) -> Result<(), ApiError> {
+    let sql = if seen.is_none() {
         "INSERT INTO agents (user_id, id, name, instructions, model, base_url, max_output_tokens,
                 temperature, reasoning_effort, store, history_messages, price_input_per_1k,
                 price_output_per_1k, min_balance, fallback_no_credits, fallback_error, extra_lead_fields)
@@ -195,33 +196,41 @@ async fn save(ctx: &Ctx<'_>, id: Uuid, f: &Fields, insert: bool) -> Result<(), A
                 history_messages = $11, price_input_per_1k = $12, price_output_per_1k = $13,
                 min_balance = $14, fallback_no_credits = $15, fallback_error = $16,
                 extra_lead_fields = $17
-          WHERE user_id = $1 AND id = $2"
+          WHERE user_id = $1 AND id = $2 AND updated_at = $18::text::timestamptz"
     };
     let c = ctx.app.db().client().await?;
-    c.execute(
-        sql,
-        &[
-            &ctx.tenant().uuid(),
-            &id,
-            &f.name,
-            &f.instructions,
-            &f.model,
-            &f.base_url,
-            &(f.max_output_tokens as i32),
-            &f.temperature.map(|t| t as f32),
-            &f.reasoning_effort,
-            &f.store,
-            &(f.history_messages as i32),
-            &f.price_input_per_1k,
-            &f.price_output_per_1k,
-            &f.min_balance,
-            &f.fallback_no_credits,
-            &f.fallback_error,
-            &f.extra_lead_fields,
-        ],
-    )
-    .await
-    .map_err(shared::db::DbError::from)?;
+    let tenant = ctx.tenant().uuid();
+    let (max_output, history) = (f.max_output_tokens as i32, f.history_messages as i32);
+    let temperature = f.temperature.map(|t| t as f32);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &tenant,
+        &id,
+        &f.name,
+        &f.instructions,
+        &f.model,
+        &f.base_url,
+        &max_output,
+        &temperature,
+        &f.reasoning_effort,
+        &f.store,
+        &history,
+        &f.price_input_per_1k,
+        &f.price_output_per_1k,
+        &f.min_balance,
+        &f.fallback_no_credits,
+        &f.fallback_error,
+        &f.extra_lead_fields,
+    ];
+    if let Some(seen) = &seen {
+        params.push(seen);
+    }
+    let n = c
+        .execute(sql, &params)
+        .await
+        .map_err(shared::db::DbError::from)?;
+    if n == 0 {
+        return Err(super::channels::concurrent());
+    }
     Ok(())
 }
 
@@ -236,7 +245,7 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     f.apply(ctx, &mut i);
     i.finish()?;
     let id = Uuid::new_v4();
-    save(ctx, id, &f, true).await?;
+    save(ctx, id, &f, None).await?;
     tracing::info!(agent = %id, "agent created");
     Ok(Reply::created(one(ctx, id).await?))
 }
@@ -247,9 +256,19 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let mut i = Input::parse(ctx.body)?;
     let mut f = Fields::from_row(&cur);
     f.apply(ctx, &mut i);
-    let reactivate = i.bool("is_active") == Some(true);
+    let reactivate = match i.bool("is_active") {
+        Some(false) => {
+            i.bad(
+                "is_active",
+                "deactivate with DELETE (it checks no active channel uses the agent)",
+            );
+            false
+        }
+        other => other == Some(true),
+    };
     i.finish()?;
-    save(ctx, id, &f, false).await?;
+    let seen = cur["updated_at"].as_str().unwrap_or_default();
+    save(ctx, id, &f, Some(seen)).await?;
     if reactivate {
         let c = ctx.app.db().client().await?;
         c.execute(

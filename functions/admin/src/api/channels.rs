@@ -37,17 +37,25 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::ok(json!({"data": rows})))
 }
 
-async fn one(ctx: &Ctx<'_>, id: Uuid) -> Result<Json, ApiError> {
+async fn one(ctx: &Ctx<'_>, tenant: TenantId, id: Uuid) -> Result<Json, ApiError> {
     json_one(
         ctx,
         &format!("{SELECT} AND ca.id = $2) x"),
-        &[&ctx.tenant().uuid(), &id],
+        &[&tenant.uuid(), &id],
     )
     .await
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    Ok(Reply::ok(one(ctx, ctx.id(0)?).await?))
+    Ok(Reply::ok(one(ctx, ctx.tenant(), ctx.id(0)?).await?))
+}
+
+/// A PATCH that lost a race with another change of the same row.
+pub(super) fn concurrent() -> ApiError {
+    ApiError::Conflict(
+        "modified_concurrently",
+        "the resource changed while this request was applied; read it again and retry".into(),
+    )
 }
 
 fn numeric_id(i: &mut Input, field: &str, v: &Option<String>) {
@@ -93,8 +101,31 @@ fn origins_ok(i: &mut Input, origins: &Option<Vec<String>>) {
     }
 }
 
+/// `POST /v1/channels` (owner): a WhatsApp or Instagram account must name its own token
+/// secret: the deployment's default Graph token is the operator's, and reaches accounts the
+/// tenant may not own.
 pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let tenant = ctx.tenant();
+    create_for(ctx, ctx.tenant(), false).await
+}
+
+/// `POST /v1/tenants/{id}/channels` (platform): the operator registers an account for a
+/// tenant, which may use the default Graph token.
+pub async fn create_for_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let id = ctx.id(0)?;
+    if json_rows(
+        ctx,
+        "SELECT to_jsonb(id) FROM tenants WHERE id = $1",
+        &[&id],
+    )
+    .await?
+    .is_empty()
+    {
+        return Err(ApiError::NotFound);
+    }
+    create_for(ctx, TenantId::from_trusted(id), true).await
+}
+
+async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<Reply, ApiError> {
     let mut i = Input::parse(ctx.body)?;
     let channel = i.choice("channel", &["whatsapp", "instagram", "webchat"]);
     if channel.is_none() {
@@ -113,6 +144,13 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 numeric_id(&mut i, "waba_id", &waba);
             }
             secret = i.str("access_token_secret", 1, 512);
+            if secret.is_none() && !operator {
+                i.bad(
+                    "access_token_secret",
+                    "is required: name the secret holding this account's Graph token (the \
+                     operator registers accounts that use the deployment's token)",
+                );
+            }
             if let Some(a) = &account {
                 check_secret_name(ctx, &mut i, secret.as_deref(), a);
             }
@@ -190,13 +228,13 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     .await
     .map_err(shared::db::DbError::from)?;
     tracing::info!(channel_account = %id, channel = channel.as_deref().unwrap_or(""), "channel account created");
-    Ok(Reply::created(one(ctx, id).await?))
+    Ok(Reply::created(one(ctx, tenant, id).await?))
 }
 
 pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let tenant = ctx.tenant();
     let id = ctx.id(0)?;
-    let cur = one(ctx, id).await?;
+    let cur = one(ctx, tenant, id).await?;
     let channel = cur["channel"].as_str().unwrap_or_default().to_owned();
     let account = cur["provider_account_id"]
         .as_str()
@@ -207,13 +245,16 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let display_name = i
         .nullable_str("display_name", 1, 200)
         .unwrap_or_else(|| text(&cur["display_name"]));
-    let agent_id = match i.nullable_uuid("agent_id") {
+    let given_agent = i.nullable_uuid("agent_id");
+    let agent_id = match given_agent {
         Some(v) => v,
         None => text(&cur["agent_id"]).and_then(|s| Uuid::parse_str(&s).ok()),
     };
-    let is_active = i
-        .bool("is_active")
-        .unwrap_or(cur["is_active"].as_bool().unwrap_or(true));
+    let reactivate = i.bool("is_active");
+    let is_active = reactivate.unwrap_or(cur["is_active"].as_bool().unwrap_or(true));
+    // The agent is checked when it is being set, or when the account comes back to life (a
+    // PATCH of the name must not fail because the kept agent was deactivated meanwhile).
+    let check_agent = given_agent.is_some() || reactivate == Some(true);
     let mut secret = text(&cur["access_token_secret"]);
     let mut waba = text(&cur["waba_id"]);
     let site = &cur["webchat"];
@@ -242,6 +283,12 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         }
     } else {
         if let Some(s) = i.nullable_str("access_token_secret", 1, 512) {
+            if s.is_none() {
+                i.bad(
+                    "access_token_secret",
+                    "cannot be removed: the deployment's default Graph token is the operator's",
+                );
+            }
             check_secret_name(ctx, &mut i, s.as_deref(), &account);
             secret = s;
         }
@@ -253,29 +300,36 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             }
         }
     }
-    if let Some(a) = agent_id {
+    if let (Some(a), true) = (agent_id, check_agent) {
         if !agent_usable(ctx, tenant, a).await? {
             i.bad("agent_id", "no active agent of this tenant has that id");
         }
     }
     i.finish()?;
+    let seen = text(&cur["updated_at"]).unwrap_or_default();
     let c = ctx.app.db().client().await?;
-    c.execute(
-        "UPDATE channel_accounts SET display_name = $3, agent_id = $4, is_active = $5,
+    // Written only if nobody changed the row since it was read (else 409, read again).
+    let n = c
+        .execute(
+            "UPDATE channel_accounts SET display_name = $3, agent_id = $4, is_active = $5,
                 access_token_secret = $6, waba_id = $7
-          WHERE user_id = $1 AND id = $2",
-        &[
-            &tenant.uuid(),
-            &id,
-            &display_name,
-            &agent_id,
-            &is_active,
-            &secret,
-            &waba,
-        ],
-    )
-    .await
-    .map_err(shared::db::DbError::from)?;
+          WHERE user_id = $1 AND id = $2 AND updated_at = $8::text::timestamptz",
+            &[
+                &tenant.uuid(),
+                &id,
+                &display_name,
+                &agent_id,
+                &is_active,
+                &secret,
+                &waba,
+                &seen,
+            ],
+        )
+        .await
+        .map_err(shared::db::DbError::from)?;
+    if n == 0 {
+        return Err(concurrent());
+    }
     if channel == "webchat" {
         c.execute(
             "UPDATE webchat_sites SET allowed_origins = $3, is_active = $4, require_identity = $6,
@@ -295,7 +349,7 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         .map_err(shared::db::DbError::from)?;
     }
     tracing::info!(channel_account = %id, "channel account updated");
-    Ok(Reply::ok(one(ctx, id).await?))
+    Ok(Reply::ok(one(ctx, tenant, id).await?))
 }
 
 /// Soft delete: the account stops being answered (messages to it are acknowledged and logged
@@ -317,5 +371,5 @@ pub async fn deactivate(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         return Err(ApiError::NotFound);
     }
     tracing::info!(channel_account = %id, "channel account deactivated");
-    Ok(Reply::ok(one(ctx, id).await?))
+    Ok(Reply::ok(one(ctx, tenant, id).await?))
 }

@@ -90,7 +90,9 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// `YYYY-MM-DDTHH:MM:SS` followed by optional fraction and a zone (Postgres parses the rest).
 fn looks_like_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() >= 20
+    s.chars()
+        .all(|c| c.is_ascii_digit() || "-:.+TtZz".contains(c))
+        && b.len() >= 20
         && b.len() <= 40
         && b[4] == b'-'
         && b[7] == b'-'
@@ -98,8 +100,6 @@ fn looks_like_rfc3339(s: &str) -> bool {
         && b[13] == b':'
         && b[16] == b':'
         && (s.ends_with('Z') || s.ends_with('z') || s[19..].contains(['+', '-']))
-        && s.chars()
-            .all(|c| c.is_ascii_digit() || "-:.+TtZz".contains(c))
 }
 
 async fn one(ctx: &Ctx<'_>, id: Uuid) -> Result<Json, ApiError> {
@@ -369,7 +369,8 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 e.status
             )
         };
-        return Err(ApiError::Upstream(message, Some(e.code)));
+        // The parts already sent are stored and listed: a client must not send them again.
+        return Err(ApiError::Upstream(message, Some(e.code), json!(sent)));
     }
     ctx.metrics().count("HumanRepliesSent", 1);
     info!(conversation = %id, parts = sent.len(), tagged = tag.is_some(), "human reply sent");
@@ -394,6 +395,7 @@ mod tests {
             "yesterday",
             "2026-11-01T00:00:00",
             "2026-11-01T00:00:00Z'--",
+            "2026-11-01T00:00:0\u{e9}0",
         ] {
             assert!(!looks_like_rfc3339(bad), "{bad}");
         }

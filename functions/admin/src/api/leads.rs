@@ -30,6 +30,8 @@ const SELECT: &str = "SELECT to_jsonb(x) FROM (
 
 /// Export pages are larger than API pages.
 const MAX_EXPORT: i64 = 5000;
+/// A page stops growing past this many bytes (Lambda's response limit is 6 MB).
+const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 
 async fn rows(ctx: &Ctx<'_>, limit: i64) -> Result<Vec<Json>, ApiError> {
     let (k1, k2) = keyset(ctx)?;
@@ -86,12 +88,8 @@ pub async fn export(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             })?,
     };
     let mut rows = rows(ctx, limit).await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| cursor(r["_k"].clone()))
-    } else {
-        None
-    };
+    let mut more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
     let mut w = csv::Writer::from_writer(Vec::new());
     let write = |w: &mut csv::Writer<Vec<u8>>, rec: Vec<String>| {
         w.write_record(rec).map_err(|e| {
@@ -101,11 +99,23 @@ pub async fn export(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     };
     let columns = columns();
     write(&mut w, columns.iter().map(|f| f.to_string()).collect())?;
+    let (mut last, mut written) = (None, 0u64);
     for r in &rows {
+        // Lambda answers at most 6 MB: stop early and let the cursor carry on.
+        if w.get_ref().len() > MAX_EXPORT_BYTES {
+            more = true;
+            break;
+        }
         write(&mut w, columns.iter().map(|f| cell(&r[*f])).collect())?;
+        last = Some(r);
+        written += 1;
     }
+    let next = match (more, last) {
+        (true, Some(r)) => Some(cursor(r["_k"].clone())),
+        _ => None,
+    };
     let bytes = w.into_inner().map_err(|_| ApiError::Internal)?;
-    ctx.metrics().count("LeadsExported", rows.len() as u64);
+    ctx.metrics().count("LeadsExported", written);
     Ok(Reply::Csv(
         String::from_utf8(bytes).map_err(|_| ApiError::Internal)?,
         next,

@@ -34,6 +34,7 @@ pub async fn dispatch(op: Op, ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         Op::DeleteWebhook => tenancy::delete_webhook(ctx).await,
         Op::ListChannels => channels::list(ctx).await,
         Op::CreateChannel => channels::create(ctx).await,
+        Op::CreateTenantChannel => channels::create_for_tenant(ctx).await,
         Op::GetChannel => channels::get(ctx).await,
         Op::UpdateChannel => channels::update(ctx).await,
         Op::DeactivateChannel => channels::deactivate(ctx).await,

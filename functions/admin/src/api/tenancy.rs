@@ -6,7 +6,7 @@ use shared::db::apikeys::{self, Role};
 use shared::db::{store, TenantId};
 
 use super::{json_one, json_rows, keyset};
-use crate::input::{is_web_url, Input};
+use crate::input::{is_public_https_url, Input};
 use crate::{page, ApiError, Ctx, Reply};
 
 const TENANT_COLUMNS: &str = "t.id, t.name, t.is_active, t.created_at, t.updated_at,
@@ -243,35 +243,31 @@ pub async fn get_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let mut i = Input::parse(ctx.body)?;
     let url = i.required_str("url", 1, 2000);
-    if url.as_deref().is_some_and(|u| !is_web_url(u)) {
-        i.bad("url", "must be an https:// URL");
+    if url.as_deref().is_some_and(|u| !is_public_https_url(u)) {
+        i.bad("url", "must be an https:// URL with a public host name");
     }
     let rotate = i.bool("rotate_secret").unwrap_or(false);
     i.finish()?;
-    let tenant = ctx.tenant();
+    let mut b = [0u8; 32];
+    SystemRandom::new().fill(&mut b).expect("system randomness");
+    let candidate = format!("whsec_{}", hex::encode(b));
     let c = ctx.app.db().client().await?;
-    let current: Option<String> = c
+    // One statement: two first PUTs at once cannot each be shown a secret only one of them
+    // stored.
+    let row = c
         .query_opt(
-            "SELECT webhook_secret FROM tenants WHERE id = $1",
-            &[&tenant.uuid()],
+            "UPDATE tenants SET webhook_url = $2,
+                    webhook_secret = CASE WHEN $3 OR webhook_secret IS NULL THEN $4 ELSE webhook_secret END
+              WHERE id = $1
+              RETURNING webhook_secret = $4",
+            &[&ctx.tenant().uuid(), &url, &rotate, &candidate],
         )
         .await
         .map_err(shared::db::DbError::from)?
-        .ok_or(ApiError::NotFound)?
-        .get(0);
-    let new_secret = match current {
-        Some(_) if !rotate => None,
-        _ => {
-            let mut b = [0u8; 32];
-            SystemRandom::new().fill(&mut b).expect("system randomness");
-            Some(format!("whsec_{}", hex::encode(b)))
-        }
-    };
-    let secret = new_secret.clone().or(current);
-    store_webhook(ctx, url.as_deref(), secret.as_deref()).await?;
+        .ok_or(ApiError::NotFound)?;
     let mut out = json!({"url": url});
-    if let Some(s) = new_secret {
-        out["secret"] = json!(s);
+    if row.get::<_, bool>(0) {
+        out["secret"] = json!(candidate);
         out["note"] = json!("the signing secret is shown once: store it now");
     }
     Ok(Reply::ok(out))

@@ -182,6 +182,8 @@ impl Harness {
         }
     }
 
+    /// Tenant A's agent, and its WhatsApp and Instagram accounts registered by the operator
+    /// (they use the deployment's default Graph token), a conversation on each, a lead.
     async fn fixture(&self) -> Fixture {
         let db = &self.t.db;
         let agent = self
@@ -197,8 +199,8 @@ impl Harness {
         let wa = self
             .call(
                 "POST",
-                "/v1/channels",
-                &self.a.owner,
+                &format!("/v1/tenants/{}/channels", self.a.id),
+                &self.platform,
                 json!({"channel": "whatsapp", "provider_account_id": WA_NUMBER,
                        "waba_id": "102290129340398", "agent_id": agent}),
             )
@@ -207,8 +209,8 @@ impl Harness {
         let ig = self
             .call(
                 "POST",
-                "/v1/channels",
-                &self.a.owner,
+                &format!("/v1/tenants/{}/channels", self.a.id),
+                &self.platform,
                 json!({"channel": "instagram", "provider_account_id": IG_ACCOUNT, "agent_id": agent}),
             )
             .await;
