@@ -21,6 +21,13 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// The channel named as in the database and the APIs (`whatsapp`, `instagram`, `webchat`).
+    pub fn parse(s: &str) -> Option<Channel> {
+        [Channel::Whatsapp, Channel::Instagram, Channel::Webchat]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Whatsapp => "whatsapp",

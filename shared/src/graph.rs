@@ -191,20 +191,6 @@ impl GraphClient {
             .await
     }
 
-    /// Sends a human-written Instagram text with the `HUMAN_AGENT` message tag, which Meta
-    /// accepts up to 7 days after the customer's last message (needs the Human Agent feature;
-    /// never for AI text).
-    pub async fn send_instagram_human_agent_text(
-        &self,
-        token: &SecretString,
-        ig_account_id: &str,
-        igsid: &str,
-        text: &str,
-    ) -> Result<String, SendError> {
-        self.instagram_send(token, ig_account_id, igsid, text, Some("HUMAN_AGENT"))
-            .await
-    }
-
     async fn instagram_send(
         &self,
         token: &SecretString,
@@ -226,6 +212,48 @@ impl GraphClient {
             )
             .await?;
         id_at(&out, "/message_id")
+    }
+}
+
+/// The customer a reply goes to: the envelope's contact id (BSUID / IGSID / visitor id) and,
+/// for WhatsApp, the phone's wa_id when known.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    pub contact_id: &'a str,
+    pub wa_id: Option<&'a str>,
+}
+
+impl GraphClient {
+    /// Sends one channel-sized part (see `split::split_for`) of a reply and returns its
+    /// provider message id. Web chat is not sent anywhere: the stored row is the delivery (the
+    /// widget polls for it), so the id is made here. `human_agent` tags an Instagram message
+    /// HUMAN_AGENT (human-written replies after 24 h only).
+    pub async fn send_part(
+        &self,
+        channel: crate::envelope::Channel,
+        token: &SecretString,
+        account: &str,
+        to: Recipient<'_>,
+        text: &str,
+        human_agent: bool,
+    ) -> Result<String, SendError> {
+        use crate::envelope::Channel;
+        match channel {
+            Channel::Whatsapp => {
+                let recipient = match to.wa_id {
+                    Some(w) => WaRecipient::WaId(w.to_owned()),
+                    None => WaRecipient::Bsuid(to.contact_id.to_owned()),
+                };
+                self.send_whatsapp_text(token, account, &recipient, text, None)
+                    .await
+            }
+            Channel::Instagram => {
+                let tag = human_agent.then_some("HUMAN_AGENT");
+                self.instagram_send(token, account, to.contact_id, text, tag)
+                    .await
+            }
+            Channel::Webchat => Ok(format!("wc.out.{}", uuid::Uuid::new_v4().simple())),
+        }
     }
 }
 

@@ -35,6 +35,16 @@ pub mod split;
 pub mod telemetry;
 pub mod webchat;
 
+/// `N` bytes from the system's secure random generator (keys, secrets, public ids).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; N];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system randomness");
+    b
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

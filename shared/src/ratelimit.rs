@@ -29,9 +29,22 @@ impl RateLimiter {
         }
     }
 
-    /// Counts one hit on `key` against `limit` per window. A counter that cannot be reached
-    /// lets the request through (logged by the caller): the limits protect against abuse and
-    /// must not take the chat down with DynamoDB.
+    /// Counts one hit on `key` against `limit` per window: `Err(retry_after seconds)` when over
+    /// it. A counter that cannot be reached lets the request through, with a warning: the limits
+    /// protect against abuse and must not take the service down with DynamoDB.
+    pub async fn check(&self, key: &str, limit: u32) -> Result<(), u64> {
+        match self.hit(key, limit).await {
+            Ok(Verdict::Allowed) => Ok(()),
+            Ok(Verdict::Limited { retry_after }) => Err(retry_after),
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limit counter unavailable; request let through");
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts one hit on `key` against `limit` per window; `Err` when the counter cannot be
+    /// reached ([`check`](Self::check) applies the let-through policy).
     pub async fn hit(&self, key: &str, limit: u32) -> Result<Verdict, String> {
         let now = (crate::now_ms() / 1000).max(0) as u64;
         let window = now / WINDOW_SECS;

@@ -23,6 +23,17 @@ pub const WHATSAPP_MAX_CHARS: usize = 4096;
 /// Instagram text limit, in UTF-8 bytes.
 pub const INSTAGRAM_MAX_BYTES: usize = 1000;
 
+/// `text` in the parts `channel` accepts: Instagram counts UTF-8 bytes (1000), WhatsApp and
+/// web chat characters (4096).
+pub fn split_for(channel: crate::envelope::Channel, text: &str) -> Vec<String> {
+    match channel {
+        crate::envelope::Channel::Instagram => {
+            split_text(text, INSTAGRAM_MAX_BYTES, Measure::Bytes)
+        }
+        _ => split_text(text, WHATSAPP_MAX_CHARS, Measure::Chars),
+    }
+}
+
 /// Splits `text` into pieces of at most `max` (in `measure` units), in order. Whitespace at a
 /// cut is dropped; nothing else is lost. Empty input gives no pieces.
 pub fn split_text(text: &str, max: usize, measure: Measure) -> Vec<String> {

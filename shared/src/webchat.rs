@@ -237,6 +237,27 @@ pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
     allowed.iter().any(|a| normal(a) == origin)
 }
 
+/// Whether `s` can be an allowed origin of a site: `http(s)://host[:port]`, no path, no
+/// trailing slash (what [`origin_allowed`] compares browsers' `Origin` headers with).
+pub fn is_origin(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (rest, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +387,21 @@ mod tests {
                 MessageError::BadClientId,
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn allowed_origins_have_no_path() {
+        assert!(is_origin("https://shop.example.com"));
+        assert!(is_origin("http://127.0.0.1:9100"));
+        for bad in [
+            "https://shop.example.com/",
+            "shop.example.com",
+            "https://a/b",
+            "https://",
+            "https://x:port",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
         }
     }
 

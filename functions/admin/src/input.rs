@@ -247,26 +247,6 @@ impl Input {
     }
 }
 
-/// An `http(s)://host[:port]` origin with no path (web chat allowed origins).
-pub fn is_origin(s: &str) -> bool {
-    let Some(rest) = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (rest, None),
-    };
-    !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        && port
-            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
-}
-
 /// Where the tenant's webhook may point: `https://` with a DNS host name (no IP literal, no
 /// `localhost`, no user info), so deliveries cannot be aimed at the functions' own network by
 /// address. (A name that resolves to a private address is not caught here.)
@@ -334,18 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn origins_and_urls() {
-        assert!(is_origin("https://shop.example.com"));
-        assert!(is_origin("http://127.0.0.1:9100"));
-        for bad in [
-            "https://shop.example.com/",
-            "shop.example.com",
-            "https://a/b",
-            "https://",
-            "https://x:port",
-        ] {
-            assert!(!is_origin(bad), "{bad}");
-        }
+    fn webhook_urls() {
         assert!(is_public_https_url("https://crm.example.com/hook?x=1"));
         for bad in [
             "http://crm.example.com/hook",

@@ -28,7 +28,7 @@ use shared::db::{Db, DbError, TenantId};
 use shared::graph::{GraphClient, GraphTokens};
 use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
-use shared::ratelimit::{RateLimiter, Verdict};
+use shared::ratelimit::RateLimiter;
 use tracing::{info, warn, Instrument};
 
 pub use config::{Config, Settings};
@@ -221,15 +221,18 @@ impl Ctx<'_> {
 
     /// `limit` query parameter (1..=MAX_PAGE, default 50).
     pub fn limit(&self) -> Result<i64, ApiError> {
+        self.limit_within(50, MAX_PAGE)
+    }
+
+    /// `limit` query parameter in 1..=`max`, `default` when absent.
+    pub fn limit_within(&self, default: i64, max: i64) -> Result<i64, ApiError> {
         match self.query.get("limit") {
-            None => Ok(50),
+            None => Ok(default),
             Some(v) => v
                 .parse::<i64>()
                 .ok()
-                .filter(|n| (1..=MAX_PAGE).contains(n))
-                .ok_or_else(|| {
-                    ApiError::field("limit", format!("an integer from 1 to {MAX_PAGE}"))
-                }),
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| ApiError::field("limit", format!("an integer from 1 to {max}"))),
         }
     }
 
@@ -398,16 +401,9 @@ impl App {
             return (Some(spec.path), None, Err(ApiError::Unauthorized));
         };
         if let Some(ip) = source_ip(req) {
-            match self
-                .limiter
-                .hit(&format!("ip#{ip}"), self.settings.per_ip_per_minute)
-                .await
-            {
-                Ok(Verdict::Allowed) => {}
-                Ok(Verdict::Limited { retry_after }) => {
-                    return (Some(spec.path), None, Err(ApiError::Limited(retry_after)))
-                }
-                Err(e) => warn!(error = %e, "rate-limit counter unreachable; request let through"),
+            let limit = self.settings.per_ip_per_minute;
+            if let Err(retry_after) = self.limiter.check(&format!("ip#{ip}"), limit).await {
+                return (Some(spec.path), None, Err(ApiError::Limited(retry_after)));
             }
         }
         let who = match apikeys::authenticate(&self.db, presented).await {
@@ -427,18 +423,11 @@ impl App {
         params: Vec<String>,
         who: &Principal,
     ) -> Result<Reply, ApiError> {
-        match self
-            .limiter
-            .hit(
-                &format!("k#{}", who.key_id.simple()),
-                self.settings.per_key_per_minute,
-            )
+        let key = format!("k#{}", who.key_id.simple());
+        self.limiter
+            .check(&key, self.settings.per_key_per_minute)
             .await
-        {
-            Ok(Verdict::Allowed) => {}
-            Ok(Verdict::Limited { retry_after }) => return Err(ApiError::Limited(retry_after)),
-            Err(e) => warn!(error = %e, "rate-limit counter unreachable; request let through"),
-        }
+            .map_err(ApiError::Limited)?;
         match spec.access {
             Access::Public | Access::AnyKey => {}
             Access::Platform if who.role == Role::Platform => {}
@@ -504,35 +493,9 @@ fn source_ip(req: &Request) -> Option<String> {
 
 /// `a=1&b=x%20y` → pairs, percent- and plus-decoded.
 fn form_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    url::form_urlencoded::parse(q.as_bytes())
+        .into_owned()
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn render(reply: Reply) -> Response<Body> {

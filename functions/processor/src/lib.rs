@@ -17,13 +17,13 @@ use shared::db::{Db, DbError, TenantId};
 use shared::envelope::{Channel, Content, InboundEnvelope, ENVELOPE_VERSION};
 use shared::fifo::{run_batch_coalesced, Outcome};
 pub use shared::graph::GraphTokens;
-use shared::graph::{GraphClient, WaRecipient};
+use shared::graph::{GraphClient, Recipient};
 use shared::idempotency::{Claim, IdempotencyStore};
 use shared::metrics::Metrics;
 use shared::openai::{price, InputMessage, ModelError, ResponseRequest, ResponsesClient};
 use shared::ordering::{dedup_id, sha256_hex};
 use shared::queue::{ParkedRecord, QueuePublisher};
-use shared::split::{split_text, Measure, INSTAGRAM_MAX_BYTES, WHATSAPP_MAX_CHARS};
+use shared::split::split_for;
 use tracing::{info, warn, Instrument};
 
 pub use config::{Config, Resolved};
@@ -591,33 +591,17 @@ impl Processor {
         text: &str,
         marker: Option<&str>,
     ) -> Result<(Vec<(Option<String>, serde_json::Value)>, Option<i64>), Fail> {
-        let (max, measure) = match to.channel {
-            Channel::Instagram => (INSTAGRAM_MAX_BYTES, Measure::Bytes),
-            _ => (WHATSAPP_MAX_CHARS, Measure::Chars),
-        };
         let mut parts = Vec::new();
-        for piece in split_text(text, max, measure) {
-            let sent = match to.channel {
-                Channel::Whatsapp => {
-                    let recipient = match &to.contact.wa_id {
-                        Some(w) => WaRecipient::WaId(w.clone()),
-                        None => WaRecipient::Bsuid(to.contact.id.clone()),
-                    };
-                    self.deps
-                        .graph
-                        .send_whatsapp_text(to.token, to.account, &recipient, &piece, None)
-                        .await
-                }
-                Channel::Instagram => {
-                    self.deps
-                        .graph
-                        .send_instagram_text(to.token, to.account, &to.contact.id, &piece)
-                        .await
-                }
-                // Delivered by being recorded: the web chat endpoints serve the conversation's
-                // stored replies to the visitor's browser.
-                Channel::Webchat => Ok(format!("wc.out.{}", uuid::Uuid::new_v4().simple())),
+        for piece in split_for(to.channel, text) {
+            let recipient = Recipient {
+                contact_id: &to.contact.id,
+                wa_id: to.contact.wa_id.as_deref(),
             };
+            let sent = self
+                .deps
+                .graph
+                .send_part(to.channel, to.token, to.account, recipient, &piece, false)
+                .await;
             let mut content = json!({"type": "text", "body": piece});
             if let Some(m) = marker {
                 content["fallback"] = json!(m);

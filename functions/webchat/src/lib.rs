@@ -33,7 +33,7 @@ use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKe
 use tracing::{info, warn, Instrument};
 
 pub use config::{Config, Settings};
-use shared::ratelimit::{RateLimiter, Verdict};
+use shared::ratelimit::RateLimiter;
 
 /// Messages returned per poll (and the history shown after a reload).
 pub const PAGE: i64 = 50;
@@ -249,18 +249,16 @@ impl App {
     }
 
     async fn limit(&self, key: String, limit: u32) -> Result<(), Refusal> {
-        match self.limiter.hit(&key, limit).await {
-            Ok(Verdict::Allowed) => Ok(()),
-            Ok(Verdict::Limited { retry_after }) => Err(Refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                Some(retry_after),
-            )),
-            Err(e) => {
-                warn!(error = %e, "rate limit counter unavailable; request let through");
-                Ok(())
-            }
-        }
+        self.limiter
+            .check(&key, limit)
+            .await
+            .map_err(|retry_after| {
+                Refusal(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    Some(retry_after),
+                )
+            })
     }
 
     async fn start_session(&self, req: &Request, site: &WebchatSite) -> Outcome {

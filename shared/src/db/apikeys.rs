@@ -7,7 +7,6 @@
 //! tells nothing about which keys exist.
 
 use aws_lc_rs::digest;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use subtle::ConstantTimeEq;
@@ -82,12 +81,6 @@ fn sha256(s: &str) -> Vec<u8> {
         .to_vec()
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    SystemRandom::new().fill(&mut b).expect("system randomness");
-    b
-}
-
 /// Issues a key. `tenant` is `None` exactly for [`Role::Platform`].
 pub async fn issue(
     db: &Db,
@@ -104,12 +97,15 @@ pub async fn issue(
     let prefix: String = KEY_PREFIX
         .chars()
         .chain(
-            random_bytes::<8>()
+            crate::random_bytes::<8>()
                 .iter()
                 .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char),
         )
         .collect();
-    let key = format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+    let key = format!(
+        "{prefix}_{}",
+        URL_SAFE_NO_PAD.encode(crate::random_bytes::<32>())
+    );
     let c = db.client().await?;
     let row = c
         .query_one(

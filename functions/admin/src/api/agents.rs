@@ -229,7 +229,7 @@ async fn save(ctx: &Ctx<'_>, id: Uuid, f: &Fields, seen: Option<&str>) -> Result
         .await
         .map_err(shared::db::DbError::from)?;
     if n == 0 {
-        return Err(super::channels::concurrent());
+        return Err(super::concurrent());
     }
     Ok(())
 }

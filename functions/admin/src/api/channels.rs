@@ -4,15 +4,16 @@
 //! site for 1 minute: an update here (agent, token secret, active flag, origins) is seen by
 //! them within that time.
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde_json::{json, Value as Json};
 use shared::db::webchat::{create_site, NewSite};
 use shared::db::{store, TenantId};
 use shared::envelope::Channel;
 use uuid::Uuid;
 
-use super::{json_one, json_rows};
-use crate::input::{is_origin, Input};
+use super::{concurrent, json_one, json_rows, path_tenant};
+use shared::webchat::is_origin;
+
+use crate::input::Input;
 use crate::{ApiError, Ctx, Reply};
 
 const SELECT: &str = "SELECT to_jsonb(x) FROM (
@@ -48,14 +49,6 @@ async fn one(ctx: &Ctx<'_>, tenant: TenantId, id: Uuid) -> Result<Json, ApiError
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::ok(one(ctx, ctx.tenant(), ctx.id(0)?).await?))
-}
-
-/// A PATCH that lost a race with another change of the same row.
-pub(super) fn concurrent() -> ApiError {
-    ApiError::Conflict(
-        "modified_concurrently",
-        "the resource changed while this request was applied; read it again and retry".into(),
-    )
 }
 
 fn numeric_id(i: &mut Input, field: &str, v: &Option<String>) {
@@ -111,18 +104,7 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// `POST /v1/tenants/{id}/channels` (platform): the operator registers an account for a
 /// tenant, which may use the default Graph token.
 pub async fn create_for_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = ctx.id(0)?;
-    if json_rows(
-        ctx,
-        "SELECT to_jsonb(id) FROM tenants WHERE id = $1",
-        &[&id],
-    )
-    .await?
-    .is_empty()
-    {
-        return Err(ApiError::NotFound);
-    }
-    create_for(ctx, TenantId::from_trusted(id), true).await
+    create_for(ctx, path_tenant(ctx).await?, true).await
 }
 
 async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<Reply, ApiError> {
@@ -185,9 +167,7 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
     };
     let id = match channel.as_deref() {
         Some("webchat") => {
-            let mut b = [0u8; 15];
-            SystemRandom::new().fill(&mut b).expect("system randomness");
-            let site_key = format!("site_{}", hex::encode(b));
+            let site_key = format!("site_{}", hex::encode(shared::random_bytes::<15>()));
             create_site(
                 db,
                 tenant,
@@ -203,11 +183,7 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
             .map_err(|e| conflict(e.into()))?
         }
         other => {
-            let ch = if other == Some("whatsapp") {
-                Channel::Whatsapp
-            } else {
-                Channel::Instagram
-            };
+            let ch = other.and_then(Channel::parse).expect("validated channel");
             store::create_channel_account(
                 db,
                 tenant,

@@ -7,8 +7,9 @@
 
 use serde_json::{json, Value as Json};
 use shared::db::store;
-use shared::graph::WaRecipient;
-use shared::split::{split_text, Measure, INSTAGRAM_MAX_BYTES, WHATSAPP_MAX_CHARS};
+use shared::envelope::Channel;
+use shared::graph::Recipient;
+use shared::split::split_for;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -149,8 +150,6 @@ pub async fn set_mode(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     if mode.is_none() {
         i.bad("mode", "is required: ai or human");
     }
-    // 404 for another tenant's conversation comes before field errors.
-    one(ctx, id).await?;
     i.finish()?;
     let mode = mode.expect("validated");
     let tenant = ctx.tenant();
@@ -170,12 +169,16 @@ pub async fn set_mode(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                         'changed_at', now())
                  FROM upd, old, tenants t WHERE t.id = $1 AND t.webhook_url IS NOT NULL
                RETURNING id)
-             SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM ev)",
+             SELECT (SELECT count(*) FROM old), (SELECT count(*) FROM upd), (SELECT count(*) FROM ev)",
             &[&tenant.uuid(), &id, &mode, &ctx.who.key_id],
         )
         .await
         .map_err(shared::db::DbError::from)?;
-    let (changed, events): (i64, i64) = (row.get(0), row.get(1));
+    let (found, changed, events): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    if found == 0 {
+        // Unknown, or another tenant's: the same answer.
+        return Err(ApiError::NotFound);
+    }
     if changed > 0 {
         ctx.metrics().count_by("Handoffs", "Mode", mode.clone(), 1);
         info!(conversation = %id, mode = %mode, "conversation mode changed");
@@ -225,7 +228,7 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         .ok_or(ApiError::NotFound)?;
     i.finish()?;
     let text = text.expect("validated");
-    let channel: String = target.get(0);
+    let channel = Channel::parse(target.get(0)).ok_or(ApiError::Internal)?;
     let account: String = target.get(1);
     let secret: Option<String> = target.get(2);
     let active: bool = target.get(3);
@@ -240,8 +243,8 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         ));
     }
     let age = age.unwrap_or(f64::INFINITY);
-    let tag = match channel.as_str() {
-        "whatsapp" if age > DAY_SECS => {
+    let tag = match channel {
+        Channel::Whatsapp if age > DAY_SECS => {
             return Err(ApiError::Conflict(
                 "outside_window",
                 "more than 24 h since the customer's last message: WhatsApp only allows an \
@@ -249,17 +252,17 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     .into(),
             ))
         }
-        "instagram" if age > HUMAN_AGENT_SECS => {
+        Channel::Instagram if age > HUMAN_AGENT_SECS => {
             return Err(ApiError::Conflict(
                 "outside_window",
                 "more than 7 days since the customer's last message: Instagram allows no reply"
                     .into(),
             ))
         }
-        "instagram" if age > DAY_SECS => Some("HUMAN_AGENT"),
+        Channel::Instagram if age > DAY_SECS => Some("HUMAN_AGENT"),
         _ => None,
     };
-    let token = if channel == "webchat" {
+    let token = if channel == Channel::Webchat {
         secrecy::SecretString::from(String::new())
     } else {
         ctx.app
@@ -275,37 +278,18 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 }
             })?
     };
-    let (max, measure) = if channel == "instagram" {
-        (INSTAGRAM_MAX_BYTES, Measure::Bytes)
-    } else {
-        (WHATSAPP_MAX_CHARS, Measure::Chars)
-    };
-    let graph = ctx.app.graph();
     let mut sent = Vec::new();
     let mut failure = None;
-    for piece in split_text(&text, max, measure) {
-        let result = match channel.as_str() {
-            "whatsapp" => {
-                let to = match &wa_id {
-                    Some(w) => WaRecipient::WaId(w.clone()),
-                    None => WaRecipient::Bsuid(external_id.clone()),
-                };
-                graph
-                    .send_whatsapp_text(&token, &account, &to, &piece, None)
-                    .await
-            }
-            "instagram" if tag.is_some() => {
-                graph
-                    .send_instagram_human_agent_text(&token, &account, &external_id, &piece)
-                    .await
-            }
-            "instagram" => {
-                graph
-                    .send_instagram_text(&token, &account, &external_id, &piece)
-                    .await
-            }
-            _ => Ok(format!("wc.out.{}", Uuid::new_v4().simple())),
+    for piece in split_for(channel, &text) {
+        let to = Recipient {
+            contact_id: &external_id,
+            wa_id: wa_id.as_deref(),
         };
+        let result = ctx
+            .app
+            .graph()
+            .send_part(channel, &token, &account, to, &piece, tag.is_some())
+            .await;
         let mut content = json!({"type": "text", "body": piece, "sent_by": "human",
                                  "api_key_id": ctx.who.key_id});
         if let Some(t) = tag {

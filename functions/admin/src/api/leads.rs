@@ -77,16 +77,7 @@ pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// `text/csv`, up to `limit` (default and max 5000) leads; `X-Next-Cursor` names the next
 /// page. Cells a spreadsheet would run as a formula are prefixed with `'`.
 pub async fn export(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let limit = match ctx.query.get("limit") {
-        None => MAX_EXPORT,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_EXPORT).contains(n))
-            .ok_or_else(|| {
-                ApiError::field("limit", format!("an integer from 1 to {MAX_EXPORT}"))
-            })?,
-    };
+    let limit = ctx.limit_within(MAX_EXPORT, MAX_EXPORT)?;
     let mut rows = rows(ctx, limit).await?;
     let mut more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);

@@ -94,3 +94,23 @@ fn keyset(ctx: &Ctx<'_>) -> Result<(Option<String>, Option<String>), ApiError> {
     };
     Ok((text(parts.first()), text(parts.get(1))))
 }
+
+/// The tenant named by path parameter 0 (platform routes), or 404.
+async fn path_tenant(ctx: &Ctx<'_>) -> Result<shared::db::TenantId, ApiError> {
+    let id = ctx.id(0)?;
+    json_one(
+        ctx,
+        "SELECT to_jsonb(id) FROM tenants WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    Ok(shared::db::TenantId::from_trusted(id))
+}
+
+/// A PATCH that lost a race with another change of the same row.
+fn concurrent() -> ApiError {
+    ApiError::Conflict(
+        "modified_concurrently",
+        "the resource changed while this request was applied; read it again and retry".into(),
+    )
+}

@@ -1,11 +1,10 @@
 //! Who am I, tenants and top-ups (platform), API keys, credits and the outbound webhook.
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde_json::{json, Value as Json};
 use shared::db::apikeys::{self, Role};
 use shared::db::{store, TenantId};
 
-use super::{json_one, json_rows, keyset};
+use super::{json_one, json_rows, keyset, path_tenant};
 use crate::input::{is_public_https_url, Input};
 use crate::{page, ApiError, Ctx, Reply};
 
@@ -138,17 +137,7 @@ pub async fn top_up(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 
 /// A key for a tenant, issued by the platform (the first owner key comes with the tenant).
 pub async fn issue_tenant_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let id = ctx.id(0)?;
-    let exists = json_rows(
-        ctx,
-        "SELECT to_jsonb(id) FROM tenants WHERE id = $1",
-        &[&id],
-    )
-    .await?;
-    if exists.is_empty() {
-        return Err(ApiError::NotFound);
-    }
-    new_key(ctx, TenantId::from_trusted(id)).await
+    new_key(ctx, path_tenant(ctx).await?).await
 }
 
 async fn new_key(ctx: &Ctx<'_>, tenant: TenantId) -> Result<Reply, ApiError> {
@@ -248,9 +237,7 @@ pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     }
     let rotate = i.bool("rotate_secret").unwrap_or(false);
     i.finish()?;
-    let mut b = [0u8; 32];
-    SystemRandom::new().fill(&mut b).expect("system randomness");
-    let candidate = format!("whsec_{}", hex::encode(b));
+    let candidate = format!("whsec_{}", hex::encode(shared::random_bytes::<32>()));
     let c = ctx.app.db().client().await?;
     // One statement: two first PUTs at once cannot each be shown a secret only one of them
     // stored.
@@ -273,16 +260,7 @@ pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::ok(out))
 }
 
-async fn store_webhook(
-    ctx: &Ctx<'_>,
-    url: Option<&str>,
-    secret: Option<&str>,
-) -> Result<(), ApiError> {
-    shared::db::leads::set_tenant_webhook(ctx.app.db(), ctx.tenant(), url, secret).await?;
-    Ok(())
-}
-
 pub async fn delete_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    store_webhook(ctx, None, None).await?;
+    shared::db::leads::set_tenant_webhook(ctx.app.db(), ctx.tenant(), None, None).await?;
     Ok(Reply::ok(json!({"url": null})))
 }
