@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
 
-.PHONY: help dev send test tools fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
+.PHONY: help dev send test tools crates fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,31 +20,34 @@ send: ## Under `make dev`: one more signed customer message, and the reply (TEXT
 test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint
 	@source $(SCRIPTS)/env.sh && log "make test: all checks passed"
 
-tools: ## Install what the tests need and is missing (Python venvs with moto, cfn-lint, SAM CLI)
+tools: ## Install what the tests need and is missing (crates, Python venvs with moto, cfn-lint, SAM CLI)
 	@$(SCRIPTS)/ensure-tools.sh test
+
+crates: ## Download the crates Cargo.lock names (cargo runs offline under make; this is its one online step)
+	@$(SCRIPTS)/ensure-tools.sh crates
 
 fmt:
 	@source $(SCRIPTS)/env.sh && log "cargo fmt --check" && cargo fmt --all -- --check
 
-clippy:
+clippy: crates
 	@source $(SCRIPTS)/env.sh && log "cargo clippy -D warnings" && cargo clippy --workspace --all-targets --locked -- -D warnings
 
-unit: ## cargo test for the whole workspace, with a throwaway Postgres (unless DATABASE_URL is set) and AWS emulator
+unit: crates ## cargo test for the whole workspace, with a throwaway Postgres (unless DATABASE_URL is set) and AWS emulator
 	@$(SCRIPTS)/with-postgres.sh $(SCRIPTS)/with-emulator.sh cargo test --workspace --locked
 
 lint-template: ## cfn-lint and sam validate --lint on template.yaml
 	@$(SCRIPTS)/lint-template.sh
 
-migrate: ## Apply the Postgres migrations to DATABASE_URL
+migrate: crates ## Apply the Postgres migrations to DATABASE_URL
 	@test -n "$$DATABASE_URL" || { echo "set DATABASE_URL=postgres://…" >&2; exit 1; }
 	cargo run -q -p shared --bin migrate-db
 
-bench: ## Criterion benchmark of the webhook hot path, plus the Node equivalent for comparison
+bench: crates ## Criterion benchmark of the webhook hot path, plus the Node equivalent for comparison
 	cargo bench -p shared --bench ingest
 	@command -v node >/dev/null && node infra/bench/node-ingest.js target/ingest-body-2kb.json || echo "node not found: comparison skipped"
 
 EVENT ?= wa-text
-bench-ordering: ## Ordering-scope trade: the real processor on bursts with a 1 s stub model (MODEL_MS=…)
+bench-ordering: crates ## Ordering-scope trade: the real processor on bursts with a 1 s stub model (MODEL_MS=…)
 	@$(SCRIPTS)/with-postgres.sh $(SCRIPTS)/with-emulator.sh cargo run -q -p processor --example ordering_scope
 
 invoke: ## Send events/$(EVENT).json to $(FUNCTION) (default webhook) under `make dev`

@@ -12,8 +12,8 @@
 #  7. the functions under `cargo lambda watch` on 127.0.0.1:$WATCH_PORT, and the event-source
 #     pump (devstack pump) between the queues and the functions;
 #  8. plays events/conversation.json as signed webhooks and prints the transcript, the credits
-#     charged and the extracted lead; then prints one line per message until Ctrl-C, which
-#     stops everything started here.
+#     charged and the extracted lead; then prints one line per message until Ctrl-C (or
+#     SIGTERM, or a closed terminal), which stops everything started here.
 #
 # DEV_STATE_DIR (default .local) holds logs, the env file and the Postgres data; the end-to-end
 # test runs a second stack with its own directory and ports.
@@ -37,7 +37,9 @@ export WATCH_PORT
 groups=()   # process groups started here (each service runs in its own session)
 pg_started=
 cleanup() {
-  trap - INT TERM
+  # A supervisor's SIGTERM reaches make and this script together, and make passes one more
+  # to us: ignore further signals until everything is stopped.
+  trap '' INT TERM HUP PIPE
   for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
   for _ in $(seq 1 50); do
     alive=0
@@ -50,7 +52,9 @@ cleanup() {
   log "stopped everything make dev started"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 # start NAME LOGFILE CMD...: runs CMD in its own session, output to LOGFILE (- keeps ours).
 start() {
@@ -94,12 +98,29 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   done_step
 fi
 
-step "building the local tools and the functions (the first run compiles everything: minutes)"
-cargo build -q --locked -p local-aws -p devstack || fail "building infra/ failed: see the errors above"
-for f in "${FUNCTIONS[@]}"; do
-  # Exactly what `cargo lambda watch` runs (`cargo run --bin <fn>`), so its first start is quick.
-  cargo build -q --locked --bin "$f" || fail "building $f failed: see the errors above (cargo build --bin $f)"
-done
+# build_all: the local tools, then each function exactly as `cargo lambda watch` runs it
+# (`cargo run --bin <fn>`), so its first start is quick. Progress is a count of the crates
+# compiled (one line, updated in place on a terminal); warnings and errors pass through.
+build_all() {
+  local tty=0 color=never
+  [ -t 1 ] && tty=1 color=always
+  {
+    cargo build --locked --color "$color" -p local-aws -p devstack || exit 1
+    for f in "${FUNCTIONS[@]}"; do
+      cargo build --locked --color "$color" --bin "$f" || { echo "(cargo build --bin $f)"; exit 1; }
+    done
+  } 2>&1 | awk -v tty="$tty" '
+    /^ *Compiling / { n++
+      if (tty) printf "\r  compiling: %d crates (%s)\033[K", n, $2
+      else if (n % 50 == 0) printf "  compiling: %d crates so far\n", n
+      fflush(); next }
+    /^ *(Finished|Fresh|Blocking|Locking|Updating|Downloaded|Downloading) / { next }
+    { if (tty && n) printf "\r\033[K"; print; fflush() }
+    END { if (tty && n) printf "\r\033[K"; if (n) printf "  compiled %d crates\n", n }'
+}
+
+step "building the local tools and the functions (the first run compiles ~450 crates: minutes)"
+build_all || fail "building failed: see the errors above"
 done_step
 
 step "creating the queues, table and secrets of template.yaml (stack $STACK)"
@@ -126,8 +147,9 @@ done_step
 
 upstreams="stub OpenAI and Graph API (the replies say so)"
 if [ -n "${OPENAI_API_KEY:-}" ] || [ -n "${GRAPH_ACCESS_TOKEN:-}" ]; then
-  # Real upstreams wanted: let HTTPS through (env.sh blocks it by default).
+  # Real upstreams wanted: let HTTPS through (env.sh blocks it by default); AWS stays local.
   unset HTTPS_PROXY https_proxy
+  export NETWORK_GUARD=loopback-aws
   upstreams="real upstreams where credentials were given"
 fi
 # Always up: besides the stub upstreams it serves the web chat demo page.

@@ -4,7 +4,7 @@
 pg_bin() {
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     log "installing postgresql from Debian's packages"
-    (unset HTTPS_PROXY https_proxy; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+    unguarded apt-get update -qq && DEBIAN_FRONTEND=noninteractive unguarded apt-get install -y -qq postgresql >/dev/null
   fi
   ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1
 }

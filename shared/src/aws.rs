@@ -22,6 +22,21 @@ pub fn loader() -> ConfigLoader {
         .retry_config(RetryConfig::standard().with_max_attempts(2))
 }
 
-pub async fn sdk_config() -> SdkConfig {
-    loader().load().await
+/// The SDK configuration, once the network guard has passed the endpoints it will use.
+pub async fn sdk_config() -> Result<SdkConfig, crate::netguard::GuardError> {
+    let guard = crate::netguard::Guard::parse(std::env::var(crate::netguard::ENV).ok().as_deref())?;
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    crate::netguard::check_aws_endpoints(
+        guard,
+        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
+    let sdk = loader().load().await;
+    // A profile file can name an endpoint too: check what the SDK actually resolved.
+    if guard.guards_aws() {
+        crate::netguard::check_aws_endpoints(
+            guard,
+            sdk.endpoint_url().map(|u| ("AWS_ENDPOINT_URL", u)),
+        )?;
+    }
+    Ok(sdk)
 }

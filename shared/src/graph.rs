@@ -82,8 +82,21 @@ struct ErrorBody {
 
 impl GraphClient {
     pub fn new(facebook_base: impl Into<String>, instagram_base: impl Into<String>) -> Self {
+        Self::with_http(
+            crate::netguard::http_client(),
+            facebook_base,
+            instagram_base,
+        )
+    }
+
+    /// The client on a builder of the caller's (the network guard's test passes its own).
+    pub fn with_http(
+        builder: reqwest::ClientBuilder,
+        facebook_base: impl Into<String>,
+        instagram_base: impl Into<String>,
+    ) -> Self {
         Self {
-            http: reqwest::Client::builder()
+            http: builder
                 .timeout(Duration::from_secs(10))
                 .connect_timeout(Duration::from_secs(3))
                 .build()

@@ -10,7 +10,8 @@
 //! - [`idempotency`]: the DynamoDB claim/complete record per inbound message;
 //! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`], [`metrics`]: start-up plumbing, logs
-//!   and CloudWatch EMF metrics.
+//!   and CloudWatch EMF metrics;
+//! - [`netguard`]: keeps local runs on loopback.
 
 pub mod aws;
 pub mod breaker;
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod lead;
 pub mod meta;
 pub mod metrics;
+pub mod netguard;
 pub mod openai;
 pub mod ordering;
 pub mod queue;

@@ -228,7 +228,7 @@ enum Attempt {
 
 impl ResponsesClient {
     pub fn new(settings: ClientSettings) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::netguard::http_client()
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(5))
             .build()

@@ -197,3 +197,63 @@ async fn instagram_text_and_a_long_whatsapp_reply_in_order() {
     assert!(sent.iter().all(|b| b.chars().count() <= WHATSAPP_MAX_CHARS));
     assert!(sent[0].starts_with("Part 0.") && sent.last().unwrap().contains("Part 9."));
 }
+
+/// Under `NETWORK_GUARD=loopback` (every make target) a real Graph URL never leaves the
+/// machine: the request goes to the guard's dead end, here a listener of the test's own.
+#[tokio::test]
+async fn under_the_network_guard_a_real_graph_url_stays_on_loopback() {
+    use shared::netguard::{http_client_with, Guard};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_end = format!("http://{}", listener.local_addr().unwrap());
+    let seen = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = conn.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    });
+    let client = GraphClient::with_http(
+        http_client_with(Guard::Loopback, &dead_end),
+        "https://graph.facebook.com/v25.0",
+        "https://graph.instagram.com/v25.0",
+    );
+    let sent = client
+        .send_whatsapp_text(
+            &token(),
+            "106540352242922",
+            &WaRecipient::WaId("5215512345678".into()),
+            "hi",
+            None,
+        )
+        .await;
+    assert!(sent.is_err(), "nothing may answer a guarded send");
+    let first_line = tokio::time::timeout(std::time::Duration::from_secs(10), seen)
+        .await
+        .expect("the guarded request reached the dead end")
+        .unwrap();
+    assert_eq!(first_line, "CONNECT graph.facebook.com:443 HTTP/1.1");
+
+    // Loopback upstreams (the stubs) are not diverted.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"messaging_product": "whatsapp", "messages": [{"id": "wamid.LOCAL"}]}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let local = GraphClient::with_http(
+        http_client_with(Guard::Loopback, "http://127.0.0.1:9"),
+        format!("{}/fb", server.uri()),
+        format!("{}/ig", server.uri()),
+    );
+    let id = local
+        .send_whatsapp_text(&token(), "1", &WaRecipient::WaId("52".into()), "hi", None)
+        .await
+        .unwrap();
+    assert_eq!(id, "wamid.LOCAL");
+}

@@ -29,7 +29,7 @@ pub struct NotDelivered {
 impl WebhookSender {
     pub fn new(timeout: Duration) -> Self {
         Self {
-            http: reqwest::Client::builder()
+            http: shared::netguard::http_client()
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(3))
                 .redirect(reqwest::redirect::Policy::none())

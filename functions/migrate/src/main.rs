@@ -22,7 +22,9 @@ async fn main() -> Result<(), Error> {
     let database = DatabaseSource::from_env(&mut env);
     env.finish(())
         .inspect_err(|e| tracing::error!(error = %e, "migrate cannot start"))?;
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = shared::aws::sdk_config()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "migrate cannot start"))?;
     let state = Arc::new(State {
         database,
         // Read the secret on every run: the operator may just have put the URL in.
@@ -30,7 +32,7 @@ async fn main() -> Result<(), Error> {
             aws_sdk_secretsmanager::Client::new(&sdk),
             std::time::Duration::ZERO,
         ),
-        http: reqwest::Client::builder()
+        http: shared::netguard::http_client()
             .timeout(std::time::Duration::from_secs(10))
             .build()?,
     });

@@ -22,7 +22,9 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_env()
         .inspect_err(|e| tracing::error!(error = %e, "processor cannot start"))?;
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = shared::aws::sdk_config()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "processor cannot start"))?;
     let secrets = SecretCache::new(
         aws_sdk_secretsmanager::Client::new(&sdk),
         config.secrets_ttl,

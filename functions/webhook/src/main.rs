@@ -14,7 +14,9 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config =
         Config::from_env().inspect_err(|e| tracing::error!(error = %e, "webhook cannot start"))?;
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = shared::aws::sdk_config()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "webhook cannot start"))?;
     let app = Arc::new(App::new(config, &sdk)?);
     run(service_fn(move |req: Request| {
         let app = app.clone();

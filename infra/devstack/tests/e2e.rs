@@ -4,6 +4,8 @@
 //! sends one more signed webhook over HTTP, checks the reply at the Graph sink, the rows in
 //! Postgres and the extracted lead, runs the web chat browser test (infra/browser) on the demo
 //! page, then stops it with Ctrl-C (SIGINT) and checks that everything it started is gone.
+//! Then it starts the stack again the way a script would (`make dev | cat`, one process group),
+//! stops it with SIGTERM to that group, and checks the same.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -35,7 +37,160 @@ struct Stack {
     state: PathBuf,
 }
 
+#[derive(Clone, Copy)]
+struct Ports {
+    watch: u16,
+    moto: u16,
+    pg: u16,
+    stubs: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            watch: free_port(),
+            moto: free_port(),
+            pg: free_port(),
+            stubs: free_port(),
+        }
+    }
+
+    fn named(&self) -> [(&'static str, u16); 4] {
+        [
+            ("watch", self.watch),
+            ("moto", self.moto),
+            ("postgres", self.pg),
+            ("stubs", self.stubs),
+        ]
+    }
+}
+
+/// Processes whose environment carries `DEV_STATE_DIR=<state>`: everything the stack started
+/// inherits it, in whatever session or process group it runs.
+fn processes_of(state: &std::path::Path) -> Vec<String> {
+    let needle = format!("DEV_STATE_DIR={}", state.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
 impl Stack {
+    /// Starts `program` (dev.sh or make dev) in the repo root, in a process group of its own,
+    /// on `ports` with `state` as its state directory.
+    fn start(
+        root: &std::path::Path,
+        state: &std::path::Path,
+        ports: Ports,
+        program: &[&str],
+    ) -> Stack {
+        let mut child = Command::new(program[0])
+            .args(&program[1..])
+            .current_dir(root)
+            .env("DEV_STATE_DIR", state)
+            .env("STACK", format!("e2e{}", std::process::id()))
+            .env("WATCH_PORT", ports.watch.to_string())
+            .env("MOTO_PORT", ports.moto.to_string())
+            .env("PG_PORT", ports.pg.to_string())
+            .env("STUB_PORT", ports.stubs.to_string())
+            // The stack starts its own emulator, database and stubs, as on a fresh machine.
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("GRAPH_ACCESS_TOKEN")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("the local stack starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("make dev | {line}");
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        Stack {
+            child,
+            output,
+            state: state.to_owned(),
+        }
+    }
+
+    /// Sends `sig` to the stack's process group and checks that it stops, says so, closes
+    /// every port and leaves no process behind.
+    fn stop_with(&mut self, sig: &str, ports: Ports, goodbye: bool) {
+        self.signal(sig);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "make dev did not stop on {sig}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !status.success(),
+            "stopped by {sig}, not a clean exit: {status}"
+        );
+        if goodbye {
+            assert!(
+                self.output()
+                    .contains("stopped everything make dev started"),
+                "no goodbye after {sig}:\n{}",
+                self.output()
+            );
+        }
+        // When the script is the child it has cleaned up before it exits; behind a pipe the
+        // child (the pipeline's shell) ends first and the script goes on stopping things on
+        // its own. Either way everything must be gone within the script's stop budget (5 s
+        // per service group, then SIGKILL, then Postgres).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let open: Vec<String> = ports
+                .named()
+                .iter()
+                .filter(|(_, port)| listening(*port))
+                .map(|(name, port)| format!("{name} on {port}"))
+                .collect();
+            let left = processes_of(&self.state);
+            if open.is_empty() && left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {sig}, still listening: {open:?}; processes left:\n{}",
+                left.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([sig, "--", &format!("-{}", self.child.id())])
@@ -93,53 +248,24 @@ async fn make_dev_answers_a_signed_webhook_end_to_end_and_stops_cleanly() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let state = std::env::temp_dir().join(format!("devstack-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let (watch, moto, pg, stubs) = (free_port(), free_port(), free_port(), free_port());
+    let ports = Ports::free();
+    let Ports {
+        watch, pg, stubs, ..
+    } = ports;
     // Started the way a terminal starts `make dev`: SIGINT at its default disposition. (A
     // shell started in the background ignores SIGINT and could not trap Ctrl-C; python resets
     // it before handing over to bash, whatever this test process inherited.)
-    let mut child = Command::new("python3")
-        .args([
+    let mut stack = Stack::start(
+        &root,
+        &state,
+        ports,
+        &[
+            "python3",
             "-c",
             "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); \
              os.execvp('bash', ['bash', 'infra/scripts/dev.sh'])",
-        ])
-        .current_dir(&root)
-        .env("DEV_STATE_DIR", &state)
-        .env("STACK", format!("e2e{}", std::process::id()))
-        .env("WATCH_PORT", watch.to_string())
-        .env("MOTO_PORT", moto.to_string())
-        .env("PG_PORT", pg.to_string())
-        .env("STUB_PORT", stubs.to_string())
-        // The stack starts its own emulator, database and stubs, as on a fresh machine.
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("GRAPH_ACCESS_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("python3 starts infra/scripts/dev.sh");
-    let output = Arc::new(Mutex::new(Vec::new()));
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let output = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                eprintln!("make dev | {line}");
-                output.lock().unwrap().push(line);
-            }
-        });
-    }
-    let mut stack = Stack {
-        child,
-        output,
-        state: state.clone(),
-    };
+        ],
+    );
 
     // Cold builds of the functions happen inside; give them time.
     stack.wait_for("ready", Duration::from_secs(1500), |l| l == "ready.");
@@ -304,26 +430,26 @@ async fn make_dev_answers_a_signed_webhook_end_to_end_and_stops_cleanly() {
     });
 
     // Ctrl-C stops everything it started.
-    stack.signal("-INT");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = stack.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "make dev did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!status.success(), "interrupted, not a clean exit: {status}");
-    assert!(stack
-        .output()
-        .contains("stopped everything make dev started"));
-    for (name, port) in [
-        ("watch", watch),
-        ("moto", moto),
-        ("postgres", pg),
-        ("stubs", stubs),
-    ] {
-        assert!(!listening(port), "{name} still listens on {port}");
-    }
+    stack.stop_with("-INT", ports, true);
+    drop(stack);
+
+    // Again, as a script or supervisor runs it: `make dev` with its output through a pipe, all
+    // in one process group, stopped by SIGTERM to that group. make, the script and the pipe's
+    // reader all get it, and make passes one more to the script; the script must still stop
+    // everything (its goodbye line has no reader left to go to).
+    let state = std::env::temp_dir().join(format!("devstack-e2e-term-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let ports = Ports::free();
+    let mut stack = Stack::start(
+        &root,
+        &state,
+        ports,
+        &["bash", "-c", "make --no-print-directory dev 2>&1 | cat"],
+    );
+    stack.wait_for("ready again", Duration::from_secs(600), |l| l == "ready.");
+    assert!(
+        !processes_of(&state).is_empty(),
+        "the check sees the stack's processes"
+    );
+    stack.stop_with("-TERM", ports, false);
 }
