@@ -52,9 +52,11 @@ cleanup() {
   log "stopped everything make dev started"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+# Each handler first ignores every further stop signal: make passes one more TERM to this
+# script right after the group's, and a second handler run would `exit` from inside cleanup.
+trap 'trap "" INT TERM HUP PIPE; exit 130' INT
+trap 'trap "" INT TERM HUP PIPE; exit 143' TERM
+trap 'trap "" INT TERM HUP PIPE; exit 129' HUP
 
 # start NAME LOGFILE CMD...: runs CMD in its own session, output to LOGFILE (- keeps ours).
 start() {

@@ -13,16 +13,24 @@ pg_as() { # initdb and postgres refuse to run as root
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-pg_start() {
+pg_start() { # every failure returns non-zero (callers use `pg_start … || fail`, where set -e is off)
   local dir=$1 port=$2 bin
-  bin=$(pg_bin)
-  mkdir -p "$dir"
-  [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+  bin=$(pg_bin) || return 1
+  mkdir -p "$dir" || return 1
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$dir" || return 1
+    # As root the server runs as the postgres user, which must be able to reach the directory.
+    if ! runuser -u postgres -- test -x "$dir"; then
+      echo "Postgres runs as the postgres user, which cannot reach $dir (a parent directory is" >&2
+      echo "not searchable, e.g. made by mktemp -d): chmod o+x the parents, or run from elsewhere" >&2
+      return 1
+    fi
+  fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
-    pg_as "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+    pg_as "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null || return 1
   fi
   pg_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 30 start \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null || return 1
   PG_VERSION_TEXT=$("$bin/postgres" --version)
 }
 
