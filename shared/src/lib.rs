@@ -11,12 +11,14 @@
 //! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`], [`metrics`]: start-up plumbing, logs
 //!   and CloudWatch EMF metrics;
+//! - [`turn`], [`credits`]: the turn engine's decisions (states, sends, retry delays, holds);
 //! - [`netguard`]: keeps local runs on loopback.
 
 pub mod aws;
 pub mod breaker;
 pub mod cache;
 pub mod config;
+pub mod credits;
 pub mod db;
 pub mod envelope;
 pub mod fifo;
@@ -35,6 +37,7 @@ pub mod secrets;
 pub mod signature;
 pub mod split;
 pub mod telemetry;
+pub mod turn;
 pub mod webchat;
 
 /// `N` bytes from the system's secure random generator (keys, secrets, public ids).

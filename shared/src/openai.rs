@@ -150,7 +150,11 @@ impl ClientSettings {
 
 /// Credits for `tokens` at `per_1k` credits per 1,000 tokens, rounded up.
 pub fn price(per_1k: i64, tokens: u64) -> i64 {
-    ((tokens as i64).saturating_mul(per_1k) + 999) / 1000
+    i64::try_from(tokens)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(per_1k)
+        .saturating_add(999)
+        / 1000
 }
 
 pub struct ResponsesClient {

@@ -9,6 +9,7 @@
 pub mod apikeys;
 pub mod leads;
 pub mod store;
+pub mod turns;
 pub mod webchat;
 
 use std::sync::Arc;
