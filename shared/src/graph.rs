@@ -10,6 +10,9 @@ use serde_json::{json, Value as Json};
 /// Pinned Graph API version.
 pub const GRAPH_VERSION: &str = "v25.0";
 
+/// Longest a send may take (the turn engine keeps this much of its time budget per part).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("Graph API error {code} (HTTP {status})")]
 pub struct SendError {
@@ -17,14 +20,30 @@ pub struct SendError {
     pub code: i64,
     pub status: u16,
     pub retryable: bool,
+    /// The request was written but no usable answer came back (timeout or reset after
+    /// sending, a 2xx without a message id): Meta may have accepted it. An error *response*
+    /// or a connection that never opened is not ambiguous: nothing was sent.
+    pub ambiguous: bool,
 }
 
 impl SendError {
-    fn transport() -> Self {
+    /// No connection: the request was never written.
+    fn not_connected() -> Self {
         Self {
             code: 0,
             status: 0,
             retryable: true,
+            ambiguous: false,
+        }
+    }
+
+    /// Written, and no answer (or an unreadable one) came back.
+    fn no_answer(status: u16) -> Self {
+        Self {
+            code: 0,
+            status,
+            retryable: true,
+            ambiguous: true,
         }
     }
 }
@@ -47,8 +66,8 @@ pub enum WaRecipient {
     Bsuid(String),
 }
 
-/// The new message id at `pointer` of a success body. A 2xx without one is not a send we can
-/// track, and sending again could duplicate it: permanent.
+/// The new message id at `pointer` of a success body. A 2xx without one is a send Meta
+/// accepted that we cannot name: ambiguous (sending again could duplicate it).
 fn id_at(out: &Json, pointer: &str) -> Result<String, SendError> {
     out.pointer(pointer)
         .and_then(Json::as_str)
@@ -57,6 +76,7 @@ fn id_at(out: &Json, pointer: &str) -> Result<String, SendError> {
             code: 0,
             status: 200,
             retryable: false,
+            ambiguous: true,
         })
 }
 
@@ -86,18 +106,21 @@ impl GraphClient {
             crate::netguard::http_client(),
             facebook_base,
             instagram_base,
+            SEND_TIMEOUT,
         )
     }
 
-    /// The client on a builder of the caller's (the network guard's test passes its own).
+    /// The client on a builder of the caller's (the network guard's test passes its own) with
+    /// a request timeout of `timeout`.
     pub fn with_http(
         builder: reqwest::ClientBuilder,
         facebook_base: impl Into<String>,
         instagram_base: impl Into<String>,
+        timeout: Duration,
     ) -> Self {
         Self {
             http: builder
-                .timeout(Duration::from_secs(10))
+                .timeout(timeout)
                 .connect_timeout(Duration::from_secs(3))
                 .build()
                 .expect("HTTP client"),
@@ -125,14 +148,34 @@ impl GraphClient {
             .json(&body)
             .send()
             .await
-            .map_err(|_| SendError::transport())?;
+            .map_err(|e| {
+                if e.is_connect() {
+                    SendError::not_connected()
+                } else {
+                    SendError::no_answer(0)
+                }
+            })?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|_| SendError::transport())?;
-        if (200..300).contains(&status) {
+        let ok = (200..300).contains(&status);
+        let bytes = resp.bytes().await.map_err(|_| {
+            if ok {
+                SendError::no_answer(status)
+            } else {
+                // An error status is an answer: nothing was sent.
+                SendError {
+                    code: 0,
+                    status,
+                    retryable: status >= 500 || status == 429,
+                    ambiguous: false,
+                }
+            }
+        })?;
+        if ok {
             return serde_json::from_slice(&bytes).map_err(|_| SendError {
                 code: 0,
                 status,
                 retryable: false,
+                ambiguous: true,
             });
         }
         let code = serde_json::from_slice::<ErrorEnvelope>(&bytes)
@@ -142,6 +185,7 @@ impl GraphClient {
             code,
             status,
             retryable: is_retryable_code(code) || (code == 0 && status >= 500),
+            ambiguous: false,
         })
     }
 
@@ -153,6 +197,21 @@ impl GraphClient {
         to: &WaRecipient,
         body: &str,
         reply_to: Option<&str>,
+    ) -> Result<String, SendError> {
+        self.whatsapp_send(token, phone_number_id, to, body, reply_to, None)
+            .await
+    }
+
+    /// A WhatsApp text with its send tag: Meta echoes `tag` as `biz_opaque_callback_data` in
+    /// the message's status webhooks.
+    async fn whatsapp_send(
+        &self,
+        token: &SecretString,
+        phone_number_id: &str,
+        to: &WaRecipient,
+        body: &str,
+        reply_to: Option<&str>,
+        tag: Option<&str>,
     ) -> Result<String, SendError> {
         let mut msg = json!({
             "messaging_product": "whatsapp",
@@ -166,6 +225,9 @@ impl GraphClient {
         }
         if let Some(id) = reply_to {
             msg["context"] = json!({"message_id": id});
+        }
+        if let Some(tag) = tag {
+            msg["biz_opaque_callback_data"] = json!(tag);
         }
         let out = self
             .post(self.whatsapp_messages_url(phone_number_id), token, msg)
@@ -236,11 +298,19 @@ pub struct Recipient<'a> {
     pub wa_id: Option<&'a str>,
 }
 
+/// How one part goes out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PartOpts<'a> {
+    /// Tag an Instagram message HUMAN_AGENT (human-written replies after 24 h only).
+    pub human_agent: bool,
+    /// The send tag WhatsApp echoes in the statuses (`shared::turn::send_tag`).
+    pub tag: Option<&'a str>,
+}
+
 impl GraphClient {
     /// Sends one channel-sized part (see `split::split_for`) of a reply and returns its
     /// provider message id. Web chat is not sent anywhere: the stored row is the delivery (the
-    /// widget polls for it), so the id is made here. `human_agent` tags an Instagram message
-    /// HUMAN_AGENT (human-written replies after 24 h only).
+    /// widget polls for it), so the id is made here.
     pub async fn send_part(
         &self,
         channel: crate::envelope::Channel,
@@ -248,7 +318,7 @@ impl GraphClient {
         account: &str,
         to: Recipient<'_>,
         text: &str,
-        human_agent: bool,
+        opts: PartOpts<'_>,
     ) -> Result<String, SendError> {
         use crate::envelope::Channel;
         match channel {
@@ -257,11 +327,11 @@ impl GraphClient {
                     Some(w) => WaRecipient::WaId(w.to_owned()),
                     None => WaRecipient::Bsuid(to.contact_id.to_owned()),
                 };
-                self.send_whatsapp_text(token, account, &recipient, text, None)
+                self.whatsapp_send(token, account, &recipient, text, None, opts.tag)
                     .await
             }
             Channel::Instagram => {
-                let tag = human_agent.then_some("HUMAN_AGENT");
+                let tag = opts.human_agent.then_some("HUMAN_AGENT");
                 self.instagram_send(token, account, to.contact_id, text, tag)
                     .await
             }

@@ -122,6 +122,52 @@ impl QueuePublisher {
         Ok(calls)
     }
 
+    /// Sets how long returned records stay invisible (`ChangeMessageVisibilityBatch`, ten at
+    /// a time): the engine's retry delay instead of the queue's whole visibility timeout.
+    /// `items` are (receipt handle, seconds). Best effort: a record whose change fails keeps
+    /// the queue's timeout; returns how many were changed.
+    pub async fn set_visibility(&self, queue_url: &str, items: &[(String, i32)]) -> usize {
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        let mut changed = 0;
+        for chunk in items.chunks(10) {
+            let entries: Vec<Entry> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (receipt, secs))| {
+                    Entry::builder()
+                        .id(format!("r{i}"))
+                        .receipt_handle(receipt)
+                        .visibility_timeout(*secs)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            match self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    changed += out.successful().len();
+                    if !out.failed().is_empty() {
+                        tracing::warn!(
+                            failed = out.failed().len(),
+                            "retry delay not set on some records; they wait for the visibility timeout"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %aws_sdk_sqs::error::DisplayErrorContext(e),
+                    "retry delay not set; the records wait for the visibility timeout"
+                ),
+            }
+        }
+        changed
+    }
+
     /// Sends records that can never succeed to their dead-letter queue (`parked_reason`
     /// attribute, at most 200 characters) so they are kept and alarmed without blocking
     /// anything. If that fails, their ids are added to `response` so SQS redelivers them (its

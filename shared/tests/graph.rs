@@ -4,7 +4,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use shared::graph::{GraphClient, SendError, WaRecipient};
 use shared::split::{split_text, Measure, WHATSAPP_MAX_CHARS};
-use wiremock::matchers::{body_json, header, method, path};
+use wiremock::matchers::{body_json, body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn token() -> SecretString {
@@ -103,7 +103,8 @@ async fn error_codes_decide_retry_not_http_status() {
             SendError {
                 code,
                 status,
-                retryable
+                retryable,
+                ambiguous: false
             },
             "code {code}"
         );
@@ -220,6 +221,7 @@ async fn under_the_network_guard_a_real_graph_url_stays_on_loopback() {
         http_client_with(Guard::Loopback, &dead_end),
         "https://graph.facebook.com/v25.0",
         "https://graph.instagram.com/v25.0",
+        shared::graph::SEND_TIMEOUT,
     );
     let sent = client
         .send_whatsapp_text(
@@ -250,10 +252,114 @@ async fn under_the_network_guard_a_real_graph_url_stays_on_loopback() {
         http_client_with(Guard::Loopback, "http://127.0.0.1:9"),
         format!("{}/fb", server.uri()),
         format!("{}/ig", server.uri()),
+        shared::graph::SEND_TIMEOUT,
     );
     let id = local
         .send_whatsapp_text(&token(), "1", &WaRecipient::WaId("52".into()), "hi", None)
         .await
         .unwrap();
     assert_eq!(id, "wamid.LOCAL");
+}
+
+/// What the turn engine needs to know of a failed send: was anything written that Meta may
+/// have accepted?
+#[tokio::test]
+async fn only_a_written_request_without_an_answer_is_ambiguous() {
+    use shared::graph::{PartOpts, Recipient};
+    use shared::netguard::{http_client_with, Guard};
+    let to = Recipient {
+        contact_id: "MX.1",
+        wa_id: Some("52"),
+    };
+    let quick = |base: String| {
+        GraphClient::with_http(
+            http_client_with(Guard::Off, "http://127.0.0.1:9"),
+            format!("{base}/fb"),
+            format!("{base}/ig"),
+            std::time::Duration::from_millis(300),
+        )
+    };
+    let send = |c: GraphClient| async move {
+        c.send_part(
+            shared::envelope::Channel::Whatsapp,
+            &token(),
+            "1",
+            to,
+            "hi",
+            PartOpts::default(),
+        )
+        .await
+    };
+    // Nothing listens: never written.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    };
+    let e = send(quick(closed)).await.unwrap_err();
+    assert!(!e.ambiguous && e.retryable, "{e:?}");
+    // Written, and the answer came too late.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"messages": [{"id": "wamid.LATE"}]}))
+                .set_delay(std::time::Duration::from_secs(2)),
+        )
+        .mount(&server)
+        .await;
+    let e = send(quick(server.uri())).await.unwrap_err();
+    assert!(e.ambiguous, "{e:?}");
+    // Accepted without an id we can name.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&server)
+        .await;
+    let e = send(quick(server.uri())).await.unwrap_err();
+    assert!(e.ambiguous && !e.retryable, "{e:?}");
+    // An error response: nothing was sent, whatever its class.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(graph_error(131000)))
+        .mount(&server)
+        .await;
+    let e = send(quick(server.uri())).await.unwrap_err();
+    assert!(!e.ambiguous && e.retryable, "{e:?}");
+}
+
+#[tokio::test]
+async fn a_tagged_part_carries_its_tag_for_the_status_echo() {
+    use shared::graph::{PartOpts, Recipient};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fb/1/messages"))
+        .and(body_partial_json(
+            json!({"biz_opaque_callback_data": "t:T:0:1"}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"messages": [{"id": "wamid.T"}]})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let id = client(&server)
+        .send_part(
+            shared::envelope::Channel::Whatsapp,
+            &token(),
+            "1",
+            Recipient {
+                contact_id: "MX.1",
+                wa_id: Some("52"),
+            },
+            "hi",
+            PartOpts {
+                human_agent: false,
+                tag: Some("t:T:0:1"),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(id, "wamid.T");
 }

@@ -13,7 +13,6 @@ use local_aws::testing::drain;
 use processor::{Deps, GraphTokens, Processor};
 use serde_json::{json, Value};
 use shared::graph::GraphClient;
-use shared::idempotency::IdempotencyStore;
 use shared::metrics::Metrics;
 use shared::openai::{ClientSettings, ResponsesClient};
 use shared::queue::{QueuePublisher, RetryPolicy};
@@ -27,10 +26,6 @@ async fn processor_for(h: &Harness, openai: &MockServer) -> Processor {
     let sdk = &h.sdk;
     Processor::new(Deps {
         db: shared::db::Db::new(shared::db::DbConfig::new(h.t.url.clone())),
-        idempotency: IdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            h.stack.tables["IdempotencyTable"].clone(),
-        ),
         model: ResponsesClient::new(ClientSettings::new(
             format!("{}/v1", openai.uri()),
             "sk-test".to_owned().into(),
@@ -50,6 +45,8 @@ async fn processor_for(h: &Harness, openai: &MockServer) -> Processor {
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(sdk), RetryPolicy::default()),
         extraction_queue_url: h.stack.queue("ExtractionQueue").url.clone(),
         dead_letter_queue_url: h.stack.queue("InboundDLQ").url.clone(),
+        inbound_queue_url: h.stack.queue("InboundQueue").url.clone(),
+        max_retry_delay: std::time::Duration::from_secs(60),
         metrics: Metrics::silent("AiAgentTest", "processor"),
     })
 }

@@ -20,7 +20,6 @@ use shared::db::store;
 use shared::db::testing::TestDb;
 use shared::envelope::Channel;
 use shared::graph::GraphClient;
-use shared::idempotency::IdempotencyStore;
 use shared::metrics::Metrics;
 use shared::openai::{ClientSettings, ResponsesClient};
 use shared::queue::{QueuePublisher, RetryPolicy};
@@ -164,10 +163,6 @@ async fn main() {
     settings.breaker_threshold = 1000;
     let processor = Arc::new(Processor::new(Deps {
         db: shared::db::Db::new(shared::db::DbConfig::new(t.url.clone())),
-        idempotency: IdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            stack.tables["IdempotencyTable"].clone(),
-        ),
         model: ResponsesClient::new(settings),
         graph: GraphClient::new(graph.uri(), graph.uri()),
         tokens: GraphTokens {
@@ -181,6 +176,8 @@ async fn main() {
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: stack.queue("ExtractionQueue").url.clone(),
         dead_letter_queue_url: stack.queue("InboundDLQ").url.clone(),
+        inbound_queue_url: stack.queue("InboundQueue").url.clone(),
+        max_retry_delay: std::time::Duration::from_secs(60),
         metrics: Metrics::silent("Bench", "processor"),
     }));
 

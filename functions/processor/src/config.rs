@@ -20,9 +20,11 @@ pub struct Config {
     pub app_secret_id: Option<String>,
     pub openai_api_key: Option<SecretString>,
     pub graph_access_token: Option<SecretString>,
-    pub idempotency_table: String,
     pub extraction_queue_url: String,
     pub dead_letter_queue_url: String,
+    pub inbound_queue_url: String,
+    /// The longest a retried record waits (`MAX_RETRY_DELAY_SECS`, default 60).
+    pub max_retry_delay: Duration,
     pub openai_base_url: String,
     /// Endpoints an agent's `base_url` may name (`MODEL_BASE_URL_ALLOWLIST`); others are ignored.
     pub model_base_urls: Vec<String>,
@@ -57,9 +59,10 @@ impl Config {
             env.problem("set OPENAI_API_KEY or APP_SECRET_ID (a secret with `openai_api_key`)");
         }
         let graph_access_token = env.optional("GRAPH_ACCESS_TOKEN").map(SecretString::from);
-        let idempotency_table = env.required("IDEMPOTENCY_TABLE");
         let extraction_queue_url = env.required_url("EXTRACTION_QUEUE_URL");
         let dead_letter_queue_url = env.required_url("INBOUND_DLQ_URL");
+        let inbound_queue_url = env.required_url("INBOUND_QUEUE_URL");
+        let max_retry_delay = Duration::from_secs(env.number("MAX_RETRY_DELAY_SECS", 60, 1, 900));
         let openai_base_url = env.base_url("OPENAI_BASE_URL", "https://api.openai.com/v1");
         let model_base_urls = env.url_list("MODEL_BASE_URL_ALLOWLIST");
         let graph_base_url = env.base_url(
@@ -81,9 +84,10 @@ impl Config {
             app_secret_id,
             openai_api_key,
             graph_access_token,
-            idempotency_table,
             extraction_queue_url,
             dead_letter_queue_url,
+            inbound_queue_url,
+            max_retry_delay,
             openai_base_url,
             model_base_urls,
             graph_base_url,
@@ -137,9 +141,9 @@ mod tests {
         for needle in [
             "DATABASE_URL or DATABASE_SECRET_ID",
             "OPENAI_API_KEY or APP_SECRET_ID",
-            "IDEMPOTENCY_TABLE",
             "EXTRACTION_QUEUE_URL",
             "INBOUND_DLQ_URL",
+            "INBOUND_QUEUE_URL",
         ] {
             assert!(text.contains(needle), "{needle} not in {text}");
         }
@@ -150,9 +154,9 @@ mod tests {
         let c = config(&[
             ("DATABASE_SECRET_ID", "agent/db"),
             ("APP_SECRET_ID", "agent/app"),
-            ("IDEMPOTENCY_TABLE", "t"),
             ("EXTRACTION_QUEUE_URL", "https://sqs/1/x"),
             ("INBOUND_DLQ_URL", "https://sqs/1/y.fifo"),
+            ("INBOUND_QUEUE_URL", "https://sqs/1/in.fifo"),
             ("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1/"),
         ])
         .unwrap();
@@ -160,12 +164,13 @@ mod tests {
         assert!(c.graph_base_url.starts_with("https://graph.facebook.com/v"));
         assert!(c.openai_api_key.is_none() && c.database.url.is_none());
         assert_eq!(c.secrets_ttl, Duration::from_secs(300));
+        assert_eq!(c.max_retry_delay, Duration::from_secs(60));
         let bad = config(&[
             ("DATABASE_URL", "postgres://x"),
             ("OPENAI_API_KEY", "sk"),
-            ("IDEMPOTENCY_TABLE", "t"),
             ("EXTRACTION_QUEUE_URL", "https://sqs/1/x"),
             ("INBOUND_DLQ_URL", "https://sqs/1/y.fifo"),
+            ("INBOUND_QUEUE_URL", "https://sqs/1/in.fifo"),
             ("GRAPH_BASE_URL", "graph.local"),
         ])
         .unwrap_err();

@@ -8,7 +8,6 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use processor::{Config, Deps, GraphTokens, Processor};
 use shared::db::{Db, DbConfig};
 use shared::graph::GraphClient;
-use shared::idempotency::IdempotencyStore;
 use shared::metrics::Metrics;
 use shared::openai::{ClientSettings, ResponsesClient};
 use shared::queue::{QueuePublisher, RetryPolicy};
@@ -40,10 +39,6 @@ async fn main() -> Result<(), Error> {
         db: Db::new(DbConfig::new(secrecy::ExposeSecret::expose_secret(
             &resolved.database_url,
         ))),
-        idempotency: IdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            config.idempotency_table.clone(),
-        ),
         model: ResponsesClient::new(model),
         graph: GraphClient::new(
             config.graph_base_url.clone(),
@@ -57,6 +52,8 @@ async fn main() -> Result<(), Error> {
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: config.extraction_queue_url.clone(),
         dead_letter_queue_url: config.dead_letter_queue_url.clone(),
+        inbound_queue_url: config.inbound_queue_url.clone(),
+        max_retry_delay: config.max_retry_delay,
         metrics: Metrics::new(config.metrics_namespace.clone(), "processor"),
     };
     let processor = std::sync::Arc::new(Processor::new(deps));

@@ -1,17 +1,18 @@
-//! The reply pipeline end to end on real parts: Postgres (fresh database), SQS and DynamoDB on
-//! the emulator (from template.yaml), OpenAI and the Graph API as wiremock stubs.
+//! The reply pipeline end to end on real parts: Postgres (fresh database), SQS and Secrets
+//! Manager on the emulator (from template.yaml), OpenAI and the Graph API as wiremock stubs.
+//! The fault tests at the end arm the processor's crash points (`failpoints` feature) and
+//! replay the delivery, as SQS would after a crash.
 
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::SqsMessage;
 use local_aws::testing::{drain, emulator_sdk, fresh_stack};
-use processor::{Deps, GraphTokens, Processor};
+use processor::{Deps, GraphTokens, Processor, Tuning};
 use serde_json::{json, Value};
 use shared::db::testing::TestDb;
 use shared::db::{store, TenantId};
 use shared::envelope::Channel;
 use shared::graph::GraphClient;
-use shared::idempotency::IdempotencyStore;
 use shared::metrics::Metrics;
 use shared::openai::{ClientSettings, ResponsesClient};
 use shared::queue::{QueuePublisher, RetryPolicy};
@@ -111,12 +112,14 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
     tune(&mut settings);
     let deps = Deps {
         db: shared::db::Db::new(shared::db::DbConfig::new(t.url.clone())),
-        idempotency: IdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            stack.tables["IdempotencyTable"].clone(),
-        ),
         model: ResponsesClient::new(settings),
-        graph: GraphClient::new(format!("{}/fb", graph.uri()), format!("{}/ig", graph.uri())),
+        // A send whose answer is slower than a second counts as unanswered (ambiguous).
+        graph: GraphClient::with_http(
+            shared::netguard::http_client(),
+            format!("{}/fb", graph.uri()),
+            format!("{}/ig", graph.uri()),
+            Duration::from_secs(1),
+        ),
         tokens: GraphTokens {
             secrets: SecretCache::new(
                 aws_sdk_secretsmanager::Client::new(&sdk),
@@ -128,6 +131,8 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         extraction_queue_url: stack.queue("ExtractionQueue").url.clone(),
         dead_letter_queue_url: stack.queue("InboundDLQ").url.clone(),
+        inbound_queue_url: stack.queue("InboundQueue").url.clone(),
+        max_retry_delay: std::time::Duration::from_secs(60),
         metrics: Metrics::silent("AiAgentTest", "processor"),
     };
     Harness {
@@ -136,7 +141,11 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
         stack,
         openai,
         graph,
-        processor: Processor::new(deps),
+        // Short lease and echo window: a redelivery in these tests comes at once.
+        processor: Processor::new(deps).with_tuning(Tuning {
+            turn_lease: Duration::from_millis(300),
+            echo_window: Duration::from_secs(2),
+        }),
         tenant,
     }
 }
@@ -178,6 +187,52 @@ fn record_of(webhook: &[u8], channel: &str, account: &str) -> SqsMessage {
 }
 
 impl Harness {
+    /// A web chat site `site` on the tenant's agent, and the record of a visitor's `text` to
+    /// it as the web chat function queues it.
+    async fn webchat_record(&self, site: &str, text: &str) -> SqsMessage {
+        let agent: uuid::Uuid = self
+            .t
+            .db
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT id FROM agents", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let none: Vec<String> = vec![];
+        shared::db::webchat::create_site(
+            &self.t.db,
+            self.tenant,
+            &shared::db::webchat::NewSite {
+                site_key: site,
+                agent_id: Some(agent),
+                allowed_origins: &none,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let claims = shared::webchat::VisitorClaims {
+            v: shared::webchat::TOKEN_VERSION,
+            site: site.into(),
+            vid: "visitor-1".into(),
+            exp: i64::MAX,
+            idn: None,
+        };
+        let env = shared::webchat::visitor_message(&claims, "c-1", text, 1_767_225_600_000, "corr")
+            .unwrap();
+        let out =
+            shared::ingest::inbound_message(env, shared::ordering::OrderingScope::Conversation);
+        let mut record = SqsMessage::default();
+        record.message_id = Some("sqs-wc-1".into());
+        record.body = Some(out.body.clone());
+        record
+            .attributes
+            .insert("MessageGroupId".into(), out.group_id.clone().unwrap());
+        record
+    }
+
     async fn run(&self, records: Vec<SqsMessage>) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         self.processor
@@ -351,50 +406,7 @@ async fn instagram_message_gets_a_reply() {
 async fn a_web_chat_message_is_answered_into_the_stored_conversation_without_graph() {
     let h = harness().await;
     answer_with(&h.openai, "¡Hola! Sí, tenemos.").await;
-    let agent: uuid::Uuid =
-        h.t.db
-            .client()
-            .await
-            .unwrap()
-            .query_one("SELECT id FROM agents", &[])
-            .await
-            .unwrap()
-            .get(0);
-    let none: Vec<String> = vec![];
-    shared::db::webchat::create_site(
-        &h.t.db,
-        h.tenant,
-        &shared::db::webchat::NewSite {
-            site_key: "site_demo",
-            agent_id: Some(agent),
-            allowed_origins: &none,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let claims = shared::webchat::VisitorClaims {
-        v: shared::webchat::TOKEN_VERSION,
-        site: "site_demo".into(),
-        vid: "visitor-1".into(),
-        exp: i64::MAX,
-        idn: None,
-    };
-    let env = shared::webchat::visitor_message(
-        &claims,
-        "c-1",
-        "¿Tienen 2 recámaras?",
-        1_767_225_600_000,
-        "corr",
-    )
-    .unwrap();
-    let out = shared::ingest::inbound_message(env, shared::ordering::OrderingScope::Conversation);
-    let mut record = SqsMessage::default();
-    record.message_id = Some("sqs-wc-1".into());
-    record.body = Some(out.body.clone());
-    record
-        .attributes
-        .insert("MessageGroupId".into(), out.group_id.clone().unwrap());
+    let record = h.webchat_record("site_demo", "¿Tienen 2 recámaras?").await;
     assert!(h.run(vec![record]).await.is_empty());
 
     assert!(
@@ -1201,4 +1213,453 @@ async fn a_status_that_overtook_the_reply_is_applied_when_the_reply_is_recorded(
         "delivered"
     );
     assert_eq!(h.count("SELECT count(*) FROM pending_statuses").await, 0);
+}
+
+// ---- The turn engine under faults: crashes, ambiguous sends, non-answers, order, handoff.
+
+impl Harness {
+    /// The conversation's open turn id (the one a crash left).
+    async fn open_turn(&self) -> uuid::Uuid {
+        self.t
+            .db
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT id FROM turns WHERE phase <> 'done'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// What the status function stores for a status WhatsApp sent before its message was
+    /// recorded, echoing the send's tag.
+    async fn echo(&self, account: &str, wamid: &str, tag: &str) {
+        let route = store::resolve_channel_account(&self.t.db, Channel::Whatsapp, account)
+            .await
+            .unwrap()
+            .unwrap();
+        store::apply_status_tagged(
+            &self.t.db,
+            self.tenant,
+            route.channel_account_id,
+            wamid,
+            shared::envelope::DeliveryState::Sent,
+            None,
+            false,
+            Some(tag),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn ledger_replies(&self) -> i64 {
+        self.count("SELECT count(*) FROM credit_ledger WHERE reason = 'reply'")
+            .await
+    }
+
+    /// Runs the batch until nothing is returned (a redelivery each time, after the short
+    /// lease), at most `n` times; returns how many runs it took.
+    async fn run_until_done(&self, records: Vec<SqsMessage>, n: usize) -> usize {
+        for i in 1..=n {
+            if self.run(records.clone()).await.is_empty() {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_millis(350)).await;
+        }
+        panic!("still failing after {n} deliveries");
+    }
+}
+
+#[tokio::test]
+async fn a_crash_at_any_point_of_a_turn_never_replies_or_charges_twice() {
+    for point in processor::crash::POINTS {
+        let h = harness().await;
+        answer_with(&h.openai, "Una sola vez.").await;
+        h.processor.crash_points().arm(point, 1);
+        let rec = wa_record(WA_A, "1", "wamid.crash", "hola");
+        assert_eq!(
+            h.run(vec![rec.clone()]).await,
+            ["sqs-wamid.crash"],
+            "{point}"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        if *point == "after_send" {
+            // The send was written and its answer lost with the process: resolved from the
+            // status echo, never sent blind.
+            assert!(
+                !h.run(vec![rec.clone()]).await.is_empty(),
+                "waits for the echo"
+            );
+            let tag = format!("t:{}:0:1", h.open_turn().await);
+            h.echo(WA_A, "wamid.OUT0", &tag).await;
+        }
+        // A crash before the request leaves the same doubt as one after it: the redelivery
+        // waits out the echo window, then sends (the only request that reached Meta).
+        h.run_until_done(vec![rec.clone()], 20).await;
+        // And once more, as a late duplicate delivery.
+        assert!(h.run(vec![rec]).await.is_empty());
+        assert_eq!(h.sends().await, ["Una sola vez."], "{point}");
+        assert_eq!(h.model_requests().await.len(), 1, "{point}: one model call");
+        assert_eq!(h.ledger_replies().await, 1, "{point}: one charge");
+        assert_eq!(h.outcomes().await, [Some("replied".to_owned())], "{point}");
+        assert_eq!(
+            h.count("SELECT count(*) FROM messages WHERE direction = 'out'")
+                .await,
+            1,
+            "{point}"
+        );
+        assert_eq!(
+            h.count("SELECT held FROM credit_accounts").await,
+            0,
+            "{point}: hold released"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ambiguous_whatsapp_send_is_resolved_by_its_echo_not_repeated() {
+    let h = harness().await;
+    answer_with(&h.openai, "¿Me escuchas?").await;
+    // Meta takes the message but the answer never arrives in time.
+    Mock::given(method("POST"))
+        .and(body_string_contains("preview_url"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"messages": [{"id": "wamid.SLOW"}]}))
+                .set_delay(Duration::from_secs(15)),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    let rec = wa_record(WA_A, "1", "wamid.amb", "hola");
+    assert!(!h.run(vec![rec.clone()]).await.is_empty());
+    assert_eq!(h.metric("SendsAmbiguous"), 1.0);
+    let tag = format!("t:{}:0:1", h.open_turn().await);
+    h.echo(WA_A, "wamid.SLOW", &tag).await;
+    h.run_until_done(vec![rec], 3).await;
+    assert_eq!(h.sends().await.len(), 1, "not sent a second time");
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE provider_message_id = 'wamid.SLOW' AND status = 'sent'")
+            .await,
+        1,
+        "recorded under the echoed id"
+    );
+    assert_eq!(h.metric("SendsResolvedByEcho"), 1.0);
+}
+
+#[tokio::test]
+async fn without_an_echo_a_whatsapp_part_is_sent_once_more_then_given_up() {
+    let h = harness().await;
+    answer_with(&h.openai, "¿Hola?").await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("preview_url"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"messages": [{"id": "wamid.X"}]}))
+                .set_delay(Duration::from_secs(15)),
+        )
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    let rec = wa_record(WA_A, "1", "wamid.noecho", "hola");
+    h.run_until_done(vec![rec], 40).await;
+    let tags: Vec<String> = h
+        .graph
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let v: Value = serde_json::from_slice(&r.body).ok()?;
+            v["biz_opaque_callback_data"].as_str().map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(tags.len(), 2, "the first send and one resend: {tags:?}");
+    assert!(tags[0].ends_with(":0:1") && tags[1].ends_with(":0:2"));
+    assert_eq!(h.outcomes().await, [Some("send_unknown".to_owned())]);
+    assert_eq!(h.metric("SendResends"), 1.0);
+    assert_eq!(h.metric("SendsUnknown"), 1.0);
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out' AND status = 'pending' AND content->>'delivery' = 'unknown'")
+            .await,
+        1,
+        "the doubt is on the message"
+    );
+}
+
+#[tokio::test]
+async fn an_ambiguous_instagram_send_is_marked_unknown_and_never_repeated() {
+    let h = harness().await;
+    answer_with(&h.openai, "Hola desde IG").await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"message_id": "mid.X"}))
+                .set_delay(Duration::from_secs(15)),
+        )
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    let rec = ig_record("mid.in.amb", "hola");
+    h.run_until_done(vec![rec], 3).await;
+    assert_eq!(h.sends().await.len(), 1);
+    assert_eq!(h.outcomes().await, [Some("send_unknown".to_owned())]);
+    assert_eq!(h.metric("SendsUnknown"), 1.0);
+}
+
+#[tokio::test]
+async fn an_empty_answer_is_asked_once_more_then_falls_back_and_is_never_replied() {
+    let h = harness().await;
+    h.sql("UPDATE agents SET fallback_error = 'Un momento, por favor.', max_output_tokens = 300")
+        .await;
+    // A reasoning model that spent its budget thinking: no visible text, tokens billed.
+    Mock::given(method("POST"))
+        .and(path("/v1/responses"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "resp_e", "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+            "output": [{"type": "reasoning", "summary": []}],
+            "usage": {"input_tokens": 1000, "output_tokens": 300}})))
+        .mount(&h.openai)
+        .await;
+    let rec = wa_record(WA_A, "1", "wamid.empty", "hola");
+    assert!(h.run(vec![rec]).await.is_empty());
+    let reqs = h.model_requests().await;
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0]["max_output_tokens"], 300);
+    assert_eq!(
+        reqs[1]["max_output_tokens"], 600,
+        "a larger budget the second time"
+    );
+    assert_eq!(h.sends().await, ["Un momento, por favor."]);
+    assert_eq!(h.outcomes().await, [Some("no_answer".to_owned())]);
+    assert_eq!(h.metric("RepliesSent"), 0.0);
+    assert_eq!(
+        h.count("SELECT count(*) FROM credit_ledger WHERE reason = 'reply' AND delta < 0")
+            .await,
+        1,
+        "the billed tokens are charged"
+    );
+}
+
+#[tokio::test]
+async fn older_unanswered_messages_are_covered_in_order_by_the_next_turn() {
+    let h = harness().await;
+    // Messages 1–3 are stored, but their turn never got an answer (the model was down).
+    Mock::given(method("POST"))
+        .and(path("/v1/responses"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&h.openai)
+        .await;
+    answer_with(&h.openai, "Respuesta a todo").await;
+    let first: Vec<SqsMessage> = (1..=3)
+        .map(|i| {
+            wa_record_at(
+                WA_A,
+                "1",
+                &format!("wamid.o{i}"),
+                &format!("parte {i}"),
+                1_767_225_600 + i,
+            )
+        })
+        .collect();
+    assert!(!h.run(first).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // The emulator hands the 4th back first: the turn covers 1–4, in order, once.
+    assert!(h
+        .run(vec![wa_record_at(
+            WA_A,
+            "1",
+            "wamid.o4",
+            "parte 4",
+            1_767_225_700
+        )])
+        .await
+        .is_empty());
+    let reqs = h.model_requests().await;
+    let last = reqs.last().unwrap()["input"].to_string();
+    let at = |s: &str| last.find(s).unwrap_or_else(|| panic!("{s} not in {last}"));
+    assert!(
+        at("parte 1") < at("parte 2")
+            && at("parte 2") < at("parte 3")
+            && at("parte 3") < at("parte 4")
+    );
+    assert_eq!(h.sends().await, ["Respuesta a todo"]);
+    assert_eq!(h.outcomes().await, vec![Some("replied".to_owned()); 4]);
+    assert_eq!(
+        h.count("SELECT count(DISTINCT turn_id) FROM messages WHERE direction = 'in'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_handoff_during_the_model_call_stops_the_reply() {
+    let h = harness_with(|s| s.timeout = Duration::from_secs(10)).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/responses"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body("too late"))
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&h.openai)
+        .await;
+    let db = shared::db::Db::new(shared::db::DbConfig::new(h.t.url.clone()));
+    let tenant = h.tenant;
+    let handoff = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let c = db.client().await.unwrap();
+        c.execute("UPDATE conversations SET mode = 'human'", &[])
+            .await
+            .unwrap();
+        let _ = tenant;
+    });
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.ho", "hola")])
+        .await
+        .is_empty());
+    handoff.await.unwrap();
+    assert!(h.sends().await.is_empty(), "no reply after the handoff");
+    assert_eq!(h.outcomes().await, [Some("human_mode".to_owned())]);
+    assert_eq!(
+        h.ledger_replies().await,
+        1,
+        "the model's tokens are still charged"
+    );
+}
+
+#[tokio::test]
+async fn a_web_chat_reply_is_not_lost_when_its_record_fails() {
+    let h = harness().await;
+    answer_with(&h.openai, "Hola visitante").await;
+    let rec = h.webchat_record("site_rec", "hola").await;
+    h.processor.crash_points().arm("before_record", 1);
+    assert!(!h.run(vec![rec.clone()]).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    h.run_until_done(vec![rec], 3).await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out' AND content->>'body' = 'Hola visitante'")
+            .await,
+        1
+    );
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_retried_record_comes_back_after_the_engines_delay_not_the_visibility_timeout() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&h.openai)
+        .await;
+    // A real record from the emulator's queue, with a real receipt handle.
+    let queue = h.stack.queue("InboundQueue").url.clone();
+    let sqs = aws_sdk_sqs::Client::new(&h.sdk);
+    let rec = wa_record(WA_A, "1", "wamid.vis", "hola");
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(rec.body.clone().unwrap())
+        .message_group_id(format!("whatsapp:{WA_A}"))
+        .message_deduplication_id("wamid.vis")
+        .send()
+        .await
+        .unwrap();
+    let receive = || async {
+        sqs.receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+    };
+    let got = receive().await;
+    assert_eq!(got.len(), 1);
+    let mut m = rec.clone();
+    m.message_id = got[0].message_id.clone();
+    m.receipt_handle = got[0].receipt_handle.clone();
+    m.attributes
+        .insert("ApproximateReceiveCount".into(), "1".into());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = h.processor.handle_batch(vec![m], deadline).await;
+    assert_eq!(failed.batch_item_failures.len(), 1);
+    assert_eq!(h.metric("RetryDelaysSet"), 1.0);
+    // The queue's visibility timeout is minutes; the first retry delay is 1–2 s.
+    let started = Instant::now();
+    let mut back = Vec::new();
+    while back.is_empty() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        back = receive().await;
+    }
+    assert_eq!(back.len(), 1, "redelivered after the short delay");
+}
+
+#[tokio::test]
+async fn a_just_registered_account_is_answered_at_once() {
+    let h = harness().await;
+    answer_with(&h.openai, "¡Bienvenido!").await;
+    const NEW: &str = "106540352249999";
+    assert!(h
+        .run(vec![wa_record(NEW, "1", "wamid.before", "hola")])
+        .await
+        .is_empty());
+    assert_eq!(h.metric("UnknownAccount"), 1.0);
+    let agent: uuid::Uuid =
+        h.t.db
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT id FROM agents", &[])
+            .await
+            .unwrap()
+            .get(0);
+    store::create_channel_account(&h.t.db, h.tenant, Channel::Whatsapp, NEW, Some(agent), None)
+        .await
+        .unwrap();
+    assert!(h
+        .run(vec![wa_record(NEW, "1", "wamid.after", "hola otra vez")])
+        .await
+        .is_empty());
+    assert_eq!(h.sends().await, ["¡Bienvenido!"]);
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+}
+
+/// The engine's timings and the template's agree: the lease outlives the function (only a
+/// delivery after the invocation ended can take a turn over), a whole model-send-record step
+/// fits in the function's time, and retry delays stay within the configured maximum.
+#[test]
+fn the_engines_timings_fit_the_template() {
+    let template = local_aws::Template::load_workspace().unwrap();
+    let mapping = template
+        .event_source_mappings()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.binary == "processor")
+        .expect("the processor's event source");
+    let timeout = Duration::from_secs(u64::from(mapping.timeout_secs));
+    assert!(
+        processor::TURN_LEASE > timeout,
+        "lease {:?} vs timeout {timeout:?}",
+        processor::TURN_LEASE
+    );
+    let one_step = Duration::from_secs(2)
+        + processor::MODEL_MIN
+        + processor::SEND_MARGIN
+        + shared::graph::SEND_TIMEOUT
+        + processor::RECORD_TIME;
+    assert!(one_step < timeout, "{one_step:?} must fit in {timeout:?}");
+    assert!(processor::SEND_MARGIN >= processor::RECORD_TIME);
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml"))
+        .unwrap();
+    assert!(
+        text.contains("MAX_RETRY_DELAY_SECS: \"60\""),
+        "the deployed maximum retry delay is 60 s"
+    );
 }

@@ -147,7 +147,7 @@ impl StatusProcessor {
         let code = s.errors.first().and_then(|e| i32::try_from(e.code).ok());
         // Instagram reports `read` once, for the newest message read: the earlier ones count too.
         let up_to = s.channel == Channel::Instagram && s.status == DeliveryState::Read;
-        let applied = match store::apply_status(
+        let applied = match store::apply_status_tagged(
             db,
             route.tenant,
             route.channel_account_id,
@@ -155,6 +155,7 @@ impl StatusProcessor {
             s.status,
             code,
             up_to,
+            s.biz_opaque_callback_data.as_deref(),
         )
         .await
         {

@@ -386,3 +386,27 @@ async fn the_template_environment_configures_the_status_function() {
         Some(stack.secrets["DatabaseSecret"].arn.as_str())
     );
 }
+
+/// A status for a send the processor never got an answer for (parked: no message row yet)
+/// keeps the tag WhatsApp echoed, so the turn engine can tell the send reached Meta.
+#[tokio::test]
+async fn a_parked_status_keeps_the_send_tag_it_echoes() {
+    let h = harness().await;
+    let mut body = wa_status("wamid.AMBIGUOUS", "sent", 1_767_312_000, None);
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] =
+        json!("t:8f1c:0:1");
+    assert!(h.run(records_of(&body)).await.is_empty());
+    assert_eq!(
+        shared::db::turns::echoed(&h.t.db, h.tenant, h.wa, "t:8f1c:0:1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("wamid.AMBIGUOUS")
+    );
+    assert_eq!(
+        shared::db::turns::echoed(&h.t.db, h.tenant, h.wa, "t:8f1c:0:2")
+            .await
+            .unwrap(),
+        None
+    );
+}

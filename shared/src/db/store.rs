@@ -396,6 +396,32 @@ pub async fn apply_status(
     error_code: Option<i32>,
     up_to: bool,
 ) -> Result<StatusApplied, DbError> {
+    apply_status_tagged(
+        db,
+        tenant,
+        channel_account_id,
+        provider_message_id,
+        status,
+        error_code,
+        up_to,
+        None,
+    )
+    .await
+}
+
+/// [`apply_status`] with the send tag the status echoed (`biz_opaque_callback_data`): kept
+/// with a parked status, so the turn engine can resolve a send whose answer it never got.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_status_tagged(
+    db: &Db,
+    tenant: TenantId,
+    channel_account_id: Uuid,
+    provider_message_id: &str,
+    status: DeliveryState,
+    error_code: Option<i32>,
+    up_to: bool,
+    callback_tag: Option<&str>,
+) -> Result<StatusApplied, DbError> {
     if status == DeliveryState::Unknown {
         return Ok(StatusApplied::Stale);
     }
@@ -419,8 +445,8 @@ pub async fn apply_status(
                 WHERE c.user_id = $1 AND c.id = t.conversation_id AND $4 = 'failed' AND $5 = 131047
                   AND EXISTS (SELECT 1 FROM upd)),
              park AS (
-               INSERT INTO pending_statuses (user_id, channel_account_id, provider_message_id, status, error_code)
-               SELECT $1, ca.id, $3, $4, $5 FROM channel_accounts ca
+               INSERT INTO pending_statuses (user_id, channel_account_id, provider_message_id, status, error_code, callback_tag)
+               SELECT $1, ca.id, $3, $4, $5, $7 FROM channel_accounts ca
                 WHERE ca.user_id = $1 AND ca.id = $2 AND NOT EXISTS (SELECT 1 FROM target)
                ON CONFLICT (channel_account_id, provider_message_id, status) DO NOTHING)
              SELECT EXISTS (SELECT 1 FROM target), (SELECT count(*) FROM upd),
@@ -432,6 +458,7 @@ pub async fn apply_status(
                 &status.as_str(),
                 &error_code,
                 &up_to,
+                &callback_tag,
             ],
         )
         .await?;

@@ -288,7 +288,17 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         let result = ctx
             .app
             .graph()
-            .send_part(channel, &token, &account, to, &piece, tag.is_some())
+            .send_part(
+                channel,
+                &token,
+                &account,
+                to,
+                &piece,
+                shared::graph::PartOpts {
+                    human_agent: tag.is_some(),
+                    tag: None,
+                },
+            )
             .await;
         let mut content = json!({"type": "text", "body": piece, "sent_by": "human",
                                  "api_key_id": ctx.who.key_id});
