@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
 
-.PHONY: help dev send test tools crates fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
+.PHONY: help dev send redrive test tools crates fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -16,6 +16,11 @@ send: ## Under `make dev`: one more signed customer message, and the reply (TEXT
 	@test -f .local/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
 	@source $(SCRIPTS)/env.sh && set -a && source .local/dev.env && set +a && \
 	  target/debug/devstack send --text "$$TEXT" --from "$${FROM:-5215500000001}" --name "$${NAME:-Local customer}"
+
+redrive: ## Under `make dev`: move the parked inbound records (the DLQ) back to the inbound queue, in order
+	@test -f .local/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
+	@source $(SCRIPTS)/env.sh && set -a && source .local/dev.env && set +a && \
+	  target/debug/devstack redrive --template template.yaml --stack "$${STACK:-agent-local}"
 
 test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint
 	@source $(SCRIPTS)/env.sh && log "make test: all checks passed"

@@ -126,8 +126,11 @@ build_all || fail "building failed: see the errors above"
 done_step
 
 step "creating the queues, table and secrets of template.yaml (stack $STACK)"
+# Template parameters a caller sets in the environment win over the template's defaults.
+params=()
+[ -n "${ORDERING_SCOPE:-}" ] && params+=(--param "OrderingScope=$ORDERING_SCOPE")
 target/debug/local-aws provision --template template.yaml --stack "$STACK" \
-  --param "ExtractionDelaySeconds=$EXTRACTION_DELAY_SECONDS" \
+  --param "ExtractionDelaySeconds=$EXTRACTION_DELAY_SECONDS" "${params[@]}" \
   --secret "AppSecret={\"meta_app_secret\":\"dev-app-secret\",\"meta_verify_token\":\"dev-verify-token\"}" \
   --env-file "$STATE/dev.env" >"$STATE/provision.log" || fail "provisioning failed: see $STATE/provision.log"
 done_step
@@ -164,6 +167,8 @@ done_step
 {
   echo "DATABASE_URL=$DATABASE_URL"
   echo "WATCH_PORT=$WATCH_PORT"
+  echo "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"
+  echo "STACK=$STACK"
   if [ -n "${OPENAI_API_KEY:-}" ]; then
     echo "OPENAI_API_KEY=$OPENAI_API_KEY"
     [ -n "${OPENAI_BASE_URL:-}" ] && echo "OPENAI_BASE_URL=$OPENAI_BASE_URL"
@@ -206,6 +211,7 @@ cat <<MSG
 ready.
   web chat demo:   http://127.0.0.1:$STUB_PORT/demo   (the widget on a page, same agent)
   send a message:  make send TEXT="¿Aceptan mascotas?"        (as a WhatsApp customer)
+  parked records:  make redrive                                (inbound DLQ -> inbound queue, in order)
   webhook URL:     http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/   (app secret: dev-app-secret)
   admin API:       curl -s -H "authorization: Bearer $ADMIN_OWNER_KEY" http://127.0.0.1:$WATCH_PORT/lambda-url/admin/v1/conversations
                    (demo owner key; platform key: $ADMIN_PLATFORM_KEY; both in $STATE/admin-keys.env;

@@ -168,6 +168,98 @@ impl QueuePublisher {
         changed
     }
 
+    /// Moves up to `max` messages from the FIFO dead-letter queue `from` back to its FIFO
+    /// source `to`, in their order: each keeps its body and `MessageGroupId`, gets a new
+    /// deduplication id (the original one may still be in SQS's 5-minute window), and is
+    /// deleted from `from` only once `to` has it. Safe to repeat: the processor acknowledges
+    /// a redriven message whose turn is done and resumes one whose turn is open. Returns how
+    /// many moved.
+    pub async fn redrive(&self, from: &str, to: &str, max: usize) -> Result<usize, QueueError> {
+        use aws_sdk_sqs::types::{
+            DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+            SendMessageBatchRequestEntry,
+        };
+        let unavailable = |e: String| QueueError::Unavailable {
+            count: 0,
+            attempts: 1,
+            last_error: e,
+        };
+        let mut moved = 0;
+        while moved < max {
+            let got = self
+                .client
+                .receive_message()
+                .queue_url(from)
+                .max_number_of_messages(10.min((max - moved) as i32))
+                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            let messages = got.messages.unwrap_or_default();
+            if messages.is_empty() {
+                break;
+            }
+            let sends: Vec<SendMessageBatchRequestEntry> = messages
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    let group = m
+                        .attributes
+                        .as_ref()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                        .cloned()
+                        .or_else(|| m.message_id.clone())?;
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}"))
+                        .message_body(m.body.clone().unwrap_or_default())
+                        .message_group_id(group)
+                        .message_deduplication_id(format!(
+                            "redrive-{}",
+                            m.message_id.as_deref().unwrap_or_default()
+                        ))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(to)
+                .set_entries(Some(sends))
+                .send()
+                .await
+                .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            if !out.failed().is_empty() {
+                // Nothing is deleted: the batch stays in the DLQ (a repeat is harmless).
+                return Err(QueueError::Rejected {
+                    count: out.failed().len(),
+                    code: out.failed()[0].code().to_owned(),
+                });
+            }
+            let deletes: Vec<DeleteMessageBatchRequestEntry> = messages
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}"))
+                        .receipt_handle(m.receipt_handle.clone()?)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            self.client
+                .delete_message_batch()
+                .queue_url(from)
+                .set_entries(Some(deletes))
+                .send()
+                .await
+                .map_err(|e| unavailable(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
+            moved += messages.len();
+        }
+        Ok(moved)
+    }
+
     /// Sends records that can never succeed to their dead-letter queue (`parked_reason`
     /// attribute, at most 200 characters) so they are kept and alarmed without blocking
     /// anything. If that fails, their ids are added to `response` so SQS redelivers them (its

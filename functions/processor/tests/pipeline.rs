@@ -1663,3 +1663,74 @@ fn the_engines_timings_fit_the_template() {
         "the deployed maximum retry delay is 60 s"
     );
 }
+
+/// A record parked for a permanent failure is answered once after the cause is fixed and it
+/// is redriven; redriving records whose turn is done sends nothing; order is kept.
+#[tokio::test]
+async fn a_dlq_redrive_answers_what_was_parked_once_and_repeats_nothing() {
+    let h = harness().await;
+    // OpenAI's quota is exhausted: the message is recorded model_rejected and parked.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).set_body_json(json!({"error": {
+            "message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}})))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.openai)
+        .await;
+    answer_with(&h.openai, "Ya estamos de vuelta").await;
+    let parked = wa_record(WA_A, "1", "wamid.park", "¿hay alguien?");
+    assert!(h.run(vec![parked]).await.is_empty());
+    // An answered message of another customer, parked by hand as an operator might.
+    let answered = wa_record(WA_A, "2", "wamid.done", "hola");
+    assert!(h.run(vec![answered.clone()]).await.is_empty());
+    assert_eq!(h.sends().await, ["Ya estamos de vuelta"]);
+    let dlq = h.stack.queue("InboundDLQ").url.clone();
+    let inbound = h.stack.queue("InboundQueue").url.clone();
+    let publisher = QueuePublisher::new(aws_sdk_sqs::Client::new(&h.sdk), RetryPolicy::default());
+    publisher
+        .send_all(
+            &dlq,
+            vec![shared::queue::OutgoingMessage {
+                body: answered.body.clone().unwrap(),
+                group_id: Some(format!("whatsapp:{WA_A}")),
+                dedup_id: Some("by-hand".into()),
+                attributes: vec![],
+            }],
+        )
+        .await
+        .unwrap();
+    // The cause is fixed; the operator redrives the DLQ.
+    assert_eq!(publisher.redrive(&dlq, &inbound, 100).await.unwrap(), 2);
+    assert!(drain(&h.sdk, &dlq).await.is_empty(), "nothing left parked");
+    let moved = drain(&h.sdk, &inbound).await;
+    assert_eq!(moved.len(), 2);
+    assert!(moved[0].body.contains("wamid.park"), "in their order");
+    assert!(moved
+        .iter()
+        .all(|m| m.group_id.as_deref() == Some(&format!("whatsapp:{WA_A}")[..])));
+    let records: Vec<SqsMessage> = moved
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut r = SqsMessage::default();
+            r.message_id = Some(format!("redriven-{i}"));
+            r.body = Some(m.body.clone());
+            r.attributes
+                .insert("MessageGroupId".into(), m.group_id.clone().unwrap());
+            r
+        })
+        .collect();
+    assert!(h.run(records.clone()).await.is_empty());
+    assert_eq!(
+        h.sends().await,
+        ["Ya estamos de vuelta", "Ya estamos de vuelta"],
+        "the parked message is answered once; the answered one is not answered again"
+    );
+    assert_eq!(
+        h.outcomes().await,
+        [Some("replied".to_owned()), Some("replied".to_owned())]
+    );
+    // Redriving the same again changes nothing.
+    assert!(h.run(records).await.is_empty());
+    assert_eq!(h.sends().await.len(), 2);
+}

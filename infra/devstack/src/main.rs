@@ -11,6 +11,8 @@
 //!   print the transcript, the credits charged and the extracted lead.
 //! - `devstack send --text T [--from WA_ID] [--name N]`: one more customer message, and its reply.
 //! - `devstack follow`: one line per stored message, as they come.
+//! - `devstack redrive [--template F] [--stack S] [--max N]`: move the parked inbound records
+//!   (the inbound DLQ) back to the inbound queue, in order (`make redrive`).
 //!
 //! `--webhook URL` (default `http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/`) and
 //! `--app-secret S` (default the local stack's) apply to play and send.
@@ -22,7 +24,7 @@ use std::time::Duration;
 use devstack::demo::{Conversation, Customer, DemoError, Observer};
 use shared::db::{Db, DbConfig};
 
-const USAGE: &str = "usage: devstack stubs|seed|pump|play|send|follow [--flag value]... (see the header of infra/devstack/src/main.rs)";
+const USAGE: &str = "usage: devstack stubs|seed|pump|play|send|follow|redrive [--flag value]... (see the header of infra/devstack/src/main.rs)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -161,6 +163,7 @@ async fn run() -> Result<(), String> {
             }
             Ok(())
         }
+        "redrive" => redrive(&flags).await,
         "follow" => {
             let observer = Observer::new(database()?);
             let mut last = observer.message_mark().await.map_err(|e| e.to_string())?;
@@ -179,6 +182,38 @@ async fn run() -> Result<(), String> {
         }
         _ => Err(USAGE.into()),
     }
+}
+
+async fn redrive(flags: &Flags) -> Result<(), String> {
+    let template = local_aws::Template::load(flags.get("template", "template.yaml").as_ref())
+        .map_err(|e| e.to_string())?;
+    let sdk = shared::aws::sdk_config().await.map_err(|e| e.to_string())?;
+    let stack = local_aws::locate_queues(
+        &template,
+        &flags.get("stack", "agent-local"),
+        &sdk,
+        &Default::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let max: usize = flags
+        .get("max", "1000")
+        .parse()
+        .map_err(|_| "--max must be a number")?;
+    let publisher = shared::queue::QueuePublisher::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        shared::queue::RetryPolicy::default(),
+    );
+    let moved = publisher
+        .redrive(
+            &stack.queue("InboundDLQ").url,
+            &stack.queue("InboundQueue").url,
+            max,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("redrive: {moved} parked inbound record(s) moved back to the inbound queue");
+    Ok(())
 }
 
 async fn pump(flags: &Flags) -> Result<(), String> {
