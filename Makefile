@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SCRIPTS := infra/scripts
+# The local stack's state (make dev's DEV_STATE_DIR).
+STATE := $(or $(DEV_STATE_DIR),.local)
 
 .PHONY: help dev send redrive test tools crates fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
 
@@ -13,13 +15,13 @@ dev: ## Run the product locally: AWS emulator, queues from template.yaml, functi
 
 send: ## Under `make dev`: one more signed customer message, and the reply (TEXT="…" [FROM=wa_id NAME=…])
 	@test -n "$$TEXT" || { echo 'usage: make send TEXT="¿Aceptan mascotas?" [FROM=5215500000001] [NAME="Local customer"]' >&2; exit 1; }
-	@test -f .local/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
-	@source $(SCRIPTS)/env.sh && set -a && source .local/dev.env && set +a && \
+	@test -f $(STATE)/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
+	@source $(SCRIPTS)/env.sh && set -a && source $(STATE)/dev.env && set +a && \
 	  target/debug/devstack send --text "$$TEXT" --from "$${FROM:-5215500000001}" --name "$${NAME:-Local customer}"
 
 redrive: ## Under `make dev`: move the parked inbound records (the DLQ) back to the inbound queue, in order
-	@test -f .local/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
-	@source $(SCRIPTS)/env.sh && set -a && source .local/dev.env && set +a && \
+	@test -f $(STATE)/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
+	@source $(SCRIPTS)/env.sh && set -a && source $(STATE)/dev.env && set +a && \
 	  target/debug/devstack redrive --template template.yaml --stack "$${STACK:-agent-local}"
 
 test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint

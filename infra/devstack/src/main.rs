@@ -184,10 +184,19 @@ async fn run() -> Result<(), String> {
     }
 }
 
-async fn redrive(flags: &Flags) -> Result<(), String> {
+/// The template, the emulator's SDK configuration (it must be local) and the stack's queues.
+async fn local_queues(
+    flags: &Flags,
+) -> Result<(local_aws::Template, aws_config::SdkConfig, local_aws::Stack), String> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+    if !endpoint.starts_with("http://127.0.0.1:") && !endpoint.starts_with("http://localhost:") {
+        return Err(format!(
+            "AWS_ENDPOINT_URL must point at the local emulator (got `{endpoint}`)"
+        ));
+    }
     let template = local_aws::Template::load(flags.get("template", "template.yaml").as_ref())
         .map_err(|e| e.to_string())?;
-    let sdk = shared::aws::sdk_config().await.map_err(|e| e.to_string())?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let stack = local_aws::locate_queues(
         &template,
         &flags.get("stack", "agent-local"),
@@ -196,6 +205,11 @@ async fn redrive(flags: &Flags) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
+    Ok((template, sdk, stack))
+}
+
+async fn redrive(flags: &Flags) -> Result<(), String> {
+    let (_, sdk, stack) = local_queues(flags).await?;
     let max: usize = flags
         .get("max", "1000")
         .parse()
@@ -217,23 +231,7 @@ async fn redrive(flags: &Flags) -> Result<(), String> {
 }
 
 async fn pump(flags: &Flags) -> Result<(), String> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
-    if !endpoint.starts_with("http://127.0.0.1:") && !endpoint.starts_with("http://localhost:") {
-        return Err(format!(
-            "AWS_ENDPOINT_URL must point at the local emulator (got `{endpoint}`)"
-        ));
-    }
-    let template = local_aws::Template::load(flags.get("template", "template.yaml").as_ref())
-        .map_err(|e| e.to_string())?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let stack = local_aws::locate_queues(
-        &template,
-        &flags.get("stack", "agent-local"),
-        &sdk,
-        &Default::default(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let (template, sdk, stack) = local_queues(flags).await?;
     let mappings =
         devstack::pump::Mapping::from_template(&template, &stack).map_err(|e| e.to_string())?;
     let pump = devstack::pump::Pump::new(&sdk, flags.get("invoke", "http://127.0.0.1:9000"));

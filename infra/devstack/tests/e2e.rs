@@ -389,6 +389,22 @@ async fn make_dev_answers_a_signed_webhook_end_to_end_and_stops_cleanly() {
         .collect();
     assert!(contacts.contains(&wa_id), "{listed}");
 
+    // Nothing is parked: `make redrive` (the banner's command) finds the DLQ empty.
+    let redrive = Command::new("make")
+        .args(["--no-print-directory", "redrive"])
+        .current_dir(&root)
+        .env("DEV_STATE_DIR", &state)
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .output()
+        .expect("make redrive runs");
+    assert!(
+        String::from_utf8_lossy(&redrive.stdout).contains("0 parked inbound record(s) moved"),
+        "make redrive: {}{}",
+        String::from_utf8_lossy(&redrive.stdout),
+        String::from_utf8_lossy(&redrive.stderr)
+    );
+
     // The web chat widget in a real browser on the demo page the stack serves: a visitor's
     // message, the typing indicator, the reply, the history after a reload, a screenshot.
     let shot = root.join("target/webchat.png");
