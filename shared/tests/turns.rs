@@ -534,3 +534,93 @@ async fn an_echoed_tag_names_the_message_that_reached_meta() {
         "another tenant sees nothing"
     );
 }
+
+/// The two real charge paths, a turn's record and an extraction's, run at once on their own
+/// connections against one balance: every credit taken is in the ledger, the balance never
+/// goes below zero, and every hold is released.
+#[tokio::test]
+async fn turn_records_and_extractions_charging_at_once_keep_the_books_straight() {
+    let t = TestDb::new().await;
+    let fx = tenant(&t.db, 100).await;
+    let p = Policy::default();
+    let fresh = Turn::new(Via::Whatsapp, &p);
+    let mut turns_open = Vec::new();
+    let mut windows = Vec::new();
+    for i in 0..6 {
+        let conv = conversation(&t.db, &fx, &format!("t{i}")).await;
+        inbound(&t.db, &fx, conv, &format!("wamid.t{i}")).await;
+        let o = open(
+            turns::claim(
+                &t.db,
+                fx.tenant,
+                conv,
+                &terms(&fresh, 10, Duration::from_secs(60)),
+            )
+            .await
+            .unwrap(),
+        );
+        turns_open.push(o);
+        let econv = conversation(&t.db, &fx, &format!("e{i}")).await;
+        let id = inbound(&t.db, &fx, econv, &format!("wamid.e{i}")).await;
+        windows.push((econv, id));
+    }
+    assert_eq!(account(&t.db, fx.tenant).await, (100, 60));
+    let mut tasks = Vec::new();
+    for o in turns_open {
+        let url = t.url.clone();
+        let tenant = fx.tenant;
+        tasks.push(tokio::spawn(async move {
+            let db = Db::new(DbConfig::new(url));
+            match turns::record(&db, tenant, &o, &o.turn, &[], 12, "no_answer")
+                .await
+                .unwrap()
+            {
+                Recorded::Recorded { charged, .. } => charged,
+                Recorded::LeaseLost => panic!("lease lost"),
+            }
+        }));
+    }
+    for (conv, id) in windows {
+        let url = t.url.clone();
+        let tenant = fx.tenant;
+        tasks.push(tokio::spawn(async move {
+            let db = Db::new(DbConfig::new(url));
+            let rec = shared::db::leads::ExtractionRecord {
+                from_message_id: 0,
+                through_message_id: id,
+                status: "unchanged",
+                response_id: None,
+                input_tokens: 100,
+                output_tokens: 10,
+                cost: 8,
+                fields: vec![],
+                extra: Default::default(),
+            };
+            let out = shared::db::leads::record_extraction(&db, tenant, conv, &rec)
+                .await
+                .unwrap();
+            assert!(out.recorded);
+            0
+        }));
+    }
+    let mut turn_charges = 0;
+    for task in tasks {
+        turn_charges += task.await.unwrap();
+    }
+    let (balance, held) = account(&t.db, fx.tenant).await;
+    assert_eq!(held, 0, "every hold released");
+    assert!(balance >= 0);
+    let c = t.db.client().await.unwrap();
+    let debits: i64 = c
+        .query_one(
+            "SELECT COALESCE(-sum(delta), 0)::bigint FROM credit_ledger WHERE user_id = $1 AND delta < 0",
+            &[&fx.tenant.uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(debits, 100 - balance, "every credit taken is in the ledger");
+    assert!(turn_charges <= 72 && debits <= 100);
+    // 120 credits were asked of 100: the balance is used up, and no more.
+    assert_eq!(balance, 0);
+}
