@@ -887,11 +887,11 @@ impl Processor {
                             self.store_state(tenant, &mut open, next, false).await?;
                         }
                         None => {
-                            let _ = turn_store::release(db, tenant, &open).await;
-                            return Err(Fail::Retry(format!(
+                            let why = format!(
                                 "waiting up to {}s for the status echo of an unanswered send",
                                 (retry_in_ms.max(0) as u64).div_ceil(1000)
-                            )));
+                            );
+                            return self.later(tenant, &open, &why).await;
                         }
                     }
                 }
@@ -961,6 +961,17 @@ impl Processor {
         }
     }
 
+    /// Applies the delivery statuses Meta reported before these sent messages were recorded
+    /// (parked by the status function). Best effort: parked rows expire on their own.
+    async fn apply_parked(&self, to: &Reach<'_>, ids: &[&str]) {
+        if let Err(e) =
+            store::apply_pending_statuses(&self.deps.db, to.tenant, to.channel_account_id, ids)
+                .await
+        {
+            warn!(error = %e, "parked statuses not applied; they expire in 7 days");
+        }
+    }
+
     /// Leaves the turn as stored for the redelivery.
     async fn later<T>(&self, tenant: TenantId, open: &OpenTurn, why: &str) -> Result<T, Fail> {
         self.deps.metrics.count("TurnsDeferred", 1);
@@ -1027,17 +1038,7 @@ impl Processor {
             Recorded::Recorded {
                 charged, uncovered, ..
             } => {
-                let ids = open.turn.sent_ids();
-                if let Err(e) = store::apply_pending_statuses(
-                    &self.deps.db,
-                    tenant,
-                    ctx.reach.channel_account_id,
-                    &ids,
-                )
-                .await
-                {
-                    warn!(error = %e, "parked statuses not applied; they expire in 7 days");
-                }
+                self.apply_parked(ctx.reach, &open.turn.sent_ids()).await;
                 let metrics = &self.deps.metrics;
                 metrics.count("CreditsCharged", charged.max(0) as u64);
                 if uncovered > 0 {
@@ -1136,16 +1137,7 @@ impl Processor {
             {
                 Ok(_) => {
                     let ids: Vec<&str> = parts.iter().filter_map(|(id, _)| id.as_deref()).collect();
-                    if let Err(e) = store::apply_pending_statuses(
-                        &self.deps.db,
-                        to.tenant,
-                        to.channel_account_id,
-                        &ids,
-                    )
-                    .await
-                    {
-                        warn!(error = %e, "parked statuses not applied; they expire in 7 days");
-                    }
+                    self.apply_parked(to, &ids).await;
                     return;
                 }
                 Err(e) if attempt < 2 && e.is_retryable() => {
