@@ -5,7 +5,7 @@ SCRIPTS := infra/scripts
 # The local stack's state (make dev's DEV_STATE_DIR).
 STATE := $(or $(DEV_STATE_DIR),.local)
 
-.PHONY: help dev send redrive test tools crates fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
+.PHONY: help dev send redrive load test tools crates fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ redrive: ## Under `make dev`: move the parked inbound records (the DLQ) back to 
 	@test -f $(STATE)/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
 	@source $(SCRIPTS)/env.sh && set -a && source $(STATE)/dev.env && set +a && \
 	  target/debug/devstack redrive --template template.yaml --stack "$${STACK:-agent-local}"
+
+load: ## The fault harness on a stack of its own: 500 conversations x 20 messages, faults, crashes, a Postgres restart (LOAD_*, ORDERING_SCOPE: infra/scripts/load.sh)
+	@$(SCRIPTS)/ensure-tools.sh dev
+	@$(SCRIPTS)/load.sh
 
 test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint
 	@source $(SCRIPTS)/env.sh && log "make test: all checks passed"

@@ -160,8 +160,11 @@ fi
 # Always up: besides the stub upstreams it serves the web chat demo page.
 step "starting the stub upstreams and the web chat demo page on 127.0.0.1:$STUB_PORT"
 : >"$STATE/graph-sink.jsonl"
+# Like Meta, the stub echoes each WhatsApp send as a signed status webhook; STUB_FAULTS (see
+# infra/devstack/src/stubs.rs) makes it fail some requests on purpose (make load does).
 start stubs "$STATE/stubs.log" target/debug/devstack stubs --port "$STUB_PORT" --sink "$STATE/graph-sink.jsonl" \
-  --widget "http://127.0.0.1:$WATCH_PORT/lambda-url/webchat/widget.js"
+  --widget "http://127.0.0.1:$WATCH_PORT/lambda-url/webchat/widget.js" \
+  --status-webhook "http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/" --faults "${STUB_FAULTS:-}"
 wait_port "$STUB_PORT" 10 "the stub server" "$STATE/stubs.log"
 done_step
 {
@@ -169,6 +172,8 @@ done_step
   echo "WATCH_PORT=$WATCH_PORT"
   echo "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"
   echo "STACK=$STACK"
+  # Crash points of the processor (debug builds only: src/crash.rs), for fault runs.
+  [ -n "${FAIL_POINTS:-}" ] && echo "FAIL_POINTS=\"$FAIL_POINTS\""
   if [ -n "${OPENAI_API_KEY:-}" ]; then
     echo "OPENAI_API_KEY=$OPENAI_API_KEY"
     [ -n "${OPENAI_BASE_URL:-}" ] && echo "OPENAI_BASE_URL=$OPENAI_BASE_URL"
@@ -189,7 +194,16 @@ step "starting the functions under cargo lambda watch on 127.0.0.1:$WATCH_PORT"
 # --disable-cors: the web chat function answers CORS itself, for its sites' origins only.
 # --concurrency: like Lambda, a second request while one waits (a web chat long poll) gets
 # another instance instead of queueing behind it.
-start watch "$STATE/watch.log" cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --disable-cors --concurrency 4 --env-file "$STATE/dev.env"
+# --timeout: how long watch lets an invoke wait, the longest template Timeout of the functions
+# (each function budgets by its own, written to dev.env by local-aws provision, since watch
+# gives every invocation a 30 s deadline).
+invoke_wait=0
+for f in "${FUNCTIONS[@]}"; do
+  t=$(sed -n "s/^LOCAL_FUNCTION_TIMEOUT_SECS_${f^^}=//p" "$STATE/dev.env")
+  [ "${t:-0}" -gt "$invoke_wait" ] && invoke_wait=$t
+done
+start watch "$STATE/watch.log" cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --disable-cors --concurrency 4 \
+  --timeout "$((invoke_wait > 30 ? invoke_wait : 30))" --env-file "$STATE/dev.env"
 wait_port "$WATCH_PORT" 60 "cargo lambda watch" "$STATE/watch.log"
 verify="http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/?hub.mode=subscribe&hub.verify_token=dev-verify-token&hub.challenge=ready"
 [ "$(curl -s --max-time 300 "$verify")" = ready ] || fail "the webhook does not answer Meta's verification; see $STATE/watch.log"

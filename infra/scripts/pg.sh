@@ -1,6 +1,7 @@
 # Sourced: a private Postgres cluster from Debian's server binaries (installed when missing).
 #   pg_start DIR PORT   initdb DIR/data if needed, start on 127.0.0.1:PORT (socket in DIR)
 #   pg_stop DIR         immediate stop
+#   pg_restart DIR      immediate stop and start again (the fault runs)
 pg_bin() {
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     log "installing postgresql from Debian's packages"
@@ -38,4 +39,10 @@ pg_stop() {
   local bin
   bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
   [ -n "$bin" ] && pg_as "$bin/pg_ctl" -D "$1/data" -m immediate stop >/dev/null 2>&1 || true
+}
+
+pg_restart() { # a crash-like restart (immediate stop, recovery on start), same options
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  pg_as "$bin/pg_ctl" -D "$1/data" -m immediate -w -t 60 restart >/dev/null
 }

@@ -178,15 +178,23 @@ impl GraphClient {
                 ambiguous: true,
             });
         }
-        let code = serde_json::from_slice::<ErrorEnvelope>(&bytes)
-            .map(|e| e.error.code)
-            .unwrap_or(0);
-        Err(SendError {
-            code,
-            status,
-            retryable: is_retryable_code(code) || (code == 0 && status >= 500),
-            ambiguous: false,
-        })
+        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+            Ok(e) => Err(SendError {
+                code: e.error.code,
+                status,
+                retryable: is_retryable_code(e.error.code) || (e.error.code == 0 && status >= 500),
+                ambiguous: false,
+            }),
+            // A 5xx without Meta's error body came from something in between (a load
+            // balancer, a gateway timeout) after the request may have reached Meta: ambiguous.
+            Err(_) if status >= 500 => Err(SendError::no_answer(status)),
+            Err(_) => Err(SendError {
+                code: 0,
+                status,
+                retryable: status == 429,
+                ambiguous: false,
+            }),
+        }
     }
 
     /// Sends a WhatsApp text (≤ 4096 chars: split first) and returns the new wamid.

@@ -58,6 +58,33 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The variable that carries a function's template `Timeout` on the local stack (where
+/// `cargo lambda watch` gives every invocation the same 30 s deadline).
+pub fn local_timeout_var(function: &str) -> String {
+    format!(
+        "LOCAL_FUNCTION_TIMEOUT_SECS_{}",
+        function.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// The `Instant` by which this invocation must answer: Lambda's deadline less `margin`; on the
+/// local stack (the function's [`local_timeout_var`] is set) its template timeout from now.
+pub fn invocation_deadline(
+    lambda_deadline: std::time::SystemTime,
+    margin: std::time::Duration,
+) -> std::time::Instant {
+    let local = std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+        .ok()
+        .and_then(|f| std::env::var(local_timeout_var(&f)).ok())
+        .and_then(|t| t.parse::<u64>().ok());
+    match local {
+        Some(secs) => {
+            std::time::Instant::now() + std::time::Duration::from_secs(secs).saturating_sub(margin)
+        }
+        None => deadline_before(lambda_deadline, margin),
+    }
+}
+
 /// The `Instant` by which an invocation must answer: Lambda's deadline (wall clock) less
 /// `margin`, or 30 s from now when the deadline is already past or unknown.
 pub fn deadline_before(

@@ -109,17 +109,29 @@ async fn error_codes_decide_retry_not_http_status() {
             "code {code}"
         );
     }
-    // A 5xx without a Graph error body is retryable too.
+    // A 5xx without Meta's error body came from something in between, perhaps after Meta
+    // took the message: retryable, but ambiguous (the engine resolves it, never just resends).
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(502))
+        .respond_with(ResponseTemplate::new(502).set_body_string("<html>Bad Gateway</html>"))
         .mount(&server)
         .await;
     let err = client(&server)
         .send_whatsapp_text(&token(), "1", &WaRecipient::WaId("2".into()), "x", None)
         .await
         .unwrap_err();
-    assert!(err.retryable);
+    assert!(err.retryable && err.ambiguous, "{err:?}");
+    // A 4xx without one is an answer: not sent.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .send_whatsapp_text(&token(), "1", &WaRecipient::WaId("2".into()), "x", None)
+        .await
+        .unwrap_err();
+    assert!(!err.retryable && !err.ambiguous, "{err:?}");
 }
 
 #[tokio::test]

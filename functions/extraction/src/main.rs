@@ -54,7 +54,7 @@ async fn main() -> Result<(), Error> {
         async move {
             // Leave a margin to answer before the function times out.
             let deadline =
-                shared::deadline_before(event.context.deadline(), Duration::from_secs(2));
+                shared::invocation_deadline(event.context.deadline(), Duration::from_secs(2));
             Ok::<SqsBatchResponse, Error>(
                 extractor
                     .handle_batch(event.payload.records, deadline)

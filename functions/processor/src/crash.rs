@@ -1,7 +1,8 @@
 //! Crash points: the boundaries of a turn where the fault tests make the processor die.
 //!
-//! Built only with the `failpoints` feature (the processor's own tests and the local stack's
-//! fault runs); a release build has none, and [`CrashPoints::hit`] is then always false.
+//! Built into debug builds (the local stack runs those) and with the `failpoints` feature (the
+//! processor's own tests); a release build, what `sam build` deploys, has none, and
+//! [`CrashPoints::hit`] is then always false.
 //!
 //! Two ways to arm them:
 //! - a test arms a point for a number of hits ([`CrashPoints::arm`]); the unit then stops there
@@ -21,16 +22,16 @@ pub const POINTS: &[&str] = &[
 
 #[derive(Default)]
 pub struct CrashPoints {
-    #[cfg(feature = "failpoints")]
+    #[cfg(any(feature = "failpoints", debug_assertions))]
     armed: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    #[cfg(feature = "failpoints")]
+    #[cfg(any(feature = "failpoints", debug_assertions))]
     abort_rates: Vec<(String, f64)>,
 }
 
 impl CrashPoints {
     /// From `FAIL_POINTS` (with the feature; none otherwise).
     pub fn from_env() -> Self {
-        #[cfg(feature = "failpoints")]
+        #[cfg(any(feature = "failpoints", debug_assertions))]
         {
             let abort_rates = std::env::var("FAIL_POINTS")
                 .map(|v| parse_rates(&v))
@@ -43,12 +44,12 @@ impl CrashPoints {
                 abort_rates,
             }
         }
-        #[cfg(not(feature = "failpoints"))]
+        #[cfg(not(any(feature = "failpoints", debug_assertions)))]
         Self::default()
     }
 
     /// Arms `point` for its next `times` hits (tests).
-    #[cfg(feature = "failpoints")]
+    #[cfg(any(feature = "failpoints", debug_assertions))]
     pub fn arm(&self, point: &str, times: u32) {
         assert!(POINTS.contains(&point), "no crash point {point}");
         self.armed
@@ -60,13 +61,16 @@ impl CrashPoints {
     /// Whether the unit must stop at `point` now (an armed test point); aborts the process
     /// when a `FAIL_POINTS` rate says so.
     pub fn hit(&self, point: &str) -> bool {
-        #[cfg(feature = "failpoints")]
+        #[cfg(any(feature = "failpoints", debug_assertions))]
         {
             if let Some((_, rate)) = self.abort_rates.iter().find(|(p, _)| p == point) {
                 let draw = f64::from(u32::from_le_bytes(shared::random_bytes::<4>()))
                     / f64::from(u32::MAX);
                 if draw < *rate {
                     tracing::error!(point, "crash point: aborting the process");
+                    // Unbuffered, so the fault harness counts every crash from the log.
+                    eprintln!("crash point {point}: aborting (FAIL_POINTS)");
+                    report_exit(point);
                     std::process::abort();
                 }
             }
@@ -80,7 +84,7 @@ impl CrashPoints {
             }
             false
         }
-        #[cfg(not(feature = "failpoints"))]
+        #[cfg(not(any(feature = "failpoints", debug_assertions)))]
         {
             let _ = point;
             false
@@ -88,8 +92,51 @@ impl CrashPoints {
     }
 }
 
+#[cfg(any(feature = "failpoints", debug_assertions))]
+static INVOCATION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Names the invocation running now (the handler sets it), so a crash can be reported for it.
+pub fn set_invocation(request_id: &str) {
+    #[cfg(any(feature = "failpoints", debug_assertions))]
+    {
+        *INVOCATION.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_id.to_owned());
+    }
+    #[cfg(not(any(feature = "failpoints", debug_assertions)))]
+    let _ = request_id;
+}
+
+/// What Lambda does when a runtime dies mid-invocation: the invocation fails at once with
+/// `Runtime.ExitError` (the caller, e.g. the SQS event source, learns it right away). The local
+/// runtime (`cargo lambda watch`) would instead leave the invoke unanswered, so the dying
+/// process reports it to the runtime API itself, then aborts.
+#[cfg(any(feature = "failpoints", debug_assertions))]
+fn report_exit(point: &str) {
+    use std::io::{Read, Write};
+    let id = INVOCATION.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (Ok(api), Some(id)) = (std::env::var("AWS_LAMBDA_RUNTIME_API"), id) else {
+        return;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(&api) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let body = format!(
+        r#"{{"errorType":"Runtime.ExitError","errorMessage":"the process aborted at crash point {point}"}}"#
+    );
+    let request = format!(
+        "POST /2018-06-01/runtime/invocation/{id}/error HTTP/1.1\r\nHost: {api}\r\n\
+         Content-Type: application/json\r\nLambda-Runtime-Function-Error-Type: Runtime.ExitError\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let mut answer = [0u8; 128];
+        let _ = stream.read(&mut answer);
+    }
+}
+
 /// `name=rate,name=rate` → the known points with a rate in (0, 1].
-#[cfg(feature = "failpoints")]
+#[cfg(any(feature = "failpoints", debug_assertions))]
 fn parse_rates(v: &str) -> Vec<(String, f64)> {
     v.split(',')
         .filter_map(|kv| {
@@ -100,7 +147,7 @@ fn parse_rates(v: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-#[cfg(all(test, feature = "failpoints"))]
+#[cfg(all(test, any(feature = "failpoints", debug_assertions)))]
 mod tests {
     use super::*;
 

@@ -47,9 +47,11 @@ pub const RECORD_TIME: Duration = Duration::from_secs(3);
 /// The least time a model call is started with.
 pub const MODEL_MIN: Duration = Duration::from_secs(3);
 
-/// How long a claimed turn is this invocation's: past the function's timeout, so only a
-/// delivery after this invocation ended can take it over.
-pub const TURN_LEASE: Duration = Duration::from_secs(120);
+/// How long a claimed turn is this invocation's without a heartbeat. While the invocation
+/// runs, its heartbeat renews the lease every third of it (and keeps the batch's records
+/// invisible as long), so a crashed or killed invocation holds its lanes for at most this
+/// long instead of the queue's whole visibility timeout.
+pub const TURN_LEASE: Duration = Duration::from_secs(30);
 
 /// How long a turn's credit hold counts when the turn is never settled (its messages parked).
 pub const HOLD_TTL: Duration = Duration::from_secs(1800);
@@ -86,6 +88,8 @@ pub struct Processor {
     agents: TtlCache<(TenantId, uuid::Uuid), Option<Agent>>,
     crash: crash::CrashPoints,
     tuning: Tuning,
+    /// The turn leases the running batch holds (its heartbeat renews them).
+    leases: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 /// The engine's timings, fixed in production; the fault tests shorten them.
@@ -209,6 +213,34 @@ impl Processor {
             agents: TtlCache::new(ROUTE_TTL),
             crash: crash::CrashPoints::from_env(),
             tuning: Tuning::default(),
+            leases: Default::default(),
+        }
+    }
+
+    /// While a batch runs: every third of the turn lease, keep the batch's records invisible
+    /// for one more lease and renew the leases of the turns this invocation holds. Never
+    /// returns (the batch's future is raced against it).
+    async fn heartbeat(&self, receipts: Vec<(String, i32)>) {
+        let period = self.tuning.turn_lease / 3;
+        loop {
+            let set = self
+                .deps
+                .publisher
+                .set_visibility(&self.deps.inbound_queue_url, &receipts)
+                .await;
+            self.deps.metrics.count("HeartbeatVisibility", set as u64);
+            tokio::time::sleep(period).await;
+            let tokens: Vec<uuid::Uuid> = self
+                .leases
+                .lock()
+                .expect("lease set")
+                .iter()
+                .copied()
+                .collect();
+            if let Err(e) = turn_store::renew(&self.deps.db, &tokens, self.tuning.turn_lease).await
+            {
+                warn!(error = %e, "turn leases not renewed; another delivery may resume them");
+            }
         }
     }
 
@@ -243,8 +275,15 @@ impl Processor {
         records: Vec<SqsMessage>,
         deadline: Instant,
     ) -> SqsBatchResponse {
+        info!(
+            records = records.len(),
+            budget_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
+            "batch received"
+        );
         let parsed = Parsed::new(&records);
-        let receipts: std::collections::HashMap<String, (String, u32)> = records
+        let receipts: std::collections::HashMap<String, (String, u32, String)> = records
             .iter()
             .filter_map(|m| {
                 let count = m
@@ -252,15 +291,35 @@ impl Processor {
                     .get("ApproximateReceiveCount")
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1);
-                Some((m.message_id.clone()?, (m.receipt_handle.clone()?, count)))
+                Some((
+                    m.message_id.clone()?,
+                    (
+                        m.receipt_handle.clone()?,
+                        count,
+                        shared::fifo::group_of(m).to_owned(),
+                    ),
+                ))
             })
             .collect();
-        let report = run_batch_coalesced(
+        let in_flight: Vec<(String, i32)> = receipts
+            .values()
+            .map(|(receipt, _, _)| {
+                (
+                    receipt.clone(),
+                    self.tuning.turn_lease.as_secs().max(1) as i32,
+                )
+            })
+            .collect();
+        let work = run_batch_coalesced(
             records,
             |m| parsed.key(m),
             |unit| self.unit(unit, &parsed, deadline),
-        )
-        .await;
+        );
+        let report = tokio::select! {
+            report = work => report,
+            () = self.heartbeat(in_flight) => unreachable!("the heartbeat never ends"),
+        };
+        self.leases.lock().expect("lease set").clear();
         // Records that can never succeed go to the DLQ explicitly (kept, alarmed, not blocking).
         let mut response = report.response;
         let metrics = &self.deps.metrics;
@@ -284,21 +343,35 @@ impl Processor {
         // A returned record (and the later ones of its group, returned with it) comes back
         // after the engine's delay, not the queue's visibility timeout: FIFO holds the whole
         // group while any of them is invisible.
-        let delays: Vec<(String, i32)> = response
+        // One delay per FIFO group (from its most-received record), so a group's returned
+        // records become visible together, in their order.
+        let returned: Vec<&(String, u32, String)> = response
             .batch_item_failures
             .iter()
             .filter_map(|f| receipts.get(&f.item_identifier))
-            .map(|(receipt, count)| {
+            .collect();
+        let mut group_delay: std::collections::HashMap<&str, i32> = Default::default();
+        for (_, count, group) in &returned {
+            let most = returned
+                .iter()
+                .filter(|(_, _, g)| g == group)
+                .map(|(_, c, _)| *c)
+                .max()
+                .unwrap_or(*count);
+            group_delay.entry(group.as_str()).or_insert_with(|| {
                 let jitter = f64::from(u32::from_le_bytes(shared::random_bytes::<4>()))
                     / f64::from(u32::MAX);
-                let secs = shared::turn::retry_delay_secs(
-                    *count,
+                shared::turn::retry_delay_secs(
+                    most,
                     None,
                     self.deps.max_retry_delay.as_secs() as u32,
                     jitter,
-                );
-                (receipt.clone(), secs as i32)
-            })
+                ) as i32
+            });
+        }
+        let delays: Vec<(String, i32)> = returned
+            .iter()
+            .map(|(receipt, _, group)| (receipt.clone(), group_delay[group.as_str()]))
             .collect();
         if !delays.is_empty() {
             let set = self
@@ -603,7 +676,10 @@ impl Processor {
         let mut previous = conv.previous_response_id.clone();
         for round in 0..3 {
             let open = match turn_store::claim(db, tenant, conv.id, &terms).await? {
-                Claim::Open(open) => open,
+                Claim::Open(open) => {
+                    self.leases.lock().expect("lease set").insert(open.lease);
+                    open
+                }
                 Claim::Busy { lease_left } => {
                     return Err(Fail::Retry(format!(
                         "another invocation holds this conversation's turn for {}s more",
@@ -748,6 +824,18 @@ impl Processor {
                     self.crashed("after_model")?;
                 }
                 Action::Send { part, tag, attempt } => {
+                    // A WhatsApp part found in `Sending` is resent only when no attempt of it
+                    // was echoed: the echo may have come while this turn waited in the queue.
+                    if let Some(provider_id) = self.echo_of(&open, &turn_id, part, ctx).await? {
+                        metrics.count("SendsResolvedByEcho", 1);
+                        info!(
+                            part,
+                            "the status echo shows the send reached Meta; not resent"
+                        );
+                        let next = fold(&open.turn, Event::EchoSeen { part, provider_id })?;
+                        self.store_state(tenant, &mut open, next, false).await?;
+                        continue;
+                    }
                     if !ctx.budget.allows(SEND_TIMEOUT + RECORD_TIME) {
                         return self
                             .later(tenant, &open, "too little time left to send")
@@ -876,10 +964,7 @@ impl Processor {
                     }
                 }
                 Action::AwaitEcho { part, retry_in_ms } => {
-                    let attempts = open.turn.parts[part].attempts.max(1);
-                    let tag = turn::send_tag(&turn_id, part, attempts);
-                    match turn_store::echoed(db, tenant, ctx.reach.channel_account_id, &tag).await?
-                    {
+                    match self.echo_of(&open, &turn_id, part, ctx).await? {
                         Some(provider_id) => {
                             metrics.count("SendsResolvedByEcho", 1);
                             info!(part, "the status echo shows the send reached Meta");
@@ -896,6 +981,13 @@ impl Processor {
                     }
                 }
                 Action::GiveUp { part } => {
+                    if let Some(provider_id) = self.echo_of(&open, &turn_id, part, ctx).await? {
+                        metrics.count("SendsResolvedByEcho", 1);
+                        info!(part, "the status echo shows the send reached Meta");
+                        let next = fold(&open.turn, Event::EchoSeen { part, provider_id })?;
+                        self.store_state(tenant, &mut open, next, false).await?;
+                        continue;
+                    }
                     metrics.count("SendsUnknown", 1);
                     tracing::error!(
                         outcome = "send_unknown",
@@ -973,6 +1065,31 @@ impl Processor {
     }
 
     /// Leaves the turn as stored for the redelivery.
+    /// The provider id a status echo gave any attempt of a WhatsApp part still in `Sending`
+    /// (`None` for other parts and channels: only WhatsApp echoes).
+    async fn echo_of(
+        &self,
+        open: &OpenTurn,
+        turn_id: &str,
+        part: usize,
+        ctx: &TurnCtx<'_>,
+    ) -> Result<Option<String>, Fail> {
+        let p = &open.turn.parts[part];
+        if open.turn.via != turn::Via::Whatsapp || !matches!(p.state, PartState::Sending { .. }) {
+            return Ok(None);
+        }
+        let tags: Vec<String> = (1..=p.attempts.max(1))
+            .map(|a| turn::send_tag(turn_id, part, a))
+            .collect();
+        Ok(turn_store::echoed_any(
+            &self.deps.db,
+            ctx.reach.tenant,
+            ctx.reach.channel_account_id,
+            &tags,
+        )
+        .await?)
+    }
+
     async fn later<T>(&self, tenant: TenantId, open: &OpenTurn, why: &str) -> Result<T, Fail> {
         self.deps.metrics.count("TurnsDeferred", 1);
         if let Err(e) = turn_store::release(&self.deps.db, tenant, open).await {

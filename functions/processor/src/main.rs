@@ -60,9 +60,10 @@ async fn main() -> Result<(), Error> {
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let processor = processor.clone();
         async move {
+            processor::crash::set_invocation(&event.context.request_id);
             // Leave a margin to answer before the function times out.
             let deadline =
-                shared::deadline_before(event.context.deadline(), Duration::from_secs(2));
+                shared::invocation_deadline(event.context.deadline(), Duration::from_secs(2));
             Ok::<SqsBatchResponse, Error>(
                 processor
                     .handle_batch(event.payload.records, deadline)

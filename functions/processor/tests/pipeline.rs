@@ -650,9 +650,10 @@ async fn a_closed_window_131047_is_recorded_failed_and_does_not_block_the_group(
 async fn a_graph_5xx_is_retried_through_sqs() {
     let h = harness().await;
     answer_with(&h.openai, "reply").await;
+    // Meta's own 5xx carries an error code: an answer, so nothing was sent.
     Mock::given(method("POST"))
         .and(body_string_contains("\"type\":\"text\""))
-        .respond_with(ResponseTemplate::new(503))
+        .respond_with(ResponseTemplate::new(503).set_body_json(graph_error(131000)))
         .with_priority(1)
         .mount(&h.graph)
         .await;
@@ -1271,6 +1272,25 @@ impl Harness {
 }
 
 #[tokio::test]
+async fn an_echo_that_came_while_the_turn_waited_past_its_window_stops_the_resend() {
+    // Found by the fault harness: the process died after the send, the status echo arrived at
+    // once, but the redelivery came after the echo window and resent without looking.
+    let h = harness().await;
+    answer_with(&h.openai, "Solo una vez.").await;
+    h.processor.crash_points().arm("after_send", 1);
+    let rec = wa_record(WA_A, "1", "wamid.late", "hola");
+    assert!(!h.run(vec![rec.clone()]).await.is_empty());
+    let tag = format!("t:{}:0:1", h.open_turn().await);
+    h.echo(WA_A, "wamid.OUT0", &tag).await;
+    // The lease (300 ms) and the echo window (2 s) both pass before the redelivery.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    h.run_until_done(vec![rec], 5).await;
+    assert_eq!(h.sends().await.len(), 1, "not sent a second time");
+    assert_eq!(h.metric("SendResends"), 0.0);
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+}
+
+#[tokio::test]
 async fn a_crash_at_any_point_of_a_turn_never_replies_or_charges_twice() {
     for point in processor::crash::POINTS {
         let h = harness().await;
@@ -1347,6 +1367,29 @@ async fn an_ambiguous_whatsapp_send_is_resolved_by_its_echo_not_repeated() {
         "recorded under the echoed id"
     );
     assert_eq!(h.metric("SendsResolvedByEcho"), 1.0);
+}
+
+#[tokio::test]
+async fn a_bare_gateway_5xx_is_ambiguous_and_resolved_by_its_echo() {
+    let h = harness().await;
+    answer_with(&h.openai, "¿Me escuchas?").await;
+    // A 502 without Meta's error body: something in between failed, perhaps after Meta
+    // took the message. Retrying it as "not sent" would duplicate the reply.
+    Mock::given(method("POST"))
+        .and(body_string_contains("preview_url"))
+        .respond_with(ResponseTemplate::new(502).set_body_string("<html>Bad Gateway</html>"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    let rec = wa_record(WA_A, "1", "wamid.gw", "hola");
+    assert!(!h.run(vec![rec.clone()]).await.is_empty());
+    assert_eq!(h.metric("SendsAmbiguous"), 1.0);
+    let tag = format!("t:{}:0:1", h.open_turn().await);
+    h.echo(WA_A, "wamid.GW", &tag).await;
+    h.run_until_done(vec![rec], 3).await;
+    assert_eq!(h.sends().await.len(), 1, "not sent a second time");
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
 }
 
 #[tokio::test]
@@ -1631,9 +1674,9 @@ async fn a_just_registered_account_is_answered_at_once() {
     assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
 }
 
-/// The engine's timings and the template's agree: the lease outlives the function (only a
-/// delivery after the invocation ended can take a turn over), a whole model-send-record step
-/// fits in the function's time, and retry delays stay within the configured maximum.
+/// The engine's timings and the template's agree: the heartbeat-renewed lease is short (a
+/// crashed invocation holds its lanes no longer than a retry delay), a whole model-send-record
+/// step fits in the function's time, and retry delays stay within the configured maximum.
 #[test]
 fn the_engines_timings_fit_the_template() {
     let template = local_aws::Template::load_workspace().unwrap();
@@ -1644,10 +1687,17 @@ fn the_engines_timings_fit_the_template() {
         .find(|m| m.binary == "processor")
         .expect("the processor's event source");
     let timeout = Duration::from_secs(u64::from(mapping.timeout_secs));
+    // The lease is renewed every third of it while the invocation runs, so it need not
+    // outlast the function; after a crash it (and the records' visibility, kept as long)
+    // holds the lane no longer than a retry delay may.
     assert!(
-        processor::TURN_LEASE > timeout,
+        processor::TURN_LEASE <= Duration::from_secs(60) && processor::TURN_LEASE < timeout,
         "lease {:?} vs timeout {timeout:?}",
         processor::TURN_LEASE
+    );
+    assert!(
+        processor::TURN_LEASE / 3 >= Duration::from_secs(5),
+        "heartbeat period"
     );
     let one_step = Duration::from_secs(2)
         + processor::MODEL_MIN

@@ -1,21 +1,29 @@
 //! The local stack's commands (`make dev` runs them; each prints what it does):
 //!
-//! - `devstack stubs [--port P] [--sink FILE] [--widget URL]`: the stub OpenAI + Graph API
-//!   server; with `--widget`, also the web chat demo page at `/demo`.
+//! - `devstack stubs [--port P] [--sink FILE] [--widget URL] [--status-webhook URL]
+//!   [--faults SPEC]`: the stub OpenAI + Graph API server; with `--widget`, also the web chat
+//!   demo page at `/demo`; with `--status-webhook`, WhatsApp status echoes signed with
+//!   `--app-secret`; `--faults` as in `infra/devstack/src/stubs.rs`.
 //! - `devstack seed [--model M] [--webchat-origin O] [--keys-file F]`: migrate `DATABASE_URL`,
 //!   create the demo tenant if missing, let its web chat site run on origin O (the demo page),
 //!   and with `--keys-file` write fresh admin API keys (platform, demo owner) to F.
-//! - `devstack pump [--template F] [--stack S] [--invoke URL]`: poll the template's event
-//!   source queues on `AWS_ENDPOINT_URL` and invoke the functions under `cargo lambda watch`.
+//! - `devstack pump [--template F] [--stack S] [--invoke URL] [--concurrency N]`: poll the
+//!   template's event source queues on `AWS_ENDPOINT_URL` (N pollers per queue, default 4)
+//!   and invoke the functions under `cargo lambda watch`.
 //! - `devstack play [--conversation F]`: send the sample conversation as signed webhooks and
 //!   print the transcript, the credits charged and the extracted lead.
 //! - `devstack send --text T [--from WA_ID] [--name N]`: one more customer message, and its reply.
 //! - `devstack follow`: one line per stored message, as they come.
 //! - `devstack redrive [--template F] [--stack S] [--max N]`: move the parked inbound records
 //!   (the inbound DLQ) back to the inbound queue, in order (`make redrive`).
+//! - `devstack load [--conversations C] [--messages M] [--duplicates R] [--instagram R]
+//!   [--gap-ms MS] [--faults SPEC] [--restart-postgres CMD] [--moto-log F] [--watch-log F]
+//!   [--drain-timeout-secs S] [--max-stall-secs S] [--report-dir D] [--stubs URL]`: the fault
+//!   harness against a running stack (`make load`; see `infra/devstack/src/load.rs`); exits
+//!   non-zero on any violation.
 //!
 //! `--webhook URL` (default `http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/`) and
-//! `--app-secret S` (default the local stack's) apply to play and send.
+//! `--app-secret S` (default the local stack's) apply to play, send, load and the stubs' echoes.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -24,7 +32,7 @@ use std::time::Duration;
 use devstack::demo::{Conversation, Customer, DemoError, Observer};
 use shared::db::{Db, DbConfig};
 
-const USAGE: &str = "usage: devstack stubs|seed|pump|play|send|follow|redrive [--flag value]... (see the header of infra/devstack/src/main.rs)";
+const USAGE: &str = "usage: devstack stubs|seed|pump|play|send|follow|redrive|load [--flag value]... (see the header of infra/devstack/src/main.rs)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -90,11 +98,18 @@ async fn run() -> Result<(), String> {
             );
             let sink = flags.0.get("sink").map(Into::into);
             let mut stubs = devstack::stubs::Stubs::new(sink);
+            let own = std::sync::Arc::get_mut(&mut stubs).expect("not shared yet");
             if let Some(widget) = flags.0.get("widget") {
-                std::sync::Arc::get_mut(&mut stubs)
-                    .expect("not shared yet")
-                    .set_demo(widget, devstack::seed::DEMO_WEBCHAT_SITE);
+                own.set_demo(widget, devstack::seed::DEMO_WEBCHAT_SITE);
             }
+            if let Some(webhook) = flags.0.get("status-webhook") {
+                own.echo_statuses(webhook, &secret);
+            }
+            let faults = devstack::stubs::Faults::parse(&flags.get("faults", ""))?;
+            if faults != Default::default() {
+                println!("stub faults: {faults}");
+            }
+            stubs.set_faults(faults);
             devstack::stubs::serve(listener, stubs)
                 .await
                 .map_err(|e| e.to_string())
@@ -164,6 +179,7 @@ async fn run() -> Result<(), String> {
             Ok(())
         }
         "redrive" => redrive(&flags).await,
+        "load" => load(&flags, &webhook, &secret).await,
         "follow" => {
             let observer = Observer::new(database()?);
             let mut last = observer.message_mark().await.map_err(|e| e.to_string())?;
@@ -234,7 +250,11 @@ async fn pump(flags: &Flags) -> Result<(), String> {
     let (template, sdk, stack) = local_queues(flags).await?;
     let mappings =
         devstack::pump::Mapping::from_template(&template, &stack).map_err(|e| e.to_string())?;
-    let pump = devstack::pump::Pump::new(&sdk, flags.get("invoke", "http://127.0.0.1:9000"));
+    let mut pump = devstack::pump::Pump::new(&sdk, flags.get("invoke", "http://127.0.0.1:9000"));
+    pump.concurrency = flags
+        .get("concurrency", "4")
+        .parse()
+        .map_err(|_| "--concurrency must be a number")?;
     let tasks: Vec<_> = mappings
         .into_iter()
         .map(|m| tokio::spawn(pump.clone().run(m)))
@@ -293,5 +313,51 @@ async fn play(webhook: &str, secret: &str, path: &str) -> Result<(), DemoError> 
         _ => println!("  extracted lead: nothing found yet"),
     }
     println!();
+    Ok(())
+}
+
+async fn load(flags: &Flags, webhook: &str, secret: &str) -> Result<(), String> {
+    let number = |name: &str, default: &str| -> Result<f64, String> {
+        flags
+            .get(name, default)
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v >= 0.0)
+            .ok_or_else(|| format!("--{name} must be a number >= 0"))
+    };
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let path = |name: &str| flags.0.get(name).map(std::path::PathBuf::from);
+    let stub_port = env("STUB_PORT").unwrap_or_else(|| "9100".to_owned());
+    let cfg = devstack::load::LoadConfig {
+        conversations: number("conversations", "20")?.max(1.0) as usize,
+        messages: number("messages", "10")?.max(1.0) as usize,
+        duplicates: number("duplicates", "0.2")?.min(1.0),
+        instagram: number("instagram", "0.2")?.min(1.0),
+        gap: Duration::from_millis(number("gap-ms", "500")? as u64),
+        webhook: webhook.to_owned(),
+        app_secret: secret.to_owned(),
+        stubs: flags.get("stubs", &format!("http://127.0.0.1:{stub_port}")),
+        faults: flags.get("faults", ""),
+        restart_postgres: flags.0.get("restart-postgres").cloned(),
+        moto_log: path("moto-log"),
+        watch_log: path("watch-log"),
+        dlq_url: env("INBOUND_DLQ_URL"),
+        ordering_scope: env("ORDERING_SCOPE").unwrap_or_else(|| "channel_account".to_owned()),
+        drain_timeout: Duration::from_secs(number("drain-timeout-secs", "300")? as u64),
+        max_stall: Duration::from_secs(number("max-stall-secs", "90")? as u64),
+        report_dir: flags.get("report-dir", ".local").into(),
+    };
+    let db = database()?;
+    let report = devstack::load::run(&cfg, &db)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{}", devstack::load::table(&report));
+    println!(
+        "  reports: {0}/load-report.json, {0}/load-report.html",
+        cfg.report_dir.display()
+    );
+    if report.violations.total() > 0 {
+        return Err(format!("{} violation(s)", report.violations.total()));
+    }
     Ok(())
 }

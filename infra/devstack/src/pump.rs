@@ -15,8 +15,12 @@
 //! function fails the whole batch too. Without `ReportBatchItemFailures` only a function error
 //! fails the batch.
 //!
-//! Each mapping has one poller and invokes one batch at a time, so FIFO order holds; AWS runs
-//! several batches of different message groups at once, which only changes speed.
+//! Each mapping has one receiver and up to [`Pump::concurrency`] batches invoked at once, like
+//! Lambda running batches of different message groups at once: SQS never hands out a FIFO
+//! group's records while earlier ones of the group are in flight, so order holds (receives are
+//! never concurrent: the emulator's group locking races under concurrent receives). A batch
+//! is handed over in sequence order. An invocation that never answers holds up only its own
+//! records, which the processor's heartbeat makes visible again within a turn lease.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -129,6 +133,8 @@ pub struct Pump {
     region: String,
     /// Long-poll wait of an idle receive.
     pub idle_wait: Duration,
+    /// Pollers per mapping (batches in flight at once).
+    pub concurrency: usize,
 }
 
 impl Pump {
@@ -142,12 +148,22 @@ impl Pump {
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "us-east-1".to_owned()),
             idle_wait: Duration::from_secs(10),
+            concurrency: 4,
         }
     }
 
     /// Receives one batch (waiting up to `idle_wait` for the first record), invokes the function
     /// and settles the batch. `None` when the queue stayed empty.
     pub async fn poll_once(&self, m: &Mapping) -> Result<Option<BatchReport>, PumpError> {
+        match self.receive_batch(m).await? {
+            Some(batch) => Ok(Some(self.deliver(m, batch).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives one batch the way Lambda gathers it (see [`Pump::poll_once`]), in FIFO
+    /// sequence order; `None` when the queue stayed empty.
+    pub async fn receive_batch(&self, m: &Mapping) -> Result<Option<Vec<Message>>, PumpError> {
         let mut batch = self
             .receive_up_to(m, self.idle_wait, m.batch_size as usize)
             .await?;
@@ -173,7 +189,14 @@ impl Pump {
                 }
             }
         }
-        Ok(Some(self.deliver(m, batch).await?))
+        // Lambda hands a FIFO batch over in sequence order (a stable sort: standard queues have
+        // no sequence numbers and keep the order received).
+        batch.sort_by_key(|msg| {
+            msg.attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::SequenceNumber))
+                .and_then(|n| n.parse::<u128>().ok())
+        });
+        Ok(Some(batch))
     }
 
     async fn receive_up_to(
@@ -366,24 +389,47 @@ impl Pump {
         Ok(())
     }
 
-    /// Polls `m` until the task is dropped, printing one line per batch.
+    /// Polls `m` with [`Pump::concurrency`] pollers until the task is dropped, printing one
+    /// line per batch.
     pub async fn run(self, m: Mapping) {
         println!(
-            "pump: {} <- {} (batch {}, window {} s)",
+            "pump: {} <- {} (batch {}, window {} s, {} poller(s))",
             m.function,
             m.queue_name(),
             m.batch_size,
-            m.batching_window.as_secs()
+            m.batching_window.as_secs(),
+            self.concurrency
         );
+        // One receiver (concurrent receives race in the emulator's FIFO group locking), and
+        // up to `concurrency` batches invoked at once.
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        // Dropping the set (the task is aborted) stops every invocation in flight.
+        let mut inflight = tokio::task::JoinSet::new();
         loop {
-            match self.poll_once(&m).await {
-                Ok(Some(report)) => println!("pump: {report}"),
-                Ok(None) => {}
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            match self.receive_batch(&m).await {
+                Ok(Some(batch)) => {
+                    let (pump, m) = (self.clone(), m.clone());
+                    inflight.spawn(async move {
+                        match pump.deliver(&m, batch).await {
+                            Ok(report) => println!("pump: {report}"),
+                            Err(e) => eprintln!("pump: {e}"),
+                        }
+                        drop(permit);
+                    });
+                }
+                Ok(None) => drop(permit),
                 Err(e) => {
+                    drop(permit);
                     eprintln!("pump: {e}; retrying in 2 s");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             }
+            while inflight.try_join_next().is_some() {}
         }
     }
 }

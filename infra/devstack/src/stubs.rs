@@ -5,9 +5,24 @@
 //! - `POST /graph/{phone_number_id}/messages` (WhatsApp sends and mark-as-read) and
 //!   `POST /ig/{account_id}/messages` (Instagram sends): a sink that records what would have
 //!   been sent and answers with Meta's response shape;
-//! - `GET /_sent`: everything recorded, oldest first (the end-to-end test reads it).
+//! - `GET /_sent[?after=N]`: everything recorded (after the first N), oldest first, each with
+//!   its `at_ms` (the end-to-end test and `devstack load` read it).
 //!
 //! Every recorded send is also appended as one JSON line to the sink file, if one is given.
+//!
+//! **Status echoes.** Given a webhook URL and the app secret ([`Stubs::echo_statuses`]), every
+//! accepted WhatsApp send is followed, like Meta does, by a signed `sent` status webhook that
+//! carries the send's `biz_opaque_callback_data`: the turn engine resolves ambiguous sends from
+//! it. Instagram has no such echo.
+//!
+//! **Faults** ([`Faults`], `--faults` or `POST /_faults` with the same spec; `GET /_faults`
+//! reads the spec and how many of each were injected): each request draws at most one fault.
+//! - `openai_429` (with `retry-after-ms`), `openai_500`, `openai_slow` (answers after
+//!   [`SLOW`], later than the client's timeout), `openai_reset` (headers, then the connection
+//!   drops);
+//! - `graph_5xx` (Meta's 500 with error code 131000: not sent), `graph_accept_5xx` (the message
+//!   is taken and echoed, then a bare 502 as from a gateway: ambiguous), `graph_reset` (taken and
+//!   echoed, then the connection drops before the answer: ambiguous).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,9 +30,112 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use shared::signature::SignatureKey;
+
+/// How late a slow model answer comes: past the processor's model timeout (30 s by default).
+pub const SLOW: std::time::Duration = std::time::Duration::from_secs(32);
+
+/// The fault kinds, in the spec's names.
+pub const FAULT_KINDS: &[&str] = &[
+    "openai_429",
+    "openai_500",
+    "openai_slow",
+    "openai_reset",
+    "graph_5xx",
+    "graph_accept_5xx",
+    "graph_reset",
+];
+
+/// Fault rates per kind (0 to 1), from `kind=rate,kind=rate`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults(Vec<(&'static str, f64)>);
+
+impl Faults {
+    pub fn parse(spec: &str) -> Result<Faults, String> {
+        let mut rates = Vec::new();
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (kind, rate) = item
+                .split_once('=')
+                .ok_or_else(|| format!("fault `{item}` is not kind=rate"))?;
+            let kind = FAULT_KINDS
+                .iter()
+                .find(|k| **k == kind.trim())
+                .ok_or_else(|| {
+                    format!("unknown fault `{kind}` (known: {})", FAULT_KINDS.join(", "))
+                })?;
+            let rate: f64 = rate
+                .trim()
+                .parse()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| format!("fault `{item}`: the rate must be a number from 0 to 1"))?;
+            rates.push((*kind, rate));
+        }
+        Ok(Faults(rates))
+    }
+
+    pub fn rate(&self, kind: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, r)| r)
+            .sum()
+    }
+
+    /// The fault one request of `upstream` (`openai` or `graph`) gets, given a uniform `draw`
+    /// in [0, 1): the kinds' rates are stacked in order.
+    pub fn pick(&self, upstream: &str, draw: f64) -> Option<&'static str> {
+        let mut edge = 0.0;
+        for (kind, rate) in self.0.iter().filter(|(k, _)| k.starts_with(upstream)) {
+            edge += rate;
+            if draw < edge {
+                return Some(kind);
+            }
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = self.0.iter().map(|(k, r)| format!("{k}={r}")).collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+fn uniform() -> f64 {
+    f64::from(u32::from_le_bytes(shared::random_bytes::<4>())) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// A 200 whose connection drops after the headers: the client wrote its request and never
+/// gets a readable answer.
+fn reset() -> Response {
+    let broken = futures_util::stream::iter([
+        Ok(axum::body::Bytes::from_static(b"{\"mess")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "stub fault: connection reset",
+        )),
+    ]);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("content-length", "4096")
+        .body(axum::body::Body::from_stream(broken))
+        .expect("a valid response")
+}
+
+/// Where and how the stub echoes WhatsApp statuses.
+struct Echo {
+    webhook: String,
+    key: SignatureKey,
+    http: reqwest::Client,
+}
 
 /// What the stub model says, so nobody mistakes it for a real one.
 pub const STUB_MODEL_PREFIX: &str = "[stub model]";
@@ -32,6 +150,9 @@ pub struct Stubs {
     sink: Option<PathBuf>,
     /// The web chat demo page, when the local stack serves one.
     demo: Option<String>,
+    faults: Mutex<Faults>,
+    injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    echo: Option<Echo>,
 }
 
 impl Stubs {
@@ -49,7 +170,8 @@ impl Stubs {
         format!("{}{n}", self.run)
     }
 
-    fn record(&self, entry: Value) {
+    fn record(&self, mut entry: Value) {
+        entry["at_ms"] = json!(shared::now_ms());
         if let Some(path) = &self.sink {
             let line = format!("{entry}\n");
             let written = std::fs::OpenOptions::new()
@@ -62,6 +184,74 @@ impl Stubs {
             }
         }
         self.sent.lock().expect("stub lock").push(entry);
+    }
+
+    /// Echo every accepted WhatsApp send as a signed `sent` status webhook to `webhook_url`.
+    pub fn echo_statuses(&mut self, webhook_url: &str, app_secret: &str) {
+        self.echo = Some(Echo {
+            webhook: webhook_url.to_owned(),
+            key: SignatureKey::new(app_secret.as_bytes()),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .expect("HTTP client"),
+        });
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().expect("stub lock") = faults;
+    }
+
+    /// The fault this request gets, if any (counted).
+    fn fault(&self, upstream: &str) -> Option<&'static str> {
+        let kind = self
+            .faults
+            .lock()
+            .expect("stub lock")
+            .pick(upstream, uniform())?;
+        *self
+            .injected
+            .lock()
+            .expect("stub lock")
+            .entry(kind)
+            .or_default() += 1;
+        Some(kind)
+    }
+
+    /// How many faults of each kind were injected so far.
+    pub fn injected(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.injected.lock().expect("stub lock").clone()
+    }
+
+    /// Sends Meta's `sent` status for `wamid` (with the send's tag) to the webhook, soon.
+    fn echo(&self, account: &str, to: &str, wamid: &str, tag: Option<&str>) {
+        let Some(echo) = &self.echo else { return };
+        let mut status = json!({"id": wamid, "status": "sent", "recipient_id": to,
+            "timestamp": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default().as_secs().to_string()});
+        if let Some(tag) = tag {
+            status["biz_opaque_callback_data"] = json!(tag);
+        }
+        let body =
+            json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
+            "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": account},
+                "statuses": [status]}}]}]})
+            .to_string();
+        let request = echo
+            .http
+            .post(&echo.webhook)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", echo.key.sign(body.as_bytes()))
+            .body(body);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            match request.send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!(status = r.status().as_u16(), "status echo refused"),
+                Err(e) => tracing::warn!(error = %e, "status echo not delivered"),
+            }
+        });
     }
 
     /// Serves a demo page at `/demo` embedding the widget from `widget_url` for `site_key`.
@@ -80,6 +270,7 @@ pub fn router(stubs: Arc<Stubs>) -> Router {
         .route("/graph/{account}/messages", post(whatsapp))
         .route("/ig/{account}/messages", post(instagram))
         .route("/_sent", get(sent))
+        .route("/_faults", get(faults_get).post(faults_set))
         .route("/demo", get(demo))
         .with_state(stubs)
 }
@@ -130,9 +321,39 @@ fn structured_answer(schema: &Value, input: &str) -> String {
     Value::Object(out).to_string()
 }
 
-async fn responses(State(stubs): State<Arc<Stubs>>, Json(req): Json<Value>) -> Json<Value> {
+async fn responses(State(stubs): State<Arc<Stubs>>, Json(req): Json<Value>) -> Response {
+    match stubs.fault("openai") {
+        Some("openai_429") => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after-ms", "200")],
+                Json(
+                    json!({"error": {"message": "stub fault: rate limited", "type": "requests",
+                                      "code": "rate_limit_exceeded"}}),
+                ),
+            )
+                .into_response()
+        }
+        Some("openai_500") => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(
+                    json!({"error": {"message": "stub fault", "type": "server_error",
+                                      "code": "server_error"}}),
+                ),
+            )
+                .into_response()
+        }
+        Some("openai_reset") => return reset(),
+        Some(_) => tokio::time::sleep(SLOW).await,
+        None => {}
+    }
+    answer(&stubs, &req).into_response()
+}
+
+fn answer(stubs: &Stubs, req: &Value) -> Json<Value> {
     let n = stubs.next();
-    let heard: String = last_user_text(&req["input"]).chars().take(200).collect();
+    let heard: String = last_user_text(&req["input"]).chars().take(2000).collect();
     let text = if req["text"]["format"]["type"] == "json_schema" {
         structured_answer(
             &req["text"]["format"]["schema"],
@@ -163,9 +384,13 @@ async fn whatsapp(
     State(stubs): State<Arc<Stubs>>,
     Path(account): Path<String>,
     Json(body): Json<Value>,
-) -> Json<Value> {
+) -> Response {
     if body["status"] == "read" {
-        return Json(json!({"success": true}));
+        return Json(json!({"success": true})).into_response();
+    }
+    let fault = stubs.fault("graph");
+    if fault == Some("graph_5xx") {
+        return meta_temporary_error();
     }
     let id = format!("wamid.STUB{}", stubs.next());
     let to = body["to"]
@@ -173,21 +398,53 @@ async fn whatsapp(
         .or(body["recipient"].as_str())
         .unwrap_or_default()
         .to_owned();
+    let tag = body["biz_opaque_callback_data"].as_str().map(str::to_owned);
     stubs.record(
         json!({"channel": "whatsapp", "account": account, "to": to, "id": id,
                         "text": body["text"]["body"], "body": body}),
     );
-    Json(
-        json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
-                "messages": [{"id": id}]}),
+    stubs.echo(&account, &to, &id, tag.as_deref());
+    match fault {
+        Some("graph_accept_5xx") => bad_gateway(),
+        Some(_) => reset(),
+        None => Json(
+            json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}],
+                    "messages": [{"id": id}]}),
+        )
+        .into_response(),
+    }
+}
+
+/// Meta's own temporary error: an answer with an error code, so nothing was sent.
+fn meta_temporary_error() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(
+            json!({"error": {"message": "stub fault: temporary error", "type": "OAuthException",
+                              "code": 131000, "fbtrace_id": "STUB"}}),
+        ),
     )
+        .into_response()
+}
+
+/// A gateway's 502, without Meta's error body.
+fn bad_gateway() -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        "<html><body>502 Bad Gateway</body></html>",
+    )
+        .into_response()
 }
 
 async fn instagram(
     State(stubs): State<Arc<Stubs>>,
     Path(account): Path<String>,
     Json(body): Json<Value>,
-) -> Json<Value> {
+) -> Response {
+    let fault = stubs.fault("graph");
+    if fault == Some("graph_5xx") {
+        return meta_temporary_error();
+    }
     let id = format!("mid.STUB{}", stubs.next());
     let to = body["recipient"]["id"]
         .as_str()
@@ -197,7 +454,11 @@ async fn instagram(
         json!({"channel": "instagram", "account": account, "to": to, "id": id,
                         "text": body["message"]["text"], "body": body}),
     );
-    Json(json!({"recipient_id": to, "message_id": id}))
+    match fault {
+        Some("graph_accept_5xx") => bad_gateway(),
+        Some(_) => reset(),
+        None => Json(json!({"recipient_id": to, "message_id": id})).into_response(),
+    }
 }
 
 /// A page like a business's site with the widget pasted in, as the README tells them to.
@@ -241,8 +502,35 @@ async fn demo(
         .ok_or(axum::http::StatusCode::NOT_FOUND)
 }
 
-async fn sent(State(stubs): State<Arc<Stubs>>) -> Json<Value> {
-    Json(Value::Array(stubs.sent()))
+async fn faults_get(State(stubs): State<Arc<Stubs>>) -> Json<Value> {
+    let spec = stubs.faults.lock().expect("stub lock").to_string();
+    Json(json!({"faults": spec, "injected": stubs.injected()}))
+}
+
+async fn faults_set(State(stubs): State<Arc<Stubs>>, spec: String) -> Response {
+    match Faults::parse(&spec) {
+        Ok(f) => {
+            tracing::info!(faults = %f, "stub faults set");
+            stubs.set_faults(f);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct After {
+    #[serde(default)]
+    after: usize,
+}
+
+/// Everything recorded, or with `?after=N` what was recorded after the first N.
+async fn sent(
+    State(stubs): State<Arc<Stubs>>,
+    axum::extract::Query(q): axum::extract::Query<After>,
+) -> Json<Value> {
+    let sent = stubs.sent.lock().expect("stub lock");
+    Json(Value::Array(sent.iter().skip(q.after).cloned().collect()))
 }
 
 /// Serves the stubs on `listener` until the future is dropped.
@@ -262,6 +550,23 @@ mod tests {
         assert_eq!(last_user_text(&json!("plain")), "plain");
         assert_eq!(tokens(""), 1);
         assert_eq!(tokens("12345"), 2);
+    }
+
+    #[test]
+    fn fault_specs_parse_and_stack_their_rates_per_upstream() {
+        let f = Faults::parse("openai_429=0.1, openai_500=0.2,graph_5xx=0.5").unwrap();
+        assert_eq!(f.pick("openai", 0.05), Some("openai_429"));
+        assert_eq!(f.pick("openai", 0.25), Some("openai_500"));
+        assert_eq!(f.pick("openai", 0.35), None);
+        assert_eq!(f.pick("graph", 0.49), Some("graph_5xx"));
+        assert_eq!(f.pick("graph", 0.5), None);
+        assert_eq!(f.to_string(), "openai_429=0.1,openai_500=0.2,graph_5xx=0.5");
+        assert_eq!(Faults::parse("").unwrap(), Faults::default());
+        assert!(Faults::parse("openai_teapot=0.1")
+            .unwrap_err()
+            .contains("unknown fault"));
+        assert!(Faults::parse("graph_5xx=2").is_err());
+        assert!(Faults::parse("graph_5xx").is_err());
     }
 
     #[test]

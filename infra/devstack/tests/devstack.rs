@@ -134,3 +134,113 @@ async fn seeding_twice_creates_the_demo_tenant_once() {
         );
     }
 }
+
+/// Each stub fault reaches our real clients as the failure it stands for, and every WhatsApp
+/// send the stub takes is echoed as a signed status webhook carrying the send's tag.
+#[tokio::test]
+async fn stub_faults_look_to_our_clients_like_the_failures_they_stand_for() {
+    use devstack::stubs::Faults;
+    use shared::graph::{PartOpts, Recipient};
+    use wiremock::matchers::{header_exists, method};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let webhook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header_exists("x-hub-signature-256"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&webhook)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut stubs = Stubs::new(None);
+    std::sync::Arc::get_mut(&mut stubs)
+        .unwrap()
+        .echo_statuses(&webhook.uri(), "app-secret");
+    tokio::spawn(serve(listener, stubs.clone()));
+    let graph = GraphClient::new(format!("{base}/graph"), format!("{base}/ig"));
+    let token = SecretString::from("EAAG-stub".to_owned());
+    let send = |tag: &'static str| {
+        let graph = graph.clone();
+        let token = token.clone();
+        async move {
+            graph
+                .send_part(
+                    Channel::Whatsapp,
+                    &token,
+                    DEMO_WHATSAPP_NUMBER,
+                    Recipient {
+                        contact_id: "52155",
+                        wa_id: Some("52155"),
+                    },
+                    "hola",
+                    PartOpts {
+                        tag: Some(tag),
+                        ..Default::default()
+                    },
+                )
+                .await
+        }
+    };
+    // Meta's 500 with a code: an answer, not sent, not recorded.
+    stubs.set_faults(Faults::parse("graph_5xx=1").unwrap());
+    let e = send("t:a:0:1").await.unwrap_err();
+    assert!(e.retryable && !e.ambiguous && e.code == 131000, "{e:?}");
+    assert!(stubs.sent().is_empty());
+    // Taken, then a gateway's 502 or a reset: ambiguous, and the message did go out.
+    for (fault, tag) in [
+        ("graph_accept_5xx=1", "t:a:0:2"),
+        ("graph_reset=1", "t:a:0:3"),
+    ] {
+        stubs.set_faults(Faults::parse(fault).unwrap());
+        let e = send(tag).await.unwrap_err();
+        assert!(e.ambiguous, "{fault}: {e:?}");
+    }
+    stubs.set_faults(Faults::default());
+    assert!(send("t:a:0:4").await.is_ok());
+    assert_eq!(stubs.sent().len(), 3);
+    assert_eq!(
+        stubs.injected().values().sum::<u64>(),
+        3,
+        "{:?}",
+        stubs.injected()
+    );
+    // One signed `sent` status per message taken, each with its send's tag.
+    let mut echoed = Vec::new();
+    for _ in 0..50 {
+        echoed = webhook.received_requests().await.unwrap();
+        if echoed.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let key = shared::signature::SignatureKey::new(b"app-secret");
+    let mut tags: Vec<String> = echoed
+        .iter()
+        .map(|r| {
+            let sig = r.headers.get("x-hub-signature-256").unwrap().to_str().unwrap();
+            key.verify(&r.body, Some(sig)).expect("signed like Meta");
+            let parsed =
+                shared::meta::parse_webhook(&r.body, "test", 0).expect("a webhook we parse");
+            let s = &parsed.statuses[0];
+            assert_eq!(s.status.as_str(), "sent");
+            s.biz_opaque_callback_data.clone().unwrap()
+        })
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["t:a:0:2", "t:a:0:3", "t:a:0:4"]);
+
+    // The model's faults: a 429 (retried by our client after its retry-after), then a reset.
+    let client = ResponsesClient::new(ClientSettings::new(
+        format!("{base}/v1"),
+        SecretString::from("stub".to_owned()),
+    ));
+    let req = ResponseRequest {
+        model: "gpt-5-mini".into(),
+        input: vec![InputMessage::user("hola")],
+        ..Default::default()
+    };
+    stubs.set_faults(Faults::parse("openai_500=1").unwrap());
+    assert!(client.create(&req).await.is_err());
+    stubs.set_faults(Faults::default());
+    assert!(client.create(&req).await.is_ok());
+}

@@ -38,6 +38,15 @@ fn aws_err<E: std::error::Error>(what: impl Into<String>, e: E) -> Error {
     }
 }
 
+/// The variable carrying a function's template `Timeout` in the local env file; the functions
+/// read it through `shared::invocation_deadline` (shared's tests check both spell it alike).
+pub fn local_timeout_var(binary: &str) -> String {
+    format!(
+        "LOCAL_FUNCTION_TIMEOUT_SECS_{}",
+        binary.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
 /// A parsed template.
 pub struct Template {
     root: Yaml,
@@ -102,6 +111,22 @@ impl Template {
             .and_then(scalar)
     }
 
+    /// A function's `Timeout` in seconds (its own, else the Globals', else Lambda's 3).
+    pub fn function_timeout(&self, function: &str) -> u32 {
+        [
+            self.root
+                .get("Resources")
+                .and_then(|r| r.get(function))
+                .and_then(|f| f.get("Properties")),
+            self.root.get("Globals").and_then(|g| g.get("Function")),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.get("Timeout").and_then(scalar))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(3)
+    }
+
     /// The template's SQS event source mappings, resolved to queue and function logical ids.
     /// Disabled mappings are left out; anything but an SQS queue of this template is an error.
     pub fn event_source_mappings(&self) -> Result<Vec<EventSourceMapping>, Error> {
@@ -147,19 +172,7 @@ impl Template {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(default)
             };
-            let timeout_secs = [
-                self.root
-                    .get("Resources")
-                    .and_then(|r| r.get(function.as_str()))
-                    .and_then(|f| f.get("Properties")),
-                self.root.get("Globals").and_then(|g| g.get("Function")),
-            ]
-            .into_iter()
-            .flatten()
-            .find_map(|p| p.get("Timeout").and_then(scalar))
-            .and_then(|t| t.parse().ok())
-            // Lambda's default.
-            .unwrap_or(3);
+            let timeout_secs = self.function_timeout(&function);
             out.push(EventSourceMapping {
                 id: id.to_owned(),
                 timeout_secs,

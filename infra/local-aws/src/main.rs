@@ -80,6 +80,14 @@ async fn run() -> Result<(), String> {
         let mut merged = BTreeMap::new();
         for f in &functions {
             merged.extend(created.function_env(&tpl, f).map_err(|e| e.to_string())?);
+            // `cargo lambda watch` gives every invocation a 30 s deadline; each function reads
+            // its template Timeout from here instead (shared::invocation_deadline).
+            if let Some(binary) = tpl.function_binary(f) {
+                merged.insert(
+                    local_aws::local_timeout_var(&binary),
+                    tpl.function_timeout(f).to_string(),
+                );
+            }
         }
         let text: String = merged.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -435,6 +435,22 @@ pub async fn release(db: &Db, tenant: TenantId, open: &OpenTurn) -> Result<(), D
     Ok(())
 }
 
+/// Extends the live leases named by `tokens` to `lease` from now (the processor's heartbeat,
+/// while its invocation runs). A lease already given up, taken over or finished is left
+/// alone. Returns how many were extended.
+pub async fn renew(db: &Db, tokens: &[Uuid], lease: Duration) -> Result<u64, DbError> {
+    if tokens.is_empty() {
+        return Ok(0);
+    }
+    let c = db.client().await?;
+    Ok(c.execute(
+        "UPDATE turns SET lease_until = now() + $2::float8 * interval '1 second'
+          WHERE lease_token = ANY($1) AND phase <> 'done' AND lease_until > now()",
+        &[&tokens, &lease.as_secs_f64()],
+    )
+    .await?)
+}
+
 /// The provider message id a WhatsApp status echoed for `tag` (the request reached Meta), if
 /// any status with it has arrived.
 pub async fn echoed(
@@ -443,13 +459,24 @@ pub async fn echoed(
     channel_account_id: Uuid,
     tag: &str,
 ) -> Result<Option<String>, DbError> {
+    echoed_any(db, tenant, channel_account_id, &[tag.to_owned()]).await
+}
+
+/// The same for any of `tags` (every attempt of one part: an earlier attempt's echo may come
+/// after a later attempt was written).
+pub async fn echoed_any(
+    db: &Db,
+    tenant: TenantId,
+    channel_account_id: Uuid,
+    tags: &[String],
+) -> Result<Option<String>, DbError> {
     let c = db.client().await?;
     let row = c
         .query_opt(
             "SELECT provider_message_id FROM pending_statuses
-              WHERE user_id = $1 AND channel_account_id = $2 AND callback_tag = $3
+              WHERE user_id = $1 AND channel_account_id = $2 AND callback_tag = ANY($3)
               ORDER BY id LIMIT 1",
-            &[&tenant.0, &channel_account_id, &tag],
+            &[&tenant.0, &channel_account_id, &tags],
         )
         .await?;
     Ok(row.map(|r| r.get(0)))
