@@ -25,7 +25,7 @@ redrive: ## Under `make dev`: move the parked inbound records (the DLQ) back to 
 	  target/debug/devstack redrive --template template.yaml --stack "$${STACK:-agent-local}"
 
 load: ## The fault harness on a stack of its own: 500 conversations x 20 messages, faults, crashes, a Postgres restart (LOAD_*, ORDERING_SCOPE: infra/scripts/load.sh)
-	@$(SCRIPTS)/ensure-tools.sh dev
+	@$(SCRIPTS)/ensure-tools.sh load
 	@$(SCRIPTS)/load.sh
 
 test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint

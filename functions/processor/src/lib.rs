@@ -217,19 +217,24 @@ impl Processor {
         }
     }
 
+    /// Keeps the batch's records invisible for one more turn lease.
+    async fn keep_invisible(&self, receipts: &[(String, i32)]) {
+        let set = self
+            .deps
+            .publisher
+            .set_visibility(&self.deps.inbound_queue_url, receipts)
+            .await;
+        self.deps.metrics.count("HeartbeatVisibility", set as u64);
+    }
+
     /// While a batch runs: every third of the turn lease, keep the batch's records invisible
     /// for one more lease and renew the leases of the turns this invocation holds. Never
     /// returns (the batch's future is raced against it).
     async fn heartbeat(&self, receipts: Vec<(String, i32)>) {
         let period = self.tuning.turn_lease / 3;
         loop {
-            let set = self
-                .deps
-                .publisher
-                .set_visibility(&self.deps.inbound_queue_url, &receipts)
-                .await;
-            self.deps.metrics.count("HeartbeatVisibility", set as u64);
             tokio::time::sleep(period).await;
+            self.keep_invisible(&receipts).await;
             let tokens: Vec<uuid::Uuid> = self
                 .leases
                 .lock()
@@ -310,6 +315,10 @@ impl Processor {
                 )
             })
             .collect();
+        // Before any side effect: a crash from here on holds the records for one lease, not
+        // the queue's visibility timeout (found by the fault harness: a unit that crashed
+        // within milliseconds beat the first heartbeat).
+        self.keep_invisible(&in_flight).await;
         let work = run_batch_coalesced(
             records,
             |m| parsed.key(m),

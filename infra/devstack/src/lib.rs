@@ -7,5 +7,14 @@
 pub mod demo;
 pub mod load;
 pub mod pump;
+pub mod runtime;
 pub mod seed;
 pub mod stubs;
+
+/// A port on 127.0.0.1 that was free a moment ago (for stacks the tests start beside others).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}

@@ -53,8 +53,11 @@ pub struct LoadConfig {
     pub restart_postgres: Option<String>,
     /// moto's request log: its lines are the AWS requests of the run.
     pub moto_log: Option<PathBuf>,
-    /// The functions' log: the crash points that fired are counted from it.
-    pub watch_log: Option<PathBuf>,
+    /// fauxqs's log, when SQS runs there: its `incoming request` lines are SQS requests.
+    pub sqs_log: Option<PathBuf>,
+    /// The queue-driven functions' log (the pump's): the crash points that fired are counted
+    /// from it.
+    pub functions_log: Option<PathBuf>,
     pub dlq_url: Option<String>,
     /// `channel_account` or `conversation` (the stack's ORDERING_SCOPE).
     pub ordering_scope: String,
@@ -304,8 +307,12 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
         .map_err(stub_err)?
         .len();
     set_faults(cfg.faults.clone()).await.map_err(stub_err)?;
-    let moto_mark = lines_of(&cfg.moto_log, None);
-    let crash_mark = lines_of(&cfg.watch_log, Some("aborting (FAIL_POINTS)"));
+    let aws_count = || {
+        let moto = lines_of(&cfg.moto_log, None)?;
+        Some(moto + lines_of(&cfg.sqs_log, Some("incoming request")).unwrap_or(0))
+    };
+    let moto_mark = aws_count();
+    let crash_mark = lines_of(&cfg.functions_log, Some("aborting (FAIL_POINTS)"));
 
     let run_tag = format!(
         "{:04}",
@@ -453,7 +460,7 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
                 .and_then(Value::as_object)
                 .map(|o| o.values().filter_map(Value::as_u64).sum())
                 .unwrap_or(0);
-            let crashes = lines_of(&cfg.watch_log, Some("aborting (FAIL_POINTS)"))
+            let crashes = lines_of(&cfg.functions_log, Some("aborting (FAIL_POINTS)"))
                 .zip(crash_mark)
                 .map(|(a, b)| a.saturating_sub(b));
             let (stored, done) = answered.unwrap_or((0, 0));
@@ -508,10 +515,10 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
         .map_err(stub_err)?["injected"]
         .clone();
     set_faults(String::new()).await.map_err(stub_err)?;
-    let aws_requests = lines_of(&cfg.moto_log, None)
+    let aws_requests = aws_count()
         .zip(moto_mark)
         .map(|(a, b)| a.saturating_sub(b) as u64);
-    let crashes = lines_of(&cfg.watch_log, Some("aborting (FAIL_POINTS)"))
+    let crashes = lines_of(&cfg.functions_log, Some("aborting (FAIL_POINTS)"))
         .zip(crash_mark)
         .map(|(a, b)| a.saturating_sub(b));
     let dlq_messages = match &cfg.dlq_url {

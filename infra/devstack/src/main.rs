@@ -7,9 +7,11 @@
 //! - `devstack seed [--model M] [--webchat-origin O] [--keys-file F]`: migrate `DATABASE_URL`,
 //!   create the demo tenant if missing, let its web chat site run on origin O (the demo page),
 //!   and with `--keys-file` write fresh admin API keys (platform, demo owner) to F.
-//! - `devstack pump [--template F] [--stack S] [--invoke URL] [--concurrency N]`: poll the
-//!   template's event source queues on `AWS_ENDPOINT_URL` (N pollers per queue, default 4)
-//!   and invoke the functions under `cargo lambda watch`.
+//! - `devstack pump [--template F] [--stack S] [--invoke URL] [--concurrency N] [--run DIR
+//!   --env-file F]`: poll the template's event source queues on `AWS_ENDPOINT_URL` (up to N
+//!   batches at once per queue, default 4) and invoke the functions under `cargo lambda
+//!   watch`, or with `--run` start them from DIR with the env file, one process per invocation
+//!   (`infra/devstack/src/runtime.rs`).
 //! - `devstack play [--conversation F]`: send the sample conversation as signed webhooks and
 //!   print the transcript, the credits charged and the extracted lead.
 //! - `devstack send --text T [--from WA_ID] [--name N]`: one more customer message, and its reply.
@@ -17,7 +19,7 @@
 //! - `devstack redrive [--template F] [--stack S] [--max N]`: move the parked inbound records
 //!   (the inbound DLQ) back to the inbound queue, in order (`make redrive`).
 //! - `devstack load [--conversations C] [--messages M] [--duplicates R] [--instagram R]
-//!   [--gap-ms MS] [--faults SPEC] [--restart-postgres CMD] [--moto-log F] [--watch-log F]
+//!   [--gap-ms MS] [--faults SPEC] [--restart-postgres CMD] [--moto-log F] [--sqs-log F] [--functions-log F]
 //!   [--drain-timeout-secs S] [--max-stall-secs S] [--report-dir D] [--stubs URL]`: the fault
 //!   harness against a running stack (`make load`; see `infra/devstack/src/load.rs`); exits
 //!   non-zero on any violation.
@@ -248,8 +250,26 @@ async fn redrive(flags: &Flags) -> Result<(), String> {
 
 async fn pump(flags: &Flags) -> Result<(), String> {
     let (template, sdk, stack) = local_queues(flags).await?;
-    let mappings =
+    let mut mappings =
         devstack::pump::Mapping::from_template(&template, &stack).map_err(|e| e.to_string())?;
+    // --run DIR --env-file F: run the queue-driven functions from DIR here, not through watch.
+    if let Some(dir) = flags.0.get("run") {
+        let env = devstack::runtime::read_env_file(
+            flags
+                .0
+                .get("env-file")
+                .ok_or("--run needs --env-file")?
+                .as_ref(),
+        )?;
+        for m in &mut mappings {
+            m.local = Some(devstack::runtime::LocalFunction {
+                binary: std::path::Path::new(dir).join(&m.function),
+                name: m.function.clone(),
+                env: env.clone(),
+                timeout: m.timeout,
+            });
+        }
+    }
     let mut pump = devstack::pump::Pump::new(&sdk, flags.get("invoke", "http://127.0.0.1:9000"));
     pump.concurrency = flags
         .get("concurrency", "4")
@@ -340,7 +360,8 @@ async fn load(flags: &Flags, webhook: &str, secret: &str) -> Result<(), String> 
         faults: flags.get("faults", ""),
         restart_postgres: flags.0.get("restart-postgres").cloned(),
         moto_log: path("moto-log"),
-        watch_log: path("watch-log"),
+        sqs_log: path("sqs-log"),
+        functions_log: path("functions-log"),
         dlq_url: env("INBOUND_DLQ_URL"),
         ordering_scope: env("ORDERING_SCOPE").unwrap_or_else(|| "channel_account".to_owned()),
         drain_timeout: Duration::from_secs(number("drain-timeout-secs", "300")? as u64),

@@ -18,8 +18,7 @@
 //! Each mapping has one receiver and up to [`Pump::concurrency`] batches invoked at once, like
 //! Lambda running batches of different message groups at once: SQS never hands out a FIFO
 //! group's records while earlier ones of the group are in flight, so order holds (receives are
-//! never concurrent: the emulator's group locking races under concurrent receives). A batch
-//! is handed over in sequence order. An invocation that never answers holds up only its own
+//! never concurrent: the emulator's group locking races under concurrent receives). An invocation that never answers holds up only its own
 //! records, which the processor's heartbeat makes visible again within a turn lease.
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +41,11 @@ pub struct Mapping {
     /// timeout plus time for `cargo lambda watch` to start it (a function that fails during
     /// init never answers the invoke API).
     pub invoke_timeout: Duration,
+    /// The function's template `Timeout`.
+    pub timeout: Duration,
+    /// Run the function here (one process per invocation, [`crate::runtime`]) instead of
+    /// through `cargo lambda watch`'s invoke API.
+    pub local: Option<crate::runtime::LocalFunction>,
 }
 
 impl Mapping {
@@ -71,6 +75,8 @@ impl Mapping {
                     batching_window: Duration::from_secs(m.batching_window_secs.into()),
                     report_batch_item_failures: m.report_batch_item_failures,
                     invoke_timeout: Duration::from_secs(u64::from(m.timeout_secs) + 60),
+                    timeout: Duration::from_secs(u64::from(m.timeout_secs)),
+                    local: None,
                 }
             })
             .collect())
@@ -161,8 +167,8 @@ impl Pump {
         }
     }
 
-    /// Receives one batch the way Lambda gathers it (see [`Pump::poll_once`]), in FIFO
-    /// sequence order; `None` when the queue stayed empty.
+    /// Receives one batch the way Lambda gathers it (see [`Pump::poll_once`]); `None` when the
+    /// queue stayed empty.
     pub async fn receive_batch(&self, m: &Mapping) -> Result<Option<Vec<Message>>, PumpError> {
         let mut batch = self
             .receive_up_to(m, self.idle_wait, m.batch_size as usize)
@@ -189,13 +195,6 @@ impl Pump {
                 }
             }
         }
-        // Lambda hands a FIFO batch over in sequence order (a stable sort: standard queues have
-        // no sequence numbers and keep the order received).
-        batch.sort_by_key(|msg| {
-            msg.attributes()
-                .and_then(|a| a.get(&MessageSystemAttributeName::SequenceNumber))
-                .and_then(|n| n.parse::<u128>().ok())
-        });
         Ok(Some(batch))
     }
 
@@ -236,7 +235,16 @@ impl Pump {
             .map(|msg| msg.message_id().unwrap_or_default().to_owned())
             .collect();
         let (failed, batch_error) = match self.invoke(m, &event).await {
-            Err(e) => (ids.iter().cloned().collect(), Some(e)),
+            Err(e) => {
+                if e.contains("HTTP 408") || e.starts_with("no answer within") {
+                    // `cargo lambda watch` loses an invocation now and then when another
+                    // instance of the function crashes (it never starts it, or drops its
+                    // answer). Lambda has no such failure: hand the records back at once
+                    // instead of after the queue's visibility timeout (a local-only step).
+                    self.return_now(m, &batch).await;
+                }
+                (ids.iter().cloned().collect(), Some(e))
+            }
             Ok(body) if m.report_batch_item_failures => match failures_of(&body, &ids) {
                 Ok(failed) => (failed, None),
                 Err(e) => (ids.iter().cloned().collect(), Some(e)),
@@ -301,6 +309,15 @@ impl Pump {
     /// Calls the Lambda invoke API of `cargo lambda watch`; the body on success, the reason the
     /// whole batch failed otherwise.
     async fn invoke(&self, m: &Mapping, event: &SqsEvent) -> Result<String, String> {
+        if let Some(f) = &m.local {
+            let body = serde_json::to_string(event).map_err(|e| e.to_string())?;
+            return match crate::runtime::invoke(f, body).await? {
+                crate::runtime::Ended::Response(body) => Ok(body),
+                crate::runtime::Ended::Error { kind, message } => {
+                    Err(format!("function error ({kind}: {message})"))
+                }
+            };
+        }
         let url = format!(
             "{}/2015-03-31/functions/{}/invocations",
             self.invoke_base, m.function
@@ -347,6 +364,39 @@ impl Pump {
             ));
         }
         Ok(body)
+    }
+
+    /// Makes `batch` visible again now (best effort).
+    async fn return_now(&self, m: &Mapping, batch: &[Message]) {
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        for chunk in batch.chunks(10) {
+            let entries: Vec<Entry> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, msg)| {
+                    Entry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(msg.receipt_handle().unwrap_or_default())
+                        .visibility_timeout(0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            if let Err(e) = self
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(&m.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                eprintln!(
+                    "pump: could not hand a lost batch back to {}: {}",
+                    m.queue_name(),
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                );
+            }
+        }
     }
 
     async fn delete(&self, m: &Mapping, done: &[&Message]) -> Result<(), PumpError> {

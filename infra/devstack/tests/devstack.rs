@@ -217,11 +217,18 @@ async fn stub_faults_look_to_our_clients_like_the_failures_they_stand_for() {
     let mut tags: Vec<String> = echoed
         .iter()
         .map(|r| {
-            let sig = r.headers.get("x-hub-signature-256").unwrap().to_str().unwrap();
+            let sig = r
+                .headers
+                .get("x-hub-signature-256")
+                .unwrap()
+                .to_str()
+                .unwrap();
             key.verify(&r.body, Some(sig)).expect("signed like Meta");
             let parsed =
                 shared::meta::parse_webhook(&r.body, "test", 0).expect("a webhook we parse");
-            let s = &parsed.statuses[0];
+            let shared::envelope::StatusEvent::DeliveryStatus(s) = &parsed.statuses[0] else {
+                panic!("a delivery status: {:?}", parsed.statuses);
+            };
             assert_eq!(s.status.as_str(), "sent");
             s.biz_opaque_callback_data.clone().unwrap()
         })

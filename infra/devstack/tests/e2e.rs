@@ -18,13 +18,7 @@ use devstack::demo::{Customer, Observer};
 use serde_json::Value;
 use shared::db::{Db, DbConfig};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use devstack::free_port;
 
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

@@ -52,6 +52,8 @@ async fn fifo_with_dlq(sdk: &aws_config::SdkConfig, visibility: u32) -> (Mapping
         batching_window: Duration::ZERO,
         report_batch_item_failures: true,
         invoke_timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(3),
+        local: None,
     };
     (mapping, dlq)
 }
@@ -305,4 +307,78 @@ async fn a_function_that_never_answers_fails_the_batch_at_its_timeout() {
     let r = pump.poll_once(&m).await.unwrap().unwrap();
     assert_eq!((r.received, r.deleted), (1, 0));
     assert!(r.batch_error.unwrap().contains("no answer within"));
+}
+
+/// A function run by the pump's own runtime: a shell script speaking the Runtime API.
+fn script_function(name: &str, body: &str, timeout: Duration) -> devstack::runtime::LocalFunction {
+    let path = std::env::temp_dir().join(format!("fn-{name}-{}", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/usr/bin/env bash\n\
+             api=\"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime\"\n\
+             headers=$(mktemp)\n\
+             event=$(curl -s -D \"$headers\" \"$api/invocation/next\")\n\
+             id=$(grep -i '^lambda-runtime-aws-request-id:' \"$headers\" | cut -d' ' -f2 | tr -d '\\r')\n\
+             rm -f \"$headers\"\n\
+             {body}\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    devstack::runtime::LocalFunction {
+        binary: path,
+        name: name.into(),
+        env: Default::default(),
+        timeout,
+    }
+}
+
+#[tokio::test]
+async fn the_pumps_own_runtime_runs_a_function_and_reports_exits_and_timeouts_at_once() {
+    let sdk = emulator_sdk().await;
+    let (mut m, _dlq) = fifo_with_dlq(&sdk, 3).await;
+    let mut pump = Pump::new(&sdk, "http://127.0.0.1:9");
+    pump.idle_wait = Duration::from_secs(1);
+
+    // Answers: every record succeeds and is deleted; the event reached the function.
+    m.local = Some(script_function(
+        "ok",
+        r#"case "$event" in *'"eventSource":"aws:sqs"'*) ;; *) exit 9 ;; esac
+curl -s -X POST -d '{"batchItemFailures":[]}' "$api/invocation/$id/response" >/dev/null"#,
+        Duration::from_secs(10),
+    ));
+    send(&sdk, &m, "g1", "one").await;
+    let r = pump.poll_once(&m).await.unwrap().expect("a batch");
+    assert_eq!((r.deleted, r.batch_error.clone()), (1, None), "{r}");
+
+    // Dies before answering (a crash): failed at once, not after a timeout.
+    m.local = Some(script_function(
+        "dies",
+        "kill -ABRT $$",
+        Duration::from_secs(10),
+    ));
+    send(&sdk, &m, "g1", "two").await;
+    let r = pump.poll_once(&m).await.unwrap().expect("a batch");
+    assert_eq!(r.deleted, 0);
+    assert!(
+        r.batch_error
+            .as_deref()
+            .unwrap()
+            .contains("Runtime.ExitError"),
+        "{r}"
+    );
+    assert!(r.elapsed < Duration::from_secs(3), "{r}");
+
+    // Runs past its timeout: killed, and the batch fails at the deadline.
+    m.local = Some(script_function("slow", "sleep 30", Duration::from_secs(1)));
+    // "two" comes back after the queue's 3 s visibility timeout.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let r = pump.poll_once(&m).await.unwrap().expect("a batch");
+    assert!(
+        r.batch_error.as_deref().unwrap().contains("timed out"),
+        "{r}"
+    );
+    assert!(r.elapsed < Duration::from_secs(3), "{r}");
 }
