@@ -43,6 +43,9 @@ pub struct LoadConfig {
     pub instagram: f64,
     /// Mean pause between a customer's messages.
     pub gap: Duration,
+    /// Webhook deliveries in flight at once (Meta's delivery is not unbounded either; the
+    /// local webhook under `cargo lambda watch` serves a few at a time).
+    pub webhook_concurrency: usize,
     pub webhook: String,
     pub app_secret: String,
     /// The stub upstreams' base URL (`http://127.0.0.1:9100`).
@@ -191,6 +194,7 @@ struct Meta {
     run: String,
     instagram_every: usize,
     retries: AtomicU64,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Meta {
@@ -233,6 +237,7 @@ impl Meta {
                 self.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(500 * attempt.min(6))).await;
             }
+            let _permit = self.in_flight.acquire().await.expect("never closed");
             let sent = self
                 .http
                 .post(&self.webhook)
@@ -332,6 +337,7 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
             0
         },
         retries: AtomicU64::new(0),
+        in_flight: tokio::sync::Semaphore::new(cfg.webhook_concurrency.max(1)),
     });
     let total = cfg.conversations * cfg.messages;
     let started = Instant::now();

@@ -19,7 +19,7 @@
 //! - `devstack redrive [--template F] [--stack S] [--max N]`: move the parked inbound records
 //!   (the inbound DLQ) back to the inbound queue, in order (`make redrive`).
 //! - `devstack load [--conversations C] [--messages M] [--duplicates R] [--instagram R]
-//!   [--gap-ms MS] [--faults SPEC] [--restart-postgres CMD] [--moto-log F] [--sqs-log F] [--functions-log F]
+//!   [--gap-ms MS] [--webhook-concurrency N] [--faults SPEC] [--restart-postgres CMD] [--moto-log F] [--sqs-log F] [--functions-log F]
 //!   [--drain-timeout-secs S] [--max-stall-secs S] [--report-dir D] [--stubs URL]`: the fault
 //!   harness against a running stack (`make load`; see `infra/devstack/src/load.rs`); exits
 //!   non-zero on any violation.
@@ -354,6 +354,7 @@ async fn load(flags: &Flags, webhook: &str, secret: &str) -> Result<(), String> 
         duplicates: number("duplicates", "0.2")?.min(1.0),
         instagram: number("instagram", "0.2")?.min(1.0),
         gap: Duration::from_millis(number("gap-ms", "500")? as u64),
+        webhook_concurrency: number("webhook-concurrency", "16")? as usize,
         webhook: webhook.to_owned(),
         app_secret: secret.to_owned(),
         stubs: flags.get("stubs", &format!("http://127.0.0.1:{stub_port}")),
