@@ -1,9 +1,9 @@
 //! Running one SQS FIFO batch: the records of a message group strictly in order, different groups
 //! concurrently, and partial-batch failures by the skip-group rule.
 //!
-//! - `Outcome::Retry`: that record **and every later record of the same group** go back in
-//!   `batchItemFailures` (running them now would break the group's order); other groups are not
-//!   affected.
+//! - `Outcome::Retry`: that record **and every later record of its lane** go back in
+//!   `batchItemFailures` (running them now would break the lane's order; with [`run_batch`] the
+//!   lane is the whole group); other lanes and groups are not affected.
 //! - `Outcome::Permanent`: the record cannot succeed by retrying (unparseable body, unknown
 //!   envelope version). It must not block its group for maxReceiveCount × visibility timeout, so
 //!   it is acknowledged and handed back in [`BatchReport::permanent`]; the caller parks it where
@@ -63,6 +63,14 @@ pub fn group_of(m: &SqsMessage) -> &str {
         .unwrap_or("")
 }
 
+/// The record's `ApproximateReceiveCount` (1 on the first delivery; 1 when absent).
+pub fn receive_count(m: &SqsMessage) -> u32 {
+    m.attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+}
+
 /// Runs `handler` over the batch as described in the module docs, one record at a time.
 pub async fn run_batch<F, Fut>(records: Vec<SqsMessage>, handler: F) -> BatchReport
 where
@@ -84,11 +92,10 @@ where
 /// conversation's burst becomes one model turn) and different lanes of a group run
 /// concurrently. A record without a key is a lane of its own.
 ///
-/// The skip-group rule still holds for the group as a whole: when a unit fails with
-/// `Retry`, every record of the group from that unit's first record on is returned, including
-/// records of other lanes that already succeeded concurrently (their redelivery must be a
-/// no-op for the handler: the processor's idempotency record makes it one). Parked records
-/// are not returned.
+/// The skip-group rule holds per lane: when a unit fails with `Retry`, it and the later
+/// records of its lane are returned; records of other lanes that succeeded are acknowledged
+/// (the order that matters is the lane's: returning them would only run them again and spend
+/// their receives towards the queue's `maxReceiveCount`). Parked records are not returned.
 pub async fn run_batch_coalesced<K, F, Fut>(
     records: Vec<SqsMessage>,
     lane_key: K,
@@ -185,21 +192,23 @@ where
             }
             report.permanent.extend(parked);
         }
-        let first_retry = fate.iter().position(|f| *f == Fate::Retried);
+        // Returned: the failed units and what their lanes did not run (in group order). A
+        // record another lane already handled is acknowledged: running it again would add
+        // nothing to any lane's order, and each needless return spends one of its receives.
         for (pos, f) in fate.iter().enumerate() {
-            let returned = first_retry.is_some_and(|r| pos >= r);
             match f {
-                Fate::Parked => {}
+                Fate::Parked => continue,
+                Fate::Done => {
+                    report.done += 1;
+                    continue;
+                }
                 Fate::Retried => report.retried += 1,
-                Fate::Done if !returned => report.done += 1,
-                Fate::Done | Fate::NotRun => report.skipped += 1,
+                Fate::NotRun => report.skipped += 1,
             }
-            if returned && *f != Fate::Parked {
-                push_failure(
-                    &mut report.response,
-                    list[pos].message_id.clone().unwrap_or_default(),
-                );
-            }
+            push_failure(
+                &mut report.response,
+                list[pos].message_id.clone().unwrap_or_default(),
+            );
         }
         report
     }))
@@ -300,7 +309,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lane_is_one_unit_and_a_failure_returns_the_group_from_there_on() {
+    async fn a_lane_is_one_unit_and_a_failure_returns_that_lane_only() {
         // Group A: x, x, y, x (keys from the body's first letter); group B: x.
         let batch = vec![
             record("x1", "A"),
@@ -329,9 +338,9 @@ mod tests {
         let mut units = units.into_inner().unwrap();
         units.sort();
         assert_eq!(units, [vec!["x1", "x2", "x3"], vec!["x9"], vec!["y1"]]);
-        // x3 comes after y1 in the group: returned although its lane succeeded.
-        assert_eq!(failures(&report), ["y1", "x3"]);
-        assert_eq!((report.done, report.retried, report.skipped), (3, 1, 1));
+        // x3 comes after y1 in the group, but its lane succeeded: acknowledged, not returned.
+        assert_eq!(failures(&report), ["y1"]);
+        assert_eq!((report.done, report.retried, report.skipped), (4, 1, 0));
     }
 
     #[tokio::test]
@@ -375,8 +384,8 @@ mod tests {
             "p2 must wait for p1"
         );
         assert!(events.contains(&"end q2".to_owned()), "q's lane went on");
-        assert_eq!(failures(&report), ["p1", "q2", "p2"]);
-        assert_eq!((report.done, report.retried, report.skipped), (1, 1, 2));
+        assert_eq!(failures(&report), ["p1", "p2"]);
+        assert_eq!((report.done, report.retried, report.skipped), (2, 1, 1));
     }
 
     #[tokio::test]

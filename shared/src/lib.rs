@@ -50,6 +50,11 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// A uniform sample in [0, 1) from the system's generator (retry jitter, fault draws).
+pub fn random_unit() -> f64 {
+    f64::from(u32::from_le_bytes(random_bytes::<4>())) / (f64::from(u32::MAX) + 1.0)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -64,9 +64,7 @@ impl CrashPoints {
         #[cfg(any(feature = "failpoints", debug_assertions))]
         {
             if let Some((_, rate)) = self.abort_rates.iter().find(|(p, _)| p == point) {
-                let draw = f64::from(u32::from_le_bytes(shared::random_bytes::<4>()))
-                    / f64::from(u32::MAX);
-                if draw < *rate {
+                if shared::random_unit() < *rate {
                     tracing::error!(point, "crash point: aborting the process");
                     // Unbuffered, so the fault harness counts every crash from the log.
                     eprintln!("crash point {point}: aborting (FAIL_POINTS)");

@@ -291,11 +291,7 @@ impl Processor {
         let receipts: std::collections::HashMap<String, (String, u32, String)> = records
             .iter()
             .filter_map(|m| {
-                let count = m
-                    .attributes
-                    .get("ApproximateReceiveCount")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1);
+                let count = shared::fifo::receive_count(m);
                 Some((
                     m.message_id.clone()?,
                     (
@@ -359,25 +355,23 @@ impl Processor {
             .iter()
             .filter_map(|f| receipts.get(&f.item_identifier))
             .collect();
-        let mut group_delay: std::collections::HashMap<&str, i32> = Default::default();
+        let mut most_received: std::collections::HashMap<&str, u32> = Default::default();
         for (_, count, group) in &returned {
-            let most = returned
-                .iter()
-                .filter(|(_, _, g)| g == group)
-                .map(|(_, c, _)| *c)
-                .max()
-                .unwrap_or(*count);
-            group_delay.entry(group.as_str()).or_insert_with(|| {
-                let jitter = f64::from(u32::from_le_bytes(shared::random_bytes::<4>()))
-                    / f64::from(u32::MAX);
-                shared::turn::retry_delay_secs(
+            let most = most_received.entry(group.as_str()).or_default();
+            *most = (*most).max(*count);
+        }
+        let group_delay: std::collections::HashMap<&str, i32> = most_received
+            .into_iter()
+            .map(|(group, most)| {
+                let secs = shared::turn::retry_delay_secs(
                     most,
                     None,
                     self.deps.max_retry_delay.as_secs() as u32,
-                    jitter,
-                ) as i32
-            });
-        }
+                    shared::random_unit(),
+                );
+                (group, secs as i32)
+            })
+            .collect();
         let delays: Vec<(String, i32)> = returned
             .iter()
             .map(|(receipt, _, group)| (receipt.clone(), group_delay[group.as_str()]))

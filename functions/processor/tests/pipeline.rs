@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::SqsMessage;
-use local_aws::testing::{drain, emulator_sdk, fresh_stack};
+use local_aws::testing::{drain, emulator_sdk, fresh_stack, receive_records};
 use processor::{Deps, GraphTokens, Processor, Tuning};
 use serde_json::{json, Value};
 use shared::db::testing::TestDb;
@@ -539,7 +539,7 @@ async fn human_mode_and_exhausted_credits_store_without_calling_the_model() {
 }
 
 #[tokio::test]
-async fn a_model_timeout_fails_its_group_from_that_record_on_and_spares_other_groups() {
+async fn a_model_timeout_returns_its_conversation_only_and_spares_the_rest() {
     let h = harness().await;
     Mock::given(method("POST"))
         .and(body_string_contains("slow question"))
@@ -557,12 +557,12 @@ async fn a_model_timeout_fails_its_group_from_that_record_on_and_spares_other_gr
         wa_record(WA_B, "3", "wamid.b1", "other number"),
     ];
     let failures = h.run(batch).await;
-    // Contact 2 shares group A but is another conversation: answered concurrently, and still
-    // returned (it comes after the failed record in the group).
-    assert_eq!(failures, ["sqs-wamid.a1", "sqs-wamid.a2"]);
+    // Contact 2 shares group A but is another conversation: answered concurrently and
+    // acknowledged (returning it would only spend one of its receives).
+    assert_eq!(failures, ["sqs-wamid.a1"]);
     assert_eq!(h.sends().await, ["fast answer", "fast answer"]);
-    // The failed record was released: its redelivery is processed normally, and the returned
-    // record that had already been answered is a duplicate now.
+    // The failed record was released: its redelivery is processed normally. Were the
+    // answered record delivered again (Meta or SQS repeating it), it is a duplicate.
     h.openai.reset().await;
     answer_with(&h.openai, "now on time").await;
     assert!(h
@@ -1611,25 +1611,10 @@ async fn a_retried_record_comes_back_after_the_engines_delay_not_the_visibility_
         .send()
         .await
         .unwrap();
-    let receive = || async {
-        sqs.receive_message()
-            .queue_url(&queue)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default()
-    };
-    let got = receive().await;
+    let got = receive_records(&h.sdk, &queue).await;
     assert_eq!(got.len(), 1);
-    let mut m = rec.clone();
-    m.message_id = got[0].message_id.clone();
-    m.receipt_handle = got[0].receipt_handle.clone();
-    m.attributes
-        .insert("ApproximateReceiveCount".into(), "1".into());
+    let m = got[0].clone();
+    assert_eq!(m.attributes["ApproximateReceiveCount"], "1");
     let deadline = Instant::now() + Duration::from_secs(30);
     let failed = h.processor.handle_batch(vec![m], deadline).await;
     assert_eq!(failed.batch_item_failures.len(), 1);
@@ -1639,7 +1624,7 @@ async fn a_retried_record_comes_back_after_the_engines_delay_not_the_visibility_
     let mut back = Vec::new();
     while back.is_empty() && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        back = receive().await;
+        back = receive_records(&h.sdk, &queue).await;
     }
     assert_eq!(back.len(), 1, "redelivered after the short delay");
 }
@@ -1711,6 +1696,24 @@ fn the_engines_timings_fit_the_template() {
     assert!(
         text.contains("MAX_RETRY_DELAY_SECS: \"60\""),
         "the deployed maximum retry delay is 60 s"
+    );
+    // Transient trouble parks a record only after minutes of retries: at the shortest delays
+    // the engine picks, the receives the queue allows span five minutes or more (a wait for
+    // a status echo alone spends several; with 5 they spanned 15 s).
+    let inbound = &text[text.find("  InboundQueue:").expect("InboundQueue")..];
+    let receives: u32 = inbound
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("maxReceiveCount:"))
+        .expect("the inbound redrive policy")
+        .trim()
+        .parse()
+        .unwrap();
+    let shortest: u32 = (1..receives)
+        .map(|n| shared::turn::retry_delay_secs(n, None, 60, 0.0))
+        .sum();
+    assert!(
+        shortest >= 300,
+        "{receives} receives span only {shortest} s of retries before the DLQ"
     );
 }
 

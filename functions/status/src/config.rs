@@ -8,7 +8,11 @@ use shared::secrets::DatabaseSource;
 #[derive(Debug)]
 pub struct Config {
     pub database: DatabaseSource,
+    /// The status queue itself: failed records get their retry delay on it.
+    pub queue_url: String,
     pub dead_letter_queue_url: String,
+    /// The longest a failed record waits before its redelivery (`MAX_RETRY_DELAY_SECS`).
+    pub max_retry_delay: Duration,
     pub metrics_namespace: String,
     pub secrets_ttl: Duration,
 }
@@ -20,14 +24,18 @@ impl Config {
 
     pub fn from_reader(mut env: EnvReader<'_>) -> Result<Self, ConfigError> {
         let database = DatabaseSource::from_env(&mut env);
+        let queue_url = env.required_url("STATUS_QUEUE_URL");
         let dead_letter_queue_url = env.required_url("STATUS_DLQ_URL");
+        let max_retry_delay = Duration::from_secs(env.number("MAX_RETRY_DELAY_SECS", 180, 1, 900));
         let metrics_namespace = env
             .optional("METRICS_NAMESPACE")
             .unwrap_or_else(|| "AiAgent".into());
         let secrets_ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
         env.finish(Self {
             database,
+            queue_url,
             dead_letter_queue_url,
+            max_retry_delay,
             metrics_namespace,
             secrets_ttl,
         })
@@ -47,11 +55,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("STATUS_DLQ_URL"), "{text}");
+        assert!(text.contains("STATUS_QUEUE_URL"), "{text}");
         let ok = Config::from_reader(EnvReader::from_pairs(&[
             ("DATABASE_SECRET_ID", "agent/database"),
+            ("STATUS_QUEUE_URL", "http://127.0.0.1:4566/1/agent-status"),
             ("STATUS_DLQ_URL", "http://127.0.0.1:4566/1/agent-status-dlq"),
         ]))
         .unwrap();
         assert_eq!(ok.metrics_namespace, "AiAgent");
+        assert_eq!(ok.max_retry_delay, Duration::from_secs(180));
     }
 }

@@ -6,7 +6,10 @@
 //! Per record: parse → route the channel account (cached) → `store::apply_status`:
 //! updated, stale (already at or past it), or parked in `pending_statuses` when the message is
 //! not recorded yet (the processor applies it when it records the message). A body that does not
-//! parse is sent to the status DLQ and acknowledged; a database outage fails the record.
+//! parse is sent to the status DLQ and acknowledged; a database outage fails the record, which
+//! comes back after a short, growing delay (not the queue's whole visibility timeout): the
+//! processor waits a bounded time for the echo of an unanswered send, so a status held back
+//! for minutes by a brief outage would make it send the reply a second time.
 
 mod config;
 
@@ -36,7 +39,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 pub struct Deps {
     pub db: Db,
     pub publisher: QueuePublisher,
+    /// The status queue (failed records get their retry delay on it).
+    pub queue_url: String,
     pub dead_letter_queue_url: String,
+    /// The longest a failed record waits before it is redelivered.
+    pub max_retry_delay: Duration,
     pub metrics: Metrics,
 }
 
@@ -63,12 +70,22 @@ impl StatusProcessor {
         let outcomes = join_all(records.iter().map(|m| self.record(m))).await;
         let mut response = SqsBatchResponse::default();
         let mut parked = Vec::new();
+        let mut delays = Vec::new();
         for (m, outcome) in records.iter().zip(outcomes) {
             let id = m.message_id.clone().unwrap_or_default();
             match outcome {
                 Outcome::Done => {}
                 Outcome::Retry(reason) => {
-                    warn!(message_id = %id, reason = %reason, "status failed; SQS will redeliver it");
+                    let secs = shared::turn::retry_delay_secs(
+                        shared::fifo::receive_count(m),
+                        None,
+                        self.deps.max_retry_delay.as_secs() as u32,
+                        shared::random_unit(),
+                    );
+                    warn!(message_id = %id, reason = %reason, retry_in_secs = secs, "status failed; it comes back after the delay");
+                    if let Some(receipt) = &m.receipt_handle {
+                        delays.push((receipt.clone(), secs as i32));
+                    }
                     let mut f = BatchItemFailure::default();
                     f.item_identifier = id;
                     response.batch_item_failures.push(f);
@@ -87,6 +104,14 @@ impl StatusProcessor {
             .park(&self.deps.dead_letter_queue_url, parked, &mut response)
             .await;
         self.deps.metrics.count("RecordsParked", n as u64);
+        if !delays.is_empty() {
+            let set = self
+                .deps
+                .publisher
+                .set_visibility(&self.deps.queue_url, &delays)
+                .await;
+            self.deps.metrics.count("RetryDelaysSet", set as u64);
+        }
         self.deps
             .metrics
             .count("BatchFailures", response.batch_item_failures.len() as u64);

@@ -31,7 +31,9 @@ async fn main() -> Result<(), Error> {
     let processor = std::sync::Arc::new(StatusProcessor::new(Deps {
         db: Db::new(DbConfig::new(secrecy::ExposeSecret::expose_secret(&url))),
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
+        queue_url: config.queue_url.clone(),
         dead_letter_queue_url: config.dead_letter_queue_url.clone(),
+        max_retry_delay: config.max_retry_delay,
         metrics: Metrics::new(config.metrics_namespace.clone(), "status"),
     }));
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {

@@ -1,7 +1,7 @@
 //! The status function on real parts: Postgres (fresh database) and SQS on the emulator.
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
-use local_aws::testing::{drain, emulator_sdk, fresh_stack};
+use local_aws::testing::{drain, emulator_sdk, fresh_stack, receive_records};
 use serde_json::{json, Value};
 use shared::db::store;
 use shared::db::testing::TestDb;
@@ -59,7 +59,9 @@ async fn harness() -> Harness {
     let processor = StatusProcessor::new(Deps {
         db: shared::db::Db::new(shared::db::DbConfig::new(t.url.clone())),
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
+        queue_url: stack.queue("StatusQueue").url.clone(),
         dead_letter_queue_url: stack.queue("StatusDLQ").url.clone(),
+        max_retry_delay: std::time::Duration::from_secs(180),
         metrics: Metrics::silent("AiAgentTest", "status"),
     });
     Harness {
@@ -343,7 +345,7 @@ async fn bad_bodies_are_parked_and_unknown_accounts_and_channel_errors_acknowled
 }
 
 #[tokio::test]
-async fn a_database_outage_fails_the_records_for_redelivery() {
+async fn a_database_outage_returns_the_records_after_a_short_delay() {
     let h = harness().await;
     // A processor whose database is unreachable.
     let processor = StatusProcessor::new(Deps {
@@ -351,25 +353,49 @@ async fn a_database_outage_fails_the_records_for_redelivery() {
             "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
         )),
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&h.sdk), RetryPolicy::default()),
+        queue_url: h.stack.queue("StatusQueue").url.clone(),
         dead_letter_queue_url: h.stack.queue("StatusDLQ").url.clone(),
+        max_retry_delay: std::time::Duration::from_secs(180),
         metrics: Metrics::silent("AiAgentTest", "status"),
     });
-    let records = records_of(&wa_status("wamid.d", "delivered", 1_767_312_000, None));
-    let ids: Vec<String> = records
-        .iter()
-        .map(|r| r.message_id.clone().unwrap())
-        .collect();
+    // A real record from the emulator's status queue, with a real receipt handle.
+    let queue = h.stack.queue("StatusQueue").url.clone();
+    let sqs = aws_sdk_sqs::Client::new(&h.sdk);
+    let status = records_of(&wa_status("wamid.d", "delivered", 1_767_312_000, None))
+        .pop()
+        .unwrap();
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body(status.body.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let got = receive_records(&h.sdk, &queue).await;
+    assert_eq!(got.len(), 1);
+    let record = got[0].clone();
     let failed: Vec<String> = processor
-        .handle_batch(records)
+        .handle_batch(vec![record.clone()])
         .await
         .batch_item_failures
         .into_iter()
         .map(|f| f.item_identifier)
         .collect();
-    assert_eq!(failed, ids);
+    assert_eq!(failed, [record.message_id.clone().unwrap()]);
     assert!(drain(&h.sdk, &h.stack.queue("StatusDLQ").url)
         .await
         .is_empty());
+    // The queue's visibility timeout is three minutes; the first retry delay is 1-2 s. A
+    // status held back for minutes outlasts the processor's echo window, and the processor
+    // would then send an unanswered reply a second time.
+    let started = std::time::Instant::now();
+    let mut back = Vec::new();
+    while back.is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        back = receive_records(&h.sdk, &queue).await;
+    }
+    assert_eq!(back.len(), 1, "redelivered after the short delay");
+    assert_eq!(back[0].body, status.body);
+    assert_eq!(back[0].attributes["ApproximateReceiveCount"], "2");
 }
 
 #[tokio::test]
@@ -381,6 +407,7 @@ async fn the_template_environment_configures_the_status_function() {
         status::Config::from_reader(shared::config::EnvReader::new(|k| env.get(k).cloned()))
             .expect("the template's environment is a valid configuration");
     assert_eq!(config.dead_letter_queue_url, stack.queue("StatusDLQ").url);
+    assert_eq!(config.queue_url, stack.queue("StatusQueue").url);
     assert_eq!(
         config.database.secret_id.as_deref(),
         Some(stack.secrets["DatabaseSecret"].arn.as_str())

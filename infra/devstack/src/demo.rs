@@ -25,6 +25,29 @@ pub enum DemoError {
     Input(String),
 }
 
+/// The webhook body Meta sends the demo business account for one change of `phone_number_id`:
+/// `value` holds its `contacts` and `messages`, or its `statuses`.
+pub fn whatsapp_webhook(phone_number_id: &str, mut value: Value) -> String {
+    value["messaging_product"] = json!("whatsapp");
+    value["metadata"] =
+        json!({"display_phone_number": "15550783881", "phone_number_id": phone_number_id});
+    json!({"object": "whatsapp_business_account",
+           "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}]})
+    .to_string()
+}
+
+/// The webhook body for one text message from `wa_id` (profile `name`) to the demo number.
+pub fn whatsapp_text(name: &str, wa_id: &str, wamid: &str, text: &str, timestamp: u64) -> String {
+    whatsapp_webhook(
+        DEMO_WHATSAPP_NUMBER,
+        json!({
+            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+            "messages": [{"from": wa_id, "id": wamid, "timestamp": timestamp.to_string(),
+                          "type": "text", "text": {"body": text}}]
+        }),
+    )
+}
+
 /// Sends customer messages as signed WhatsApp webhooks.
 pub struct Customer {
     http: reqwest::Client,
@@ -51,17 +74,7 @@ impl Customer {
 
     /// The webhook body Meta sends for one text message to the demo number.
     pub fn text_body(&self, wamid: &str, text: &str, timestamp: u64) -> String {
-        json!({
-            "object": "whatsapp_business_account",
-            "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
-                "messaging_product": "whatsapp",
-                "metadata": {"display_phone_number": "15550783881", "phone_number_id": DEMO_WHATSAPP_NUMBER},
-                "contacts": [{"profile": {"name": self.name}, "wa_id": self.wa_id}],
-                "messages": [{"from": self.wa_id, "id": wamid, "timestamp": timestamp.to_string(),
-                              "type": "text", "text": {"body": text}}]
-            }}]}]
-        })
-        .to_string()
+        whatsapp_text(&self.name, &self.wa_id, wamid, text, timestamp)
     }
 
     /// Sends `text` signed with the app secret; returns the message's wamid.

@@ -110,6 +110,9 @@ pub struct Violations {
     pub delivered_not_charged: usize,
     pub unanswered: usize,
     pub stalls_over_limit: usize,
+    /// Records in the inbound DLQ: every fault the harness injects is transient, so any
+    /// parked record is a defect (an operator would have to redrive it).
+    pub parked: usize,
 }
 
 impl Violations {
@@ -123,6 +126,7 @@ impl Violations {
             + self.delivered_not_charged
             + self.unanswered
             + self.stalls_over_limit
+            + self.parked
     }
 }
 
@@ -173,17 +177,50 @@ pub struct Report {
     pub violation_examples: Vec<String>,
 }
 
-fn uniform() -> f64 {
-    f64::from(u32::from_le_bytes(shared::random_bytes::<4>())) / (f64::from(u32::MAX) + 1.0)
+/// Counts the lines of a growing log that contain `needle` (every line when `None`), reading
+/// only what was appended since the last call.
+struct LogLines {
+    path: Option<PathBuf>,
+    needle: Option<&'static str>,
+    read: u64,
+    partial: Vec<u8>,
+    lines: usize,
 }
 
-fn lines_of(path: &Option<PathBuf>, needle: Option<&str>) -> Option<usize> {
-    let text = std::fs::read(path.as_ref()?).ok()?;
-    let text = String::from_utf8_lossy(&text);
-    Some(match needle {
-        Some(n) => text.lines().filter(|l| l.contains(n)).count(),
-        None => text.lines().count(),
-    })
+impl LogLines {
+    fn new(path: &Option<PathBuf>, needle: Option<&'static str>) -> Self {
+        Self {
+            path: path.clone(),
+            needle,
+            read: 0,
+            partial: Vec::new(),
+            lines: 0,
+        }
+    }
+
+    /// The complete lines counted so far (`None` without a readable log).
+    fn count(&mut self) -> Option<usize> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(self.path.as_ref()?).ok()?;
+        if file.metadata().ok()?.len() < self.read {
+            // Truncated or replaced: start over.
+            self.read = 0;
+            self.partial.clear();
+            self.lines = 0;
+        }
+        file.seek(SeekFrom::Start(self.read)).ok()?;
+        let appended = file.read_to_end(&mut self.partial).ok()?;
+        self.read += appended as u64;
+        if let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') {
+            let needle = self.needle;
+            self.lines += self.partial[..end]
+                .split(|&b| b == b'\n')
+                .filter(|line| needle.is_none_or(|n| String::from_utf8_lossy(line).contains(n)))
+                .count();
+            self.partial.drain(..=end);
+        }
+        Some(self.lines)
+    }
 }
 
 /// The customers' side: signed webhooks for WhatsApp and Instagram.
@@ -218,15 +255,16 @@ impl Meta {
             json!({"object": "instagram", "entry": [{"id": DEMO_INSTAGRAM_ACCOUNT, "time": now,
                 "messaging": [{"sender": {"id": from}, "recipient": {"id": DEMO_INSTAGRAM_ACCOUNT},
                                "timestamp": now, "message": {"mid": id, "text": text}}]}]})
+            .to_string()
         } else {
-            json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
-                "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
-                    "metadata": {"display_phone_number": "15550783881", "phone_number_id": DEMO_WHATSAPP_NUMBER},
-                    "contacts": [{"profile": {"name": format!("Load {conv}")}, "wa_id": from}],
-                    "messages": [{"from": from, "id": id, "timestamp": (now / 1000).to_string(),
-                                  "type": "text", "text": {"body": text}}]}}]}]})
+            crate::demo::whatsapp_text(
+                &format!("Load {conv}"),
+                &from,
+                id,
+                text,
+                (now / 1000) as u64,
+            )
         }
-        .to_string()
     }
 
     /// Delivers `body` until the webhook takes it (as Meta retries a webhook that fails).
@@ -312,12 +350,15 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
         .map_err(stub_err)?
         .len();
     set_faults(cfg.faults.clone()).await.map_err(stub_err)?;
-    let aws_count = || {
-        let moto = lines_of(&cfg.moto_log, None)?;
-        Some(moto + lines_of(&cfg.sqs_log, Some("incoming request")).unwrap_or(0))
+    let mut moto_lines = LogLines::new(&cfg.moto_log, None);
+    let mut sqs_lines = LogLines::new(&cfg.sqs_log, Some("incoming request"));
+    let mut aws_count = || {
+        let moto = moto_lines.count()?;
+        Some(moto + sqs_lines.count().unwrap_or(0))
     };
     let moto_mark = aws_count();
-    let crash_mark = lines_of(&cfg.functions_log, Some("aborting (FAIL_POINTS)"));
+    let mut crash_lines = LogLines::new(&cfg.functions_log, Some("aborting (FAIL_POINTS)"));
+    let crash_mark = crash_lines.count();
 
     let run_tag = format!(
         "{:04}",
@@ -364,7 +405,7 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
             let mut sent = Vec::with_capacity(messages);
             let mut dups = Vec::new();
             // Customers do not all start at once.
-            tokio::time::sleep(gap.mul_f64(uniform())).await;
+            tokio::time::sleep(gap.mul_f64(shared::random_unit())).await;
             for n in 1..=messages {
                 let id = if meta.is_instagram(conv) {
                     format!(
@@ -382,18 +423,20 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
                 meta.deliver(&body).await?;
                 sent_count.fetch_add(1, Ordering::Relaxed);
                 sent.push(Sent { conv, n, id, at_ms });
-                if uniform() < dup_rate {
+                if shared::random_unit() < dup_rate {
                     let meta = meta.clone();
                     let dup_count = dup_count.clone();
                     dups.push(tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis((uniform() * 3000.0) as u64))
-                            .await;
+                        tokio::time::sleep(Duration::from_millis(
+                            (shared::random_unit() * 3000.0) as u64,
+                        ))
+                        .await;
                         if meta.deliver(&body).await.is_ok() {
                             dup_count.fetch_add(1, Ordering::Relaxed);
                         }
                     }));
                 }
-                tokio::time::sleep(gap.mul_f64(2.0 * uniform())).await;
+                tokio::time::sleep(gap.mul_f64(2.0 * shared::random_unit())).await;
             }
             for d in dups {
                 let _ = d.await;
@@ -466,7 +509,8 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
                 .and_then(Value::as_object)
                 .map(|o| o.values().filter_map(Value::as_u64).sum())
                 .unwrap_or(0);
-            let crashes = lines_of(&cfg.functions_log, Some("aborting (FAIL_POINTS)"))
+            let crashes = crash_lines
+                .count()
                 .zip(crash_mark)
                 .map(|(a, b)| a.saturating_sub(b));
             let (stored, done) = answered.unwrap_or((0, 0));
@@ -524,11 +568,12 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
     let aws_requests = aws_count()
         .zip(moto_mark)
         .map(|(a, b)| a.saturating_sub(b) as u64);
-    let crashes = lines_of(&cfg.functions_log, Some("aborting (FAIL_POINTS)"))
+    let crashes = crash_lines
+        .count()
         .zip(crash_mark)
         .map(|(a, b)| a.saturating_sub(b));
-    let dlq_messages = match &cfg.dlq_url {
-        Some(url) => dlq_depth(url).await,
+    let dlq = match &cfg.dlq_url {
+        Some(url) => dlq_contents(url).await,
         None => None,
     };
 
@@ -554,7 +599,11 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
     report.faults_injected = faults_injected;
     report.crashes = crashes;
     report.postgres_restarted_at_s = restarted_at.filter(|_| cfg.restart_postgres.is_some());
-    report.dlq_messages = dlq_messages;
+    report.dlq_messages = dlq.as_ref().map(|d| d.len() as i64);
+    if let Some(dlq) = dlq {
+        report.violations.parked = dlq.len();
+        report.violation_examples.extend(dlq.into_iter().take(10));
+    }
     report.aws_requests = aws_requests;
     report.aws_requests_per_message = aws_requests.map(|a| a as f64 / all_sent.len().max(1) as f64);
     write_reports(&report, &cfg.report_dir)?;
@@ -579,20 +628,52 @@ async fn count_answered(
     Ok((row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize))
 }
 
-async fn dlq_depth(url: &str) -> Option<i64> {
+/// What the DLQ holds, one line per record: the message it carries (`c<conv> m<n>`) and why
+/// it is there (the processor's `parked_reason`, or the queue's redrive after its receives).
+/// Records are looked at, not taken: they become visible again after 30 s.
+async fn dlq_contents(url: &str) -> Option<Vec<String>> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
     let sdk = shared::aws::sdk_config().await.ok()?;
-    let out = aws_sdk_sqs::Client::new(&sdk)
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(
-            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        )
-        .send()
-        .await
-        .ok()?;
-    let attrs = out.attributes()?;
-    Some(attrs.values().filter_map(|v| v.parse::<i64>().ok()).sum())
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let mut lines = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .ok()?;
+        if out.messages().is_empty() || lines.len() >= 1000 {
+            return Some(lines);
+        }
+        for m in out.messages() {
+            let body = m.body().unwrap_or_default();
+            let which = quoted_message(body).unwrap_or_else(|| "a record".to_owned());
+            let why = m
+                .message_attributes()
+                .and_then(|a| a.get("parked_reason"))
+                .and_then(|v| v.string_value())
+                .map(|r| format!("parked by the function: {r}"))
+                .unwrap_or_else(|| "moved by the queue's redrive policy (out of receives)".into());
+            lines.push(format!("DLQ: {which}, {why}"));
+        }
+    }
+}
+
+/// The first `c<conv> m<n>` a text quotes.
+fn quoted_message(text: &str) -> Option<String> {
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    text.match_indices('c').find_map(|(i, _)| {
+        let rest = &text[i + 1..];
+        let c = digits(rest);
+        let n = rest[c..].strip_prefix(" m").map(digits)?;
+        (c > 0 && n > 0).then(|| text[i..i + 1 + c + 2 + n].to_owned())
+    })
 }
 
 /// The `(conv, n)` a sink entry answers: the newest `c<conv> m<n>` its text quotes.
@@ -1022,6 +1103,7 @@ pub fn table(r: &Report) -> String {
         ),
         ("unanswered", v.unanswered.to_string()),
         ("stalls over the limit", v.stalls_over_limit.to_string()),
+        ("parked in the DLQ", v.parked.to_string()),
     ];
     let mut out = String::new();
     for (k, val) in rows {
@@ -1189,6 +1271,34 @@ fn html(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parked_record_is_named_by_the_message_it_quotes() {
+        let body = r#"{"v":1,"text":"c14 m2 r0042","from":"52c"}"#;
+        assert_eq!(quoted_message(body).as_deref(), Some("c14 m2"));
+        assert_eq!(quoted_message("no such thing: c m1, c1 m"), None);
+    }
+
+    #[test]
+    fn a_log_is_counted_by_what_was_appended_a_line_once_complete() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("loglines-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.log");
+        let mut counter = LogLines::new(&Some(path.clone()), Some("abort"));
+        assert_eq!(counter.count(), None, "no log yet");
+        let mut f = std::fs::File::create(&path).unwrap();
+        write!(f, "abort one\nfine\nabo").unwrap();
+        assert_eq!(counter.count(), Some(1), "the cut line is not counted yet");
+        write!(f, "rt two\nabort three\n").unwrap();
+        assert_eq!(counter.count(), Some(3));
+        assert_eq!(counter.count(), Some(3), "nothing new, nothing counted");
+        let mut all = LogLines::new(&Some(path.clone()), None);
+        assert_eq!(all.count(), Some(4));
+        std::fs::write(&path, "abort again\n").unwrap();
+        assert_eq!(counter.count(), Some(1), "a replaced log is counted afresh");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_reply_names_the_newest_message_it_quotes() {

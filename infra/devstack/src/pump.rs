@@ -21,10 +21,10 @@
 //! never concurrent: the emulator's group locking races under concurrent receives). An invocation that never answers holds up only its own
 //! records, which the processor's heartbeat makes visible again within a turn lease.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_lambda_events::sqs::SqsEvent;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use serde_json::Value;
 
@@ -271,37 +271,7 @@ impl Pump {
         let mut event = SqsEvent::default();
         event.records = batch
             .iter()
-            .map(|msg| {
-                let mut r = SqsMessage::default();
-                r.message_id = msg.message_id.clone();
-                r.receipt_handle = msg.receipt_handle.clone();
-                r.body = msg.body.clone();
-                r.md5_of_body = msg.md5_of_body.clone();
-                r.md5_of_message_attributes = msg.md5_of_message_attributes.clone();
-                r.attributes = msg
-                    .attributes()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
-                    .collect();
-                r.message_attributes = msg
-                    .message_attributes()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|(k, v)| {
-                        // Binary attributes are not used by this project's messages.
-                        let s = v.string_value()?;
-                        let mut a = SqsMessageAttribute::default();
-                        a.string_value = Some(s.to_owned());
-                        a.data_type = Some(v.data_type().to_owned());
-                        Some((k.clone(), a))
-                    })
-                    .collect::<HashMap<_, _>>();
-                r.event_source = Some("aws:sqs".to_owned());
-                r.event_source_arn = Some(m.queue_arn.clone());
-                r.aws_region = Some(self.region.clone());
-                r
-            })
+            .map(|msg| local_aws::lambda_record(msg, &m.queue_arn, &self.region))
             .collect();
         event
     }
@@ -368,34 +338,18 @@ impl Pump {
 
     /// Makes `batch` visible again now (best effort).
     async fn return_now(&self, m: &Mapping, batch: &[Message]) {
-        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
-        for chunk in batch.chunks(10) {
-            let entries: Vec<Entry> = chunk
-                .iter()
-                .enumerate()
-                .filter_map(|(i, msg)| {
-                    Entry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(msg.receipt_handle().unwrap_or_default())
-                        .visibility_timeout(0)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            if let Err(e) = self
-                .sqs
-                .change_message_visibility_batch()
-                .queue_url(&m.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                eprintln!(
-                    "pump: could not hand a lost batch back to {}: {}",
-                    m.queue_name(),
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                );
-            }
+        let items: Vec<(String, i32)> = batch
+            .iter()
+            .filter_map(|msg| Some((msg.receipt_handle()?.to_owned(), 0)))
+            .collect();
+        let publisher = shared::queue::QueuePublisher::new(self.sqs.clone(), Default::default());
+        let returned = publisher.set_visibility(&m.queue_url, &items).await;
+        if returned < items.len() {
+            eprintln!(
+                "pump: handed {returned} of {} records of a lost batch back to {}",
+                items.len(),
+                m.queue_name()
+            );
         }
     }
 

@@ -108,10 +108,6 @@ impl std::fmt::Display for Faults {
     }
 }
 
-fn uniform() -> f64 {
-    f64::from(u32::from_le_bytes(shared::random_bytes::<4>())) / (f64::from(u32::MAX) + 1.0)
-}
-
 /// A 200 whose connection drops after the headers: the client wrote its request and never
 /// gets a readable answer.
 fn reset() -> Response {
@@ -208,7 +204,7 @@ impl Stubs {
             .faults
             .lock()
             .expect("stub lock")
-            .pick(upstream, uniform())?;
+            .pick(upstream, shared::random_unit())?;
         *self
             .injected
             .lock()
@@ -232,12 +228,7 @@ impl Stubs {
         if let Some(tag) = tag {
             status["biz_opaque_callback_data"] = json!(tag);
         }
-        let body =
-            json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
-            "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
-                "metadata": {"display_phone_number": "15550783881", "phone_number_id": account},
-                "statuses": [status]}}]}]})
-            .to_string();
+        let body = crate::demo::whatsapp_webhook(account, json!({"statuses": [status]}));
         let request = echo
             .http
             .post(&echo.webhook)

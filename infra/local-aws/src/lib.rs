@@ -839,6 +839,46 @@ Resources:
     }
 }
 
+/// The record Lambda's SQS event source hands a function for `msg`, received from the queue
+/// `queue_arn` in `region`: body, receipt handle, system attributes (`ApproximateReceiveCount`,
+/// `MessageGroupId`, …) and string message attributes.
+pub fn lambda_record(
+    msg: &aws_sdk_sqs::types::Message,
+    queue_arn: &str,
+    region: &str,
+) -> aws_lambda_events::sqs::SqsMessage {
+    use aws_lambda_events::sqs::{SqsMessage, SqsMessageAttribute};
+    let mut r = SqsMessage::default();
+    r.message_id = msg.message_id.clone();
+    r.receipt_handle = msg.receipt_handle.clone();
+    r.body = msg.body.clone();
+    r.md5_of_body = msg.md5_of_body.clone();
+    r.md5_of_message_attributes = msg.md5_of_message_attributes.clone();
+    r.attributes = msg
+        .attributes()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+        .collect();
+    r.message_attributes = msg
+        .message_attributes()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            // Binary attributes are not used by this project's messages.
+            let s = v.string_value()?;
+            let mut a = SqsMessageAttribute::default();
+            a.string_value = Some(s.to_owned());
+            a.data_type = Some(v.data_type().to_owned());
+            Some((k.clone(), a))
+        })
+        .collect();
+    r.event_source = Some("aws:sqs".to_owned());
+    r.event_source_arn = Some(queue_arn.to_owned());
+    r.aws_region = Some(region.to_owned());
+    r
+}
+
 /// Helpers for integration tests that run against the emulator.
 pub mod testing {
     use super::*;
@@ -894,6 +934,30 @@ pub mod testing {
         pub dedup_id: Option<String>,
         pub sequence_number: Option<String>,
         pub attributes: BTreeMap<String, String>,
+    }
+
+    /// One receive of up to ten messages (no wait), as the records Lambda would hand a
+    /// function: real receipt handles, so a test can return or delay them.
+    pub async fn receive_records(
+        sdk: &aws_config::SdkConfig,
+        queue_url: &str,
+    ) -> Vec<aws_lambda_events::sqs::SqsMessage> {
+        let out = aws_sdk_sqs::Client::new(sdk)
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .expect("receive");
+        out.messages()
+            .iter()
+            .map(|m| {
+                super::lambda_record(m, "arn:aws:sqs:us-east-1:000000000000:test", "us-east-1")
+            })
+            .collect()
     }
 
     /// Receives and deletes every message on the queue (FIFO groups unblock as messages are
