@@ -667,6 +667,37 @@ async fn a_graph_5xx_is_retried_through_sqs() {
     );
 }
 
+/// Meta's "not now" (a 5xx with its error code: nothing was sent) is tried again within the
+/// invocation, so one refusal costs a pause, not a redelivery of the lane.
+#[tokio::test]
+async fn a_refused_send_is_tried_again_in_the_same_invocation() {
+    let h = harness().await;
+    answer_with(&h.openai, "reply").await;
+    Mock::given(method("POST"))
+        // The reply itself (the mark-as-read request carries a typing indicator of type text).
+        .and(body_string_contains("\"body\":\"reply\""))
+        .respond_with(ResponseTemplate::new(503).set_body_json(graph_error(131000)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&h.graph)
+        .await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.g2", "hello")])
+        .await
+        .is_empty());
+    assert_eq!(
+        h.sends().await,
+        ["reply", "reply"],
+        "refused once, then taken"
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM messages WHERE direction = 'out'")
+            .await,
+        1
+    );
+    assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
+}
+
 #[tokio::test]
 async fn insufficient_quota_is_permanent_and_parked_not_retried() {
     let h = harness().await;
