@@ -36,7 +36,9 @@ try {
   await input.press("Enter");
 
   const typing = page.getByText("The agent is typing…");
-  await typing.waitFor({ state: "visible", timeout: 15_000 });
+  // Shown once the message is accepted; the first request may wait for watch to start the
+  // web chat function (seen taking over 15 s on a busy 2-core machine).
+  await typing.waitFor({ state: "visible", timeout: 60_000 });
   step("typing indicator shown");
   const reply = page.locator(".msg.out", { hasText: "[stub model]" });
   await reply.first().waitFor({ timeout: 90_000 });
