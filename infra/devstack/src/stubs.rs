@@ -229,19 +229,32 @@ impl Stubs {
             status["biz_opaque_callback_data"] = json!(tag);
         }
         let body = crate::demo::whatsapp_webhook(account, json!({"statuses": [status]}));
-        let request = echo
-            .http
-            .post(&echo.webhook)
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", echo.key.sign(body.as_bytes()))
-            .body(body);
+        let signature = echo.key.sign(body.as_bytes());
+        let (http, url) = (echo.http.clone(), echo.webhook.clone());
+        let tag = tag.unwrap_or("-").to_owned();
+        // Meta retries a webhook delivery that fails; so does the stub (1 s, 2 s, 4 s, 8 s, 16 s).
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            match request.send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(status = r.status().as_u16(), "status echo refused"),
-                Err(e) => tracing::warn!(error = %e, "status echo not delivered"),
+            let mut last = String::new();
+            for attempt in 0..6u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1))).await;
+                }
+                let sent = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature-256", &signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
+                    Err(e) => last = e.to_string(),
+                }
             }
+            // Unbuffered, into the stub's log: the fault harness's logs say which echo was lost.
+            eprintln!("stub: the status echo for {tag} was not delivered after 6 tries: {last}");
         });
     }
 
