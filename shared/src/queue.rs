@@ -87,6 +87,75 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How long a record that failed with a retryable error stays invisible before its
+/// redelivery (the engine sets it with `ChangeMessageVisibility` instead of waiting out the
+/// queue's visibility timeout, which would hold every later message of its FIFO group).
+///
+/// `receive_count` is the record's `ApproximateReceiveCount` (1 on the first delivery);
+/// `jitter` is a uniform sample in [0, 1). The delay grows 2 s, 4 s, 8 s, … up to `max_secs`,
+/// with the upper half jittered so a burst of failed lanes does not come back at once; a
+/// server's `retry_after` (a 429's Retry-After) is honoured up to the same maximum.
+pub fn retry_delay_secs(
+    receive_count: u32,
+    retry_after_secs: Option<u32>,
+    max_secs: u32,
+    jitter: f64,
+) -> u32 {
+    let max = max_secs.max(1);
+    let exp = receive_count.saturating_sub(1).min(16);
+    let ceiling = 2u32.saturating_mul(1 << exp).min(max);
+    let jitter = jitter.clamp(0.0, 1.0);
+    let backoff = (f64::from(ceiling) * (0.5 + jitter / 2.0)).ceil() as u32;
+    backoff.max(retry_after_secs.unwrap_or(0)).clamp(1, max)
+}
+
+/// A record handed back to its queue as a batch failure (see [`QueuePublisher::delay_returned`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReturnedRecord<'a> {
+    pub receipt: &'a str,
+    /// Its `ApproximateReceiveCount`.
+    pub receive_count: u32,
+    /// FIFO queues: the record's message group. `None`: the record has a delay of its own.
+    pub group: Option<&'a str>,
+}
+
+/// The visibility each returned record gets, as (receipt handle, seconds): its retry delay.
+/// The records of one FIFO group share one delay, drawn from the group's most received record,
+/// so they become visible together and in their order (FIFO holds the whole group while any
+/// of them is invisible anyway).
+pub fn retry_delays(
+    returned: &[ReturnedRecord<'_>],
+    max_secs: u32,
+    mut jitter: impl FnMut() -> f64,
+) -> Vec<(String, i32)> {
+    let mut most_received: std::collections::HashMap<&str, u32> = Default::default();
+    for r in returned {
+        if let Some(group) = r.group {
+            let most = most_received.entry(group).or_default();
+            *most = (*most).max(r.receive_count);
+        }
+    }
+    let group_delay: std::collections::HashMap<&str, i32> = most_received
+        .into_iter()
+        .map(|(group, most)| {
+            (
+                group,
+                retry_delay_secs(most, None, max_secs, jitter()) as i32,
+            )
+        })
+        .collect();
+    returned
+        .iter()
+        .map(|r| {
+            let secs = match r.group {
+                Some(group) => group_delay[group],
+                None => retry_delay_secs(r.receive_count, None, max_secs, jitter()) as i32,
+            };
+            (r.receipt.to_owned(), secs)
+        })
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct QueuePublisher {
     client: aws_sdk_sqs::Client,
@@ -166,6 +235,22 @@ impl QueuePublisher {
             }
         }
         changed
+    }
+
+    /// Gives the records a handler returns as batch failures their retry delay
+    /// ([`retry_delays`], jittered, at most `max`) instead of the queue's visibility timeout.
+    /// Best effort like [`Self::set_visibility`]; returns how many were changed.
+    pub async fn delay_returned(
+        &self,
+        queue_url: &str,
+        returned: &[ReturnedRecord<'_>],
+        max: Duration,
+    ) -> usize {
+        if returned.is_empty() {
+            return 0;
+        }
+        let delays = retry_delays(returned, max.as_secs() as u32, crate::random_unit);
+        self.set_visibility(queue_url, &delays).await
     }
 
     /// Moves up to `max` messages from the FIFO dead-letter queue `from` back to its FIFO
@@ -420,6 +505,62 @@ mod tests {
             dedup_id: None,
             attributes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn retry_delays_grow_are_jittered_and_never_pass_the_maximum() {
+        // Without jitter's upper half: 1, 2, 4, … (half the ceiling), capped.
+        let low: Vec<u32> = (1..=8)
+            .map(|n| retry_delay_secs(n, None, 60, 0.0))
+            .collect();
+        assert_eq!(low, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        let high: Vec<u32> = (1..=8)
+            .map(|n| retry_delay_secs(n, None, 60, 0.999_999))
+            .collect();
+        assert_eq!(high, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+        for n in [0, 1, 5, 40, u32::MAX] {
+            for j in [0.0, 0.3, 0.99, 7.0, -1.0] {
+                let d = retry_delay_secs(n, Some(500), 60, j);
+                assert!((1..=60).contains(&d), "{n} {j}: {d}");
+            }
+        }
+        // A server's Retry-After wins when longer, within the maximum.
+        assert_eq!(retry_delay_secs(1, Some(20), 60, 0.0), 20);
+        assert_eq!(retry_delay_secs(1, Some(600), 60, 0.0), 60);
+        assert_eq!(retry_delay_secs(1, None, 0, 0.0), 1);
+    }
+
+    #[test]
+    fn a_fifo_groups_returned_records_share_one_delay_from_its_most_received() {
+        let r = |receipt, receive_count, group| ReturnedRecord {
+            receipt,
+            receive_count,
+            group,
+        };
+        let returned = [
+            r("a1", 1, Some("a")),
+            r("b1", 1, Some("b")),
+            r("a2", 4, Some("a")),
+            r("s1", 3, None),
+            r("s2", 1, None),
+        ];
+        // No jitter's upper half: half of each ceiling.
+        let delays = retry_delays(&returned, 60, || 0.0);
+        let secs: Vec<(&str, i32)> = delays.iter().map(|(r, s)| (r.as_str(), *s)).collect();
+        assert_eq!(
+            secs,
+            [("a1", 8), ("b1", 1), ("a2", 8), ("s1", 4), ("s2", 1)]
+        );
+        // One draw per group and per groupless record, and a group's records equal whatever
+        // the draw.
+        let mut draws = 0;
+        let delays = retry_delays(&returned, 60, || {
+            draws += 1;
+            0.999
+        });
+        assert_eq!(draws, 4);
+        assert_eq!(delays[0].1, delays[2].1);
+        assert!(retry_delays(&[], 60, || unreachable!()).is_empty());
     }
 
     #[test]

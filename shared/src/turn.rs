@@ -658,54 +658,9 @@ fn pending_part<'t>(
     Ok(&mut turn.parts[part])
 }
 
-/// How long a record that failed with a retryable error stays invisible before its
-/// redelivery (the engine sets it with `ChangeMessageVisibility` instead of waiting out the
-/// queue's visibility timeout, which would hold every later message of its FIFO group).
-///
-/// `receive_count` is the record's `ApproximateReceiveCount` (1 on the first delivery);
-/// `jitter` is a uniform sample in [0, 1). The delay grows 2 s, 4 s, 8 s, … up to `max_secs`,
-/// with the upper half jittered so a burst of failed lanes does not come back at once; a
-/// server's `retry_after` (a 429's Retry-After) is honoured up to the same maximum.
-pub fn retry_delay_secs(
-    receive_count: u32,
-    retry_after_secs: Option<u32>,
-    max_secs: u32,
-    jitter: f64,
-) -> u32 {
-    let max = max_secs.max(1);
-    let exp = receive_count.saturating_sub(1).min(16);
-    let ceiling = 2u32.saturating_mul(1 << exp).min(max);
-    let jitter = jitter.clamp(0.0, 1.0);
-    let backoff = (f64::from(ceiling) * (0.5 + jitter / 2.0)).ceil() as u32;
-    backoff.max(retry_after_secs.unwrap_or(0)).clamp(1, max)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_delays_grow_are_jittered_and_never_pass_the_maximum() {
-        // Without jitter's upper half: 1, 2, 4, … (half the ceiling), capped.
-        let low: Vec<u32> = (1..=8)
-            .map(|n| retry_delay_secs(n, None, 60, 0.0))
-            .collect();
-        assert_eq!(low, vec![1, 2, 4, 8, 16, 30, 30, 30]);
-        let high: Vec<u32> = (1..=8)
-            .map(|n| retry_delay_secs(n, None, 60, 0.999_999))
-            .collect();
-        assert_eq!(high, vec![2, 4, 8, 16, 32, 60, 60, 60]);
-        for n in [0, 1, 5, 40, u32::MAX] {
-            for j in [0.0, 0.3, 0.99, 7.0, -1.0] {
-                let d = retry_delay_secs(n, Some(500), 60, j);
-                assert!((1..=60).contains(&d), "{n} {j}: {d}");
-            }
-        }
-        // A server's Retry-After wins when longer, within the maximum.
-        assert_eq!(retry_delay_secs(1, Some(20), 60, 0.0), 20);
-        assert_eq!(retry_delay_secs(1, Some(600), 60, 0.0), 60);
-        assert_eq!(retry_delay_secs(1, None, 0, 0.0), 1);
-    }
 
     fn split(t: &str) -> Vec<String> {
         t.split("|").map(str::to_owned).collect()

@@ -26,7 +26,7 @@ use shared::graph::{PartOpts, SEND_TIMEOUT};
 use shared::metrics::Metrics;
 use shared::openai::{InputMessage, ModelError, ResponseRequest, ResponsesClient};
 use shared::ordering::{dedup_id, sha256_hex};
-use shared::queue::{ParkedRecord, QueuePublisher};
+use shared::queue::{ParkedRecord, QueuePublisher, ReturnedRecord};
 use shared::split::split_for;
 use shared::turn::{
     self, Action, Event, NoAnswer, PartState, Policy, Shortfall, Turn, TurnOutcome, Usage, Via,
@@ -348,42 +348,26 @@ impl Processor {
         // A returned record (and the later ones of its group, returned with it) comes back
         // after the engine's delay, not the queue's visibility timeout: FIFO holds the whole
         // group while any of them is invisible.
-        // One delay per FIFO group (from its most-received record), so a group's returned
-        // records become visible together, in their order.
-        let returned: Vec<&(String, u32, String)> = response
+        let returned: Vec<ReturnedRecord> = response
             .batch_item_failures
             .iter()
             .filter_map(|f| receipts.get(&f.item_identifier))
-            .collect();
-        let mut most_received: std::collections::HashMap<&str, u32> = Default::default();
-        for (_, count, group) in &returned {
-            let most = most_received.entry(group.as_str()).or_default();
-            *most = (*most).max(*count);
-        }
-        let group_delay: std::collections::HashMap<&str, i32> = most_received
-            .into_iter()
-            .map(|(group, most)| {
-                let secs = shared::turn::retry_delay_secs(
-                    most,
-                    None,
-                    self.deps.max_retry_delay.as_secs() as u32,
-                    shared::random_unit(),
-                );
-                (group, secs as i32)
+            .map(|(receipt, count, group)| ReturnedRecord {
+                receipt,
+                receive_count: *count,
+                group: Some(group),
             })
             .collect();
-        let delays: Vec<(String, i32)> = returned
-            .iter()
-            .map(|(receipt, _, group)| (receipt.clone(), group_delay[group.as_str()]))
-            .collect();
-        if !delays.is_empty() {
-            let set = self
-                .deps
-                .publisher
-                .set_visibility(&self.deps.inbound_queue_url, &delays)
-                .await;
-            metrics.count("RetryDelaysSet", set as u64);
-        }
+        let set = self
+            .deps
+            .publisher
+            .delay_returned(
+                &self.deps.inbound_queue_url,
+                &returned,
+                self.deps.max_retry_delay,
+            )
+            .await;
+        metrics.count("RetryDelaysSet", set as u64);
         info!(
             done = report.done,
             retried = report.retried,

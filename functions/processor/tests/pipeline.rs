@@ -1764,7 +1764,7 @@ fn the_engines_timings_fit_the_template() {
         .parse()
         .unwrap();
     let shortest: u32 = (1..receives)
-        .map(|n| shared::turn::retry_delay_secs(n, None, 60, 0.0))
+        .map(|n| shared::queue::retry_delay_secs(n, None, 60, 0.0))
         .sum();
     assert!(
         shortest >= 300,

@@ -24,7 +24,7 @@ use shared::db::Db;
 use shared::envelope::{Channel, DeliveryState, StatusEvent};
 use shared::fifo::Outcome;
 use shared::metrics::Metrics;
-use shared::queue::{ParkedRecord, QueuePublisher};
+use shared::queue::{ParkedRecord, QueuePublisher, ReturnedRecord};
 use tracing::{info, warn, Instrument};
 
 pub use config::Config;
@@ -70,21 +70,19 @@ impl StatusProcessor {
         let outcomes = join_all(records.iter().map(|m| self.record(m))).await;
         let mut response = SqsBatchResponse::default();
         let mut parked = Vec::new();
-        let mut delays = Vec::new();
+        let mut returned = Vec::new();
         for (m, outcome) in records.iter().zip(outcomes) {
             let id = m.message_id.clone().unwrap_or_default();
             match outcome {
                 Outcome::Done => {}
                 Outcome::Retry(reason) => {
-                    let secs = shared::turn::retry_delay_secs(
-                        shared::fifo::receive_count(m),
-                        None,
-                        self.deps.max_retry_delay.as_secs() as u32,
-                        shared::random_unit(),
-                    );
-                    warn!(message_id = %id, reason = %reason, retry_in_secs = secs, "status failed; it comes back after the delay");
+                    warn!(message_id = %id, reason = %reason, "status failed; it comes back after its retry delay");
                     if let Some(receipt) = &m.receipt_handle {
-                        delays.push((receipt.clone(), secs as i32));
+                        returned.push(ReturnedRecord {
+                            receipt,
+                            receive_count: shared::fifo::receive_count(m),
+                            group: None,
+                        });
                     }
                     let mut f = BatchItemFailure::default();
                     f.item_identifier = id;
@@ -104,14 +102,12 @@ impl StatusProcessor {
             .park(&self.deps.dead_letter_queue_url, parked, &mut response)
             .await;
         self.deps.metrics.count("RecordsParked", n as u64);
-        if !delays.is_empty() {
-            let set = self
-                .deps
-                .publisher
-                .set_visibility(&self.deps.queue_url, &delays)
-                .await;
-            self.deps.metrics.count("RetryDelaysSet", set as u64);
-        }
+        let set = self
+            .deps
+            .publisher
+            .delay_returned(&self.deps.queue_url, &returned, self.deps.max_retry_delay)
+            .await;
+        self.deps.metrics.count("RetryDelaysSet", set as u64);
         self.deps
             .metrics
             .count("BatchFailures", response.batch_item_failures.len() as u64);

@@ -632,32 +632,21 @@ async fn count_answered(
 /// it is there (the processor's `parked_reason`, or the queue's redrive after its receives).
 /// Records are looked at, not taken: they become visible again after 30 s.
 async fn dlq_contents(url: &str) -> Option<Vec<String>> {
-    use aws_sdk_sqs::types::MessageSystemAttributeName;
     let sdk = shared::aws::sdk_config().await.ok()?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let mut lines = Vec::new();
     loop {
-        let out = sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .visibility_timeout(30)
-            .wait_time_seconds(0)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .ok()?;
-        if out.messages().is_empty() || lines.len() >= 1000 {
+        let records = local_aws::receive_records(&sqs, url, Some(30)).await.ok()?;
+        if records.is_empty() || lines.len() >= 1000 {
             return Some(lines);
         }
-        for m in out.messages() {
-            let body = m.body().unwrap_or_default();
+        for m in records {
+            let body = m.body.as_deref().unwrap_or_default();
             let which = quoted_message(body).unwrap_or_else(|| "a record".to_owned());
             let why = m
-                .message_attributes()
-                .and_then(|a| a.get("parked_reason"))
-                .and_then(|v| v.string_value())
+                .message_attributes
+                .get("parked_reason")
+                .and_then(|v| v.string_value.as_deref())
                 .map(|r| format!("parked by the function: {r}"))
                 .unwrap_or_else(|| "moved by the queue's redrive policy (out of receives)".into());
             lines.push(format!("DLQ: {which}, {why}"));
@@ -706,8 +695,10 @@ fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     Some(sorted[i.min(sorted.len() - 1)])
 }
 
-/// The longest time a lane had messages waiting and produced no reply: `events` are
-/// (time, +1 for a message sent / a reply answering `k` messages), in any order.
+/// The longest time a lane had messages waiting and settled none of them: `events` are
+/// (time, +1 for a message sent / -k for k messages settled), in any order. Under a backlog
+/// the lane is never empty, but every settle restarts the clock: this measures a lane that
+/// stopped moving, not queueing (that is the latency).
 pub fn longest_stall(mut events: Vec<(i64, i64)>, end_ms: i64) -> i64 {
     events.sort_by_key(|(t, d)| (*t, -*d));
     let (mut pending, mut since, mut longest) = (0i64, 0i64, 0i64);
@@ -729,6 +720,12 @@ pub fn longest_stall(mut events: Vec<(i64, i64)>, end_ms: i64) -> i64 {
         longest = longest.max(end_ms - since);
     }
     longest
+}
+
+/// When a message sent at `sent_ms` stopped waiting on its lane: its first covering reply,
+/// else the time its outcome was written (a turn that ended without a delivery), else never.
+fn settled_at(sent_ms: i64, first_reply_ms: Option<i64>, outcome_ms: Option<i64>) -> Option<i64> {
+    first_reply_ms.or(outcome_ms.map(|t| t.max(sent_ms)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -818,21 +815,48 @@ async fn check(
     // explains why not).
     let outcomes_rows = c
         .query(
-            "SELECT provider_message_id, outcome FROM messages
+            "SELECT provider_message_id, outcome,
+                    (extract(epoch FROM updated_at) * 1000)::bigint
+               FROM messages
               WHERE direction = 'in' AND provider_message_id = ANY($1)",
             &[&ids],
         )
         .await
         .map_err(shared::db::DbError::from)?;
-    let outcome_of: HashMap<String, Option<String>> =
-        outcomes_rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // Outcome, and when it was written (the row's last update: an inbound row changes only
+    // when a turn takes it and when its outcome is recorded).
+    let outcome_of: HashMap<String, (Option<String>, i64)> = outcomes_rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
     let mut latencies = Vec::new();
     let mut answered_at: Vec<(i64, i64)> = Vec::new();
+    // Lanes: what the queue orders by. A message is pending on its lane from its send until
+    // it is settled: by the first reply that covers it, or, for an outcome without a reply
+    // (an Instagram send left `unknown`, no answer, a handoff), when that outcome was written.
+    let end_ms = start_ms + (seconds * 1000.0) as i64;
+    let lane_of = |conv: usize| -> String {
+        if cfg.ordering_scope == "conversation" {
+            format!("c{conv}")
+        } else if meta.is_instagram(conv) {
+            "instagram account".to_owned()
+        } else {
+            "whatsapp number".to_owned()
+        }
+    };
+    let mut lane_events: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
     for s in sent {
         let first_reply = by_conv
             .get(&s.conv)
             .and_then(|rs| rs.iter().filter(|r| r.n >= s.n).map(|r| r.at_ms).min());
-        match (first_reply, outcome_of.get(&s.id).cloned().flatten()) {
+        let (outcome, written_ms) = outcome_of.get(&s.id).cloned().unwrap_or((None, 0));
+        let events = lane_events.entry(lane_of(s.conv)).or_default();
+        events.push((s.at_ms, 1));
+        let written = outcome.is_some().then_some(written_ms);
+        if let Some(at) = settled_at(s.at_ms, first_reply, written) {
+            events.push((at, -1));
+        }
+        match (first_reply, outcome) {
             (Some(at), Some(_)) => {
                 latencies.push(at - s.at_ms);
                 answered_at.push((at, at - s.at_ms));
@@ -908,38 +932,6 @@ async fn check(
         }
     }
     let unknown_sends = outcomes.get("send_unknown").copied().unwrap_or(0);
-    // Lanes: what the queue orders by.
-    let end_ms = start_ms + (seconds * 1000.0) as i64;
-    let lane_of = |conv: usize| -> String {
-        if cfg.ordering_scope == "conversation" {
-            format!("c{conv}")
-        } else if meta.is_instagram(conv) {
-            "instagram account".to_owned()
-        } else {
-            "whatsapp number".to_owned()
-        }
-    };
-    let mut lane_events: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-    for s in sent {
-        lane_events
-            .entry(lane_of(s.conv))
-            .or_default()
-            .push((s.at_ms, 1));
-    }
-    for (conv, rs) in &by_conv {
-        let mut covered = 0usize;
-        let mut sorted: Vec<&&Reply> = rs.iter().collect();
-        sorted.sort_by_key(|r| r.at_ms);
-        for r in sorted {
-            if r.n > covered {
-                lane_events
-                    .entry(lane_of(*conv))
-                    .or_default()
-                    .push((r.at_ms, -((r.n - covered) as i64)));
-                covered = r.n;
-            }
-        }
-    }
     let mut lanes: Vec<LaneStall> = lane_events
         .into_iter()
         .map(|(lane, events)| LaneStall {
@@ -1319,6 +1311,23 @@ mod tests {
         // Still waiting at the end.
         assert_eq!(longest_stall(vec![(1_000, 1)], 31_000), 30_000);
         assert_eq!(longest_stall(vec![], 5_000), 0);
+    }
+
+    #[test]
+    fn a_message_whose_turn_ended_without_a_reply_stops_waiting_when_its_outcome_is_written() {
+        // The old miscount: an Instagram reply left `unknown` never reached the sink, so its
+        // message stayed pending and the lane "stalled" until the end of the run.
+        assert_eq!(settled_at(1_000, Some(4_000), Some(4_500)), Some(4_000));
+        assert_eq!(settled_at(1_000, None, Some(6_000)), Some(6_000));
+        assert_eq!(settled_at(1_000, None, Some(900)), Some(1_000));
+        assert_eq!(settled_at(1_000, None, None), None);
+        let events = vec![
+            (0, 1),
+            (settled_at(0, None, Some(3_000)).unwrap(), -1),
+            (10_000, 1),
+            (12_000, -1),
+        ];
+        assert_eq!(longest_stall(events, 3_600_000), 3_000);
     }
 
     #[test]

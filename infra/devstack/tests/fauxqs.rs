@@ -56,15 +56,7 @@ fn start() -> (Fauxqs, String) {
 }
 
 async fn client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .endpoint_url(endpoint)
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&sdk)
+    aws_sdk_sqs::Client::new(&local_aws::testing::sdk_at(endpoint).await)
 }
 
 async fn receive(sqs: &aws_sdk_sqs::Client, q: &str, visibility: i32) -> Vec<(String, String)> {

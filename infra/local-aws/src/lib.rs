@@ -879,6 +879,32 @@ pub fn lambda_record(
     r
 }
 
+/// One receive of up to ten messages (no wait) from `queue_url`, as the records Lambda would
+/// hand a function (real receipt handles, every attribute). `visibility`: how long they stay
+/// invisible, instead of the queue's own timeout.
+pub async fn receive_records(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    visibility: Option<i32>,
+) -> Result<Vec<aws_lambda_events::sqs::SqsMessage>, String> {
+    let out = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .set_visibility_timeout(visibility)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .wait_time_seconds(0)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+    Ok(out
+        .messages()
+        .iter()
+        .map(|m| lambda_record(m, "arn:aws:sqs:us-east-1:000000000000:test", "us-east-1"))
+        .collect())
+}
+
 /// Helpers for integration tests that run against the emulator.
 pub mod testing {
     use super::*;
@@ -892,6 +918,12 @@ pub mod testing {
     /// this machine, so a test can never reach a real AWS account.
     pub async fn emulator_sdk() -> aws_config::SdkConfig {
         let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+        sdk_at(&endpoint).await
+    }
+
+    /// SDK configuration for an emulator at `endpoint` (test credentials, us-east-1). Refuses
+    /// any endpoint but this machine's.
+    pub async fn sdk_at(endpoint: &str) -> aws_config::SdkConfig {
         assert!(
             endpoint.starts_with("http://127.0.0.1:") || endpoint.starts_with("http://localhost:"),
             "AWS_ENDPOINT_URL must point at the local emulator (got `{endpoint}`); run the tests with `make test`"
@@ -942,22 +974,9 @@ pub mod testing {
         sdk: &aws_config::SdkConfig,
         queue_url: &str,
     ) -> Vec<aws_lambda_events::sqs::SqsMessage> {
-        let out = aws_sdk_sqs::Client::new(sdk)
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .wait_time_seconds(0)
-            .send()
+        super::receive_records(&aws_sdk_sqs::Client::new(sdk), queue_url, None)
             .await
-            .expect("receive");
-        out.messages()
-            .iter()
-            .map(|m| {
-                super::lambda_record(m, "arn:aws:sqs:us-east-1:000000000000:test", "us-east-1")
-            })
-            .collect()
+            .expect("receive")
     }
 
     /// Receives and deletes every message on the queue (FIFO groups unblock as messages are
