@@ -5,7 +5,7 @@ SCRIPTS := infra/scripts
 # The local stack's state (make dev's DEV_STATE_DIR).
 STATE := $(or $(DEV_STATE_DIR),.local)
 
-.PHONY: help dev send redrive load test tools crates fmt clippy unit lint-template migrate bench bench-ordering invoke build build-check deploy clean
+.PHONY: help dev send redrive load test tools crates fmt clippy unit lint-template migrate bench bench-ordering coldstart invoke build build-check deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,11 @@ bench: crates ## Criterion benchmark of the webhook hot path, plus the Node equi
 EVENT ?= wa-text
 bench-ordering: crates ## Ordering-scope trade: the real processor on bursts with a 1 s stub model (MODEL_MS=…)
 	@$(SCRIPTS)/with-postgres.sh $(SCRIPTS)/with-emulator.sh cargo run -q -p processor --example ordering_scope
+
+coldstart: crates ## Under `make dev`: each function's release binary size and cold start (AGAINST=dir of other binaries to compare)
+	@test -f $(STATE)/dev.env || { echo 'start the local stack first: make dev' >&2; exit 1; }
+	@source $(SCRIPTS)/env.sh && cargo build -q --release --locked --bins && \
+	  target/debug/devstack coldstart --bins target/release --env-file $(STATE)/dev.env --runs $${RUNS:-15} $${AGAINST:+--against $$AGAINST}
 
 invoke: ## Send events/$(EVENT).json to $(FUNCTION) (default webhook) under `make dev`
 	@source $(SCRIPTS)/env.sh && cargo lambda invoke -A 127.0.0.1 -P $${WATCH_PORT:-9000} $(or $(FUNCTION),webhook) --data-file events/$(EVENT).json

@@ -23,6 +23,9 @@
 //!   [--drain-timeout-secs S] [--max-stall-secs S] [--report-dir D] [--stubs URL]`: the fault
 //!   harness against a running stack (`make load`; see `infra/devstack/src/load.rs`); exits
 //!   non-zero on any violation.
+//! - `devstack coldstart --bins DIR [--against DIR] --env-file F [--runs N]`: each function's
+//!   binary size and cold start (exec → its first poll of the Runtime API, median of N runs,
+//!   default 15), the two builds' runs interleaved so a drifting machine moves both alike.
 //!
 //! `--webhook URL` (default `http://127.0.0.1:$WATCH_PORT/lambda-url/webhook/`) and
 //! `--app-secret S` (default the local stack's) apply to play, send, load and the stubs' echoes.
@@ -34,7 +37,7 @@ use std::time::Duration;
 use devstack::demo::{Conversation, Customer, DemoError, Observer};
 use shared::db::{Db, DbConfig};
 
-const USAGE: &str = "usage: devstack stubs|seed|pump|play|send|follow|redrive|load [--flag value]... (see the header of infra/devstack/src/main.rs)";
+const USAGE: &str = "usage: devstack stubs|seed|pump|play|send|follow|redrive|load|coldstart [--flag value]... (see the header of infra/devstack/src/main.rs)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -181,6 +184,7 @@ async fn run() -> Result<(), String> {
             Ok(())
         }
         "redrive" => redrive(&flags).await,
+        "coldstart" => coldstart(&flags).await,
         "load" => load(&flags, &webhook, &secret).await,
         "follow" => {
             let observer = Observer::new(database()?);
@@ -200,6 +204,83 @@ async fn run() -> Result<(), String> {
         }
         _ => Err(USAGE.into()),
     }
+}
+
+/// The functions `coldstart` measures: every binary the template deploys.
+const FUNCTIONS: [&str; 7] = [
+    "webhook",
+    "processor",
+    "extraction",
+    "status",
+    "webchat",
+    "admin",
+    "migrate",
+];
+
+async fn coldstart(flags: &Flags) -> Result<(), String> {
+    let env_file = flags
+        .0
+        .get("env-file")
+        .ok_or("coldstart needs --env-file")?;
+    let env = devstack::runtime::read_env_file(env_file.as_ref())?;
+    let mut dirs = vec![flags.0.get("bins").ok_or("coldstart needs --bins")?.clone()];
+    dirs.extend(flags.0.get("against").cloned());
+    let runs: usize = flags
+        .get("runs", "15")
+        .parse()
+        .map_err(|_| "--runs takes a number")?;
+    let function = |dir: &str, name: &str| devstack::runtime::LocalFunction {
+        binary: std::path::Path::new(dir).join(name),
+        name: name.to_owned(),
+        env: env.clone(),
+        timeout: Duration::from_secs(30),
+    };
+    let mut times: HashMap<(usize, &str), Vec<u128>> = HashMap::new();
+    for _ in 0..runs {
+        for name in FUNCTIONS {
+            for (d, dir) in dirs.iter().enumerate() {
+                let took = devstack::runtime::cold_start(&function(dir, name))
+                    .await
+                    .map_err(|e| format!("{dir}/{name}: {e}"))?;
+                times.entry((d, name)).or_default().push(took.as_micros());
+            }
+        }
+    }
+    let ms = |us: u128| us as f64 / 1000.0;
+    println!(
+        "{:<11} {:>7}  {:>22}{}",
+        "function",
+        "size",
+        "cold start ms (median, min-max)",
+        if dirs.len() > 1 { "   vs --bins" } else { "" }
+    );
+    for name in FUNCTIONS {
+        for (d, dir) in dirs.iter().enumerate() {
+            let size = std::fs::metadata(std::path::Path::new(dir).join(name))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let mut t = times.remove(&(d, name)).unwrap_or_default();
+            t.sort_unstable();
+            let median = t.get(t.len() / 2).copied().unwrap_or(0);
+            let base = (d > 0).then(|| {
+                let b0 = std::fs::metadata(std::path::Path::new(&dirs[0]).join(name))
+                    .map(|m| m.len())
+                    .unwrap_or(1);
+                format!("   size {:+.1} %", (size as f64 / b0 as f64 - 1.0) * 100.0)
+            });
+            println!(
+                "{:<11} {:>6.1}M  {:>8.1} ({:.1}-{:.1})  {}{}",
+                if d == 0 { name } else { "" },
+                size as f64 / 1_048_576.0,
+                ms(median),
+                ms(t.first().copied().unwrap_or(0)),
+                ms(t.last().copied().unwrap_or(0)),
+                dir,
+                base.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The template, the emulator's SDK configuration (it must be local) and the stack's queues.

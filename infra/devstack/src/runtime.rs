@@ -143,6 +143,20 @@ async fn init_error(State(call): State<Arc<Call>>, headers: HeaderMap, body: Str
     StatusCode::ACCEPTED
 }
 
+/// The process of `f`, as Lambda starts it: its environment plus the runtime's variables,
+/// with the Runtime API at `api`.
+fn command(f: &LocalFunction, api: std::net::SocketAddr) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(&f.binary);
+    c.envs(&f.env)
+        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", &f.name)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
 /// Runs one invocation of `f` with `event` and says how it ended.
 pub async fn invoke(f: &LocalFunction, event: String) -> Result<Ended, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -171,19 +185,12 @@ pub async fn invoke(f: &LocalFunction, event: String) -> Result<Ended, String> {
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let mut child = tokio::process::Command::new(&f.binary)
-        .envs(&f.env)
-        .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", &f.name)
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+    let mut child = command(f, api)
         .env(
             "AWS_LAMBDA_LOG_GROUP_NAME",
             format!("/aws/lambda/{}", f.name),
         )
         .env("AWS_LAMBDA_LOG_STREAM_NAME", &request_id)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", f.binary.display()))?;
     let mut rx = rx;
@@ -209,6 +216,68 @@ pub async fn invoke(f: &LocalFunction, event: String) -> Result<Ended, String> {
     let _ = child.kill().await;
     server.abort();
     Ok(ended)
+}
+
+/// A cold start of `f`: from the exec to its first `GET …/invocation/next` (the runtime's
+/// init done, ready for an event). The process is stopped there; it never gets an event. An
+/// init error or an exit before the poll is an error, with what the function said.
+pub async fn cold_start(f: &LocalFunction) -> Result<Duration, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("no port for the runtime API: {e}"))?;
+    let api = listener.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let polled = tx.clone();
+    let failed = tx.clone();
+    let app = Router::new()
+        .route(
+            "/2018-06-01/runtime/invocation/next",
+            get(move || async move {
+                if let Some(tx) = polled.lock().expect("poll lock").take() {
+                    let _ = tx.send(Ok(()));
+                }
+                std::future::pending::<()>().await;
+            }),
+        )
+        .route(
+            "/2018-06-01/runtime/init/error",
+            post(move |headers: HeaderMap, body: String| async move {
+                let message = match error_of(&headers, &body) {
+                    Ended::Error { message, .. } => message,
+                    Ended::Response(_) => String::new(),
+                };
+                if let Some(tx) = failed.lock().expect("poll lock").take() {
+                    let _ = tx.send(Err(format!("init error: {message}")));
+                }
+                StatusCode::ACCEPTED
+            }),
+        );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let started = std::time::Instant::now();
+    let mut child = command(f, api)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", f.binary.display()))?;
+    let result = tokio::select! {
+        polled = rx => match polled {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the runtime API went away".to_owned()),
+        },
+        status = child.wait() => Err(format!(
+            "exited before its first poll ({})",
+            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+        )),
+        () = tokio::time::sleep(Duration::from_secs(30)) => Err("no poll within 30 s".to_owned()),
+    };
+    let _ = child.kill().await;
+    server.abort();
+    drop(tx);
+    result
 }
 
 /// Reads a `KEY=VALUE` env file (the one `local-aws provision` writes; values may be quoted).

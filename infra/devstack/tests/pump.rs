@@ -382,3 +382,50 @@ curl -s -X POST -d '{"batchItemFailures":[]}' "$api/invocation/$id/response" >/d
     );
     assert!(r.elapsed < Duration::from_secs(3), "{r}");
 }
+
+/// A script standing in for a function binary: `script` runs as its whole init.
+fn init_script(name: &str, script: &str) -> devstack::runtime::LocalFunction {
+    let path = std::env::temp_dir().join(format!("cold-{name}-{}", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/usr/bin/env bash\napi=\"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime\"\n{script}\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    devstack::runtime::LocalFunction {
+        binary: path,
+        name: name.into(),
+        env: Default::default(),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn a_cold_start_lasts_until_the_first_poll_and_an_init_failure_is_not_timed() {
+    // Ready after ~300 ms of init: the time covers the init, and the process is stopped at
+    // its poll (the curl would otherwise wait for an event forever).
+    let took = devstack::runtime::cold_start(&init_script(
+        "ready",
+        "sleep 0.3; curl -s \"$api/invocation/next\" >/dev/null",
+    ))
+    .await
+    .expect("a cold start");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let err = devstack::runtime::cold_start(&init_script(
+        "init-error",
+        r#"curl -s -X POST -d '{"errorType":"Config","errorMessage":"DATABASE_URL is missing"}' "$api/init/error" >/dev/null; sleep 5"#,
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.contains("DATABASE_URL is missing"), "{err}");
+
+    let err = devstack::runtime::cold_start(&init_script("exits", "exit 3"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("exited before its first poll"), "{err}");
+}
