@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use lambda_http::aws_lambda_events::query_map::QueryMap;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 use local_aws::testing::{drain, emulator_sdk, fresh_stack};
@@ -98,6 +99,79 @@ fn request(
 
 fn json_of(resp: &Response<Body>) -> Value {
     serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null)
+}
+
+/// Status, every header (sorted by name) and the body text of a response.
+fn answer(resp: &Response<Body>) -> (StatusCode, Vec<(String, String)>, String) {
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    (
+        resp.status(),
+        headers,
+        String::from_utf8(resp.body().to_vec()).unwrap(),
+    )
+}
+
+/// Sorted `(name, value)` pairs, as [`answer`] lists them.
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The CORS headers of an answer: `Vary` always, the grant only once the origin was checked.
+fn cors(origin: Option<&str>) -> Vec<(&str, &str)> {
+    let mut v = vec![("vary", "Origin")];
+    if let Some(o) = origin {
+        v.extend([
+            ("access-control-allow-origin", o),
+            ("access-control-expose-headers", "retry-after"),
+        ]);
+    }
+    v
+}
+
+/// What [`answer`] gives for a JSON body `raw` (the exact text).
+fn json_answer(
+    status: StatusCode,
+    origin: Option<&str>,
+    raw: String,
+) -> (StatusCode, Vec<(String, String)>, String) {
+    let mut pairs = vec![
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
+    pairs.extend(cors(origin));
+    (status, headers(&pairs), raw)
+}
+
+/// What [`answer`] gives for a refusal `{"error":"<code>"}` without Retry-After.
+fn refusal(
+    status: StatusCode,
+    code: &str,
+    origin: Option<&str>,
+) -> (StatusCode, Vec<(String, String)>, String) {
+    json_answer(status, origin, format!(r#"{{"error":"{code}"}}"#))
+}
+
+/// GET messages with `query` in the URI and in the extension lambda_http derives from the same
+/// string (lambda_http-1.3.2 request.rs builds both from `rawQueryString`).
+fn poll_request(origin: &str, token: Option<&str>, query: &str) -> Request {
+    request(
+        Method::GET,
+        &format!("/v1/sites/site_shop/messages?{query}"),
+        Some(origin),
+        token,
+        "",
+    )
+    .with_query_string_parameters(query.parse::<QueryMap>().unwrap())
 }
 
 fn error_of(resp: &Response<Body>) -> String {
@@ -419,6 +493,10 @@ async fn a_visitor_over_the_limit_gets_429_with_retry_after() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&after));
+    let mut expected = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", Some(ORIGIN));
+    expected.1.push(("retry-after".into(), after.to_string()));
+    expected.1.sort();
+    assert_eq!(answer(&limited), expected);
     // Another visitor of the same site is not affected.
     let (other, _) = h.token("site_shop").await;
     let r = h.send("site_shop", Some(&other), &text("m1", "hola")).await;
@@ -683,5 +761,312 @@ async fn the_widget_is_served_small_and_names_the_endpoints_it_uses() {
         "aria-live",
     ] {
         assert!(js.contains(needle), "{needle}");
+    }
+}
+
+#[tokio::test]
+async fn refusals_before_the_origin_check_keep_their_exact_bodies_and_grant_no_cors() {
+    let h = harness(20).await;
+    let long_site = format!("/v1/sites/{}/sessions", "a".repeat(129));
+    let cases = [
+        (
+            Method::GET,
+            "/v1/elsewhere",
+            Some(ORIGIN),
+            StatusCode::NOT_FOUND,
+            "no_such_route",
+        ),
+        (
+            Method::POST,
+            "/v1/sites/site_shop/other",
+            Some(ORIGIN),
+            StatusCode::NOT_FOUND,
+            "no_such_route",
+        ),
+        (
+            Method::POST,
+            "/v1/sites/nope/sessions",
+            Some(ORIGIN),
+            StatusCode::NOT_FOUND,
+            "unknown_site",
+        ),
+        (
+            Method::POST,
+            long_site.as_str(),
+            Some(ORIGIN),
+            StatusCode::NOT_FOUND,
+            "unknown_site",
+        ),
+        (
+            Method::POST,
+            "/v1/sites/site_shop/sessions",
+            Some("https://evil.example"),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/v1/sites/site_shop/sessions",
+            None,
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/v1/sites/site_shop/sessions",
+            Some("null"),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/v1/sites/site_shop/sessions",
+            Some("https://shop.example.com/a"),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+        (
+            Method::OPTIONS,
+            "/v1/sites/site_shop/messages",
+            Some("https://evil.example"),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+        (
+            Method::GET,
+            "/v1/sites/site_shop/messages",
+            Some("http://shop.example.com"),
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+        ),
+    ];
+    for (method, path, origin, status, code) in cases {
+        let resp = h
+            .call(request(method.clone(), path, origin, None, "{}"))
+            .await;
+        assert_eq!(
+            answer(&resp),
+            refusal(status, code, None),
+            "{method} {path} from {origin:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn answers_after_the_origin_check_echo_the_exact_origin_and_keep_their_exact_bodies() {
+    let h = harness(20).await;
+    // Allowed once normalised (case, trailing slash); the grant repeats it as the browser sent it.
+    let origin = "https://SHOP.example.com/";
+    let sessions = "/v1/sites/site_shop/sessions";
+    let session = |body: String| request(Method::POST, sessions, Some(origin), None, &body);
+    // A session's body, with its keys in this order, for each body that opens one; an empty or
+    // all-whitespace body reads as `{}`, up to exactly 16 KiB. serde also reads a struct from
+    // a JSON array, so `[]` opens one too.
+    let mut token = String::new();
+    let mut visitor = String::new();
+    for body in [
+        String::new(),
+        " \n\t".to_owned(),
+        " ".repeat(16 * 1024),
+        "{}".to_owned(),
+        "[]".to_owned(),
+    ] {
+        let resp = h.call(session(body)).await;
+        let v = json_of(&resp);
+        token = v["token"].as_str().unwrap_or_default().to_owned();
+        visitor = v["visitor_id"].as_str().unwrap_or_default().to_owned();
+        let raw = format!(
+            r#"{{"expires_at":{},"token":"{token}","visitor_id":"{visitor}"}}"#,
+            v["expires_at"]
+        );
+        assert_eq!(
+            answer(&resp),
+            json_answer(StatusCode::OK, Some(origin), raw)
+        );
+    }
+    let sent = h
+        .call(request(
+            Method::POST,
+            "/v1/sites/site_shop/messages",
+            Some(origin),
+            Some(&token),
+            &text("m-1", "hola"),
+        ))
+        .await;
+    let raw = format!(r#"{{"id":"wc.{visitor}.m-1"}}"#);
+    assert_eq!(
+        answer(&sent),
+        json_answer(StatusCode::ACCEPTED, Some(origin), raw)
+    );
+    // The message is only queued (nothing stored yet), so the visitor's history is empty.
+    let polled = h
+        .call(poll_request(origin, Some(&token), "after=0&wait=0"))
+        .await;
+    let raw = r#"{"messages":[],"pending":false}"#.to_owned();
+    assert_eq!(
+        answer(&polled),
+        json_answer(StatusCode::OK, Some(origin), raw)
+    );
+
+    let version = TokenKey::new(SIGNING_KEY).issue(&VisitorClaims {
+        v: TOKEN_VERSION + 1,
+        site: "site_shop".into(),
+        vid: "v".into(),
+        exp: i64::MAX,
+        idn: None,
+    });
+    let post = |path: &str, token: Option<&str>, body: &str| {
+        request(Method::POST, path, Some(origin), token, body)
+    };
+    let messages = "/v1/sites/site_shop/messages";
+    let mut cases = vec![
+        (
+            session(" ".repeat(16 * 1024 + 1)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            session("{not json".into()),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (session("null".into()), StatusCode::BAD_REQUEST, "bad_json"),
+        (
+            post(messages, Some(&token), "null"),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            post(messages, Some(&token), "{}"),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            post(messages, Some("garbage"), &text("a", "hi")),
+            StatusCode::UNAUTHORIZED,
+            "token_malformed",
+        ),
+        (
+            post(messages, Some(&version), &text("a", "hi")),
+            StatusCode::UNAUTHORIZED,
+            "token_version",
+        ),
+        (
+            request(Method::DELETE, sessions, Some(origin), None, ""),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            poll_request(origin, None, "after=0"),
+            StatusCode::UNAUTHORIZED,
+            "token_missing",
+        ),
+        (
+            poll_request(origin, Some("garbage"), "after=0"),
+            StatusCode::UNAUTHORIZED,
+            "token_malformed",
+        ),
+        (
+            poll_request(origin, Some("x.y"), "after=0"),
+            StatusCode::UNAUTHORIZED,
+            "token_malformed",
+        ),
+        (
+            poll_request(origin, Some(&version), "after=0"),
+            StatusCode::UNAUTHORIZED,
+            "token_version",
+        ),
+    ];
+    for query in [
+        "after=-1",
+        "after=x",
+        "after=1.5",
+        "after=",
+        "after=9223372036854775808",
+        "wait=3601",
+        "wait=-1",
+        "wait=x",
+        "after=0&wait=3601",
+    ] {
+        cases.push((
+            poll_request(origin, Some(&token), query),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ));
+    }
+    for (req, status, code) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        assert_eq!(
+            answer(&h.call(req).await),
+            refusal(status, code, Some(origin)),
+            "{what}"
+        );
+    }
+    assert_eq!(drain(&h.sdk, &h.queue).await.len(), 1, "only m-1 is queued");
+}
+
+#[tokio::test]
+async fn the_widget_keeps_its_content_type_and_cache_headers_and_grants_no_cors() {
+    let h = harness(20).await;
+    let widget = (
+        StatusCode::OK,
+        headers(&[
+            ("content-type", "application/javascript; charset=utf-8"),
+            ("cache-control", "public, max-age=300"),
+        ]),
+        webchat::WIDGET_JS.to_owned(),
+    );
+    for path in [
+        "/widget.js",
+        "/lambda-url/webchat/widget.js",
+        "/v1/sites/site_shop/widget.js",
+    ] {
+        for origin in [None, Some(ORIGIN), Some("https://evil.example")] {
+            let resp = h.call(request(Method::GET, path, origin, None, "")).await;
+            assert_eq!(answer(&resp), widget, "{path} from {origin:?}");
+        }
+    }
+    // Only GET serves it: HEAD and POST are not routes.
+    for method in [Method::HEAD, Method::POST] {
+        let resp = h
+            .call(request(
+                method.clone(),
+                "/widget.js",
+                Some(ORIGIN),
+                None,
+                "",
+            ))
+            .await;
+        assert_eq!(
+            answer(&resp),
+            refusal(StatusCode::NOT_FOUND, "no_such_route", None),
+            "{method}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_preflight_keeps_its_exact_allow_lists_and_max_age() {
+    let h = harness(20).await;
+    for origin in [ORIGIN, "https://SHOP.example.com/"] {
+        let mut pairs = vec![
+            ("access-control-allow-methods", "GET, POST, OPTIONS"),
+            (
+                "access-control-allow-headers",
+                "authorization, content-type, x-correlation-id",
+            ),
+            ("access-control-max-age", "600"),
+        ];
+        pairs.extend(cors(Some(origin)));
+        let expected = (StatusCode::NO_CONTENT, headers(&pairs), String::new());
+        for path in [
+            "/v1/sites/site_shop/sessions",
+            "/v1/sites/site_shop/messages",
+        ] {
+            let resp = h
+                .call(request(Method::OPTIONS, path, Some(origin), None, ""))
+                .await;
+            assert_eq!(answer(&resp), expected, "{path} from {origin}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use lambda_http::http::StatusCode;
+use lambda_http::aws_lambda_events::query_map::QueryMap;
+use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 use local_aws::testing::{
     drain, emulator_sdk, fresh_stack, Received, DEV_APP_SECRET, DEV_VERIFY_TOKEN,
@@ -75,6 +76,17 @@ impl Env {
         drain(&self.sdk, self.status_url()).await
     }
 
+    /// Stores the app secret in Secrets Manager as set but empty, so reading it fails.
+    async fn blank_app_secret(&self) {
+        aws_sdk_secretsmanager::Client::new(&self.sdk)
+            .put_secret_value()
+            .secret_id(&self.stack.secrets["AppSecret"].name)
+            .secret_string(r#"{"meta_app_secret":"","meta_verify_token":"t"}"#)
+            .send()
+            .await
+            .unwrap();
+    }
+
     async fn assert_nothing_queued(&self) {
         assert!(
             self.inbound().await.is_empty(),
@@ -122,8 +134,63 @@ fn verify_request(params: &[(&str, &str)]) -> Request {
         .with_query_string_parameters(map)
 }
 
+/// A GET whose URI carries `query` verbatim, with the query extension lambda_http derives from
+/// the same string (lambda_http-1.3.2 request.rs builds both from `rawQueryString`).
+fn get_with_query(query: &str) -> Request {
+    lambda_http::http::Request::builder()
+        .method("GET")
+        .uri(format!(
+            "https://example.lambda-url.us-east-1.on.aws/?{query}"
+        ))
+        .body(Body::Empty)
+        .unwrap()
+        .with_query_string_parameters(query.parse::<QueryMap>().unwrap())
+}
+
 fn body_text(resp: &Response<Body>) -> String {
     String::from_utf8_lossy(resp.body().as_ref()).into_owned()
+}
+
+/// A response as (status, every header but `x-correlation-id` sorted by name, body text),
+/// after checking that the correlation id header is there.
+fn answer(resp: &Response<Body>) -> (StatusCode, Vec<(String, String)>, String) {
+    assert!(
+        resp.headers().contains_key(webhook::CORRELATION_HEADER),
+        "every response carries x-correlation-id"
+    );
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != webhook::CORRELATION_HEADER)
+        .map(|(name, v)| (name.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    (resp.status(), headers, body_text(resp))
+}
+
+/// What [`answer`] gives for a refusal: `{"error":"<message>"}` as JSON, nothing else.
+fn refusal(status: StatusCode, message: &str) -> (StatusCode, Vec<(String, String)>, String) {
+    (
+        status,
+        vec![("content-type".into(), "application/json".into())],
+        format!(r#"{{"error":"{message}"}}"#),
+    )
+}
+
+/// What [`answer`] gives for a verified subscription: the bare challenge as text/plain.
+fn challenge(text: &str) -> (StatusCode, Vec<(String, String)>, String) {
+    (
+        StatusCode::OK,
+        vec![("content-type".into(), "text/plain".into())],
+        text.to_owned(),
+    )
+}
+
+fn correlation_of(resp: &Response<Body>) -> String {
+    resp.headers()[webhook::CORRELATION_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Sends each sample event and expects 200 for every one.
@@ -465,15 +532,12 @@ async fn env_override_secrets_work_without_secrets_manager() {
 #[tokio::test]
 async fn unset_app_secret_fails_loudly_instead_of_rejecting_every_signature() {
     let env = Env::new().await;
-    let sm = aws_sdk_secretsmanager::Client::new(&env.sdk);
-    sm.put_secret_value()
-        .secret_id(&env.stack.secrets["AppSecret"].name)
-        .secret_string(r#"{"meta_app_secret":"","meta_verify_token":"t"}"#)
-        .send()
-        .await
-        .unwrap();
+    env.blank_app_secret().await;
     let resp = env.app().handle(event("wa-text")).await;
-    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        answer(&resp),
+        refusal(StatusCode::INTERNAL_SERVER_ERROR, "temporarily unavailable")
+    );
     env.assert_nothing_queued().await;
 }
 
@@ -500,10 +564,10 @@ async fn sqs_unreachable_answers_500_so_meta_retries() {
         let started = std::time::Instant::now();
         let resp = app.handle(event(name)).await;
         eprintln!("{name}: 500 after {:?}", started.elapsed());
-        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "{name}");
-        assert!(
-            !body_text(&resp).contains("127.0.0.1"),
-            "no internals in the body"
+        assert_eq!(
+            answer(&resp),
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "temporarily unavailable"),
+            "{name}: no internals in the body"
         );
     }
     // The same request succeeds once SQS is back (here: the real emulator).
@@ -524,6 +588,266 @@ async fn correlation_id_from_the_caller_travels_with_the_message() {
     let got = env.inbound().await;
     assert_eq!(envelope(&got[0]).correlation_id, "trace-abc-123");
     assert_eq!(got[0].attributes["correlation_id"], "trace-abc-123");
+}
+
+#[tokio::test]
+async fn webhook_error_responses_keep_their_exact_bodies_and_headers() {
+    let env = Env::new().await;
+    let app = env.app_with(&[("MAX_BODY_BYTES", Some("4096"))]);
+    let good = wa_webhook(&[("P1", vec![wa_text("wamid.x", "hello")])]);
+    let wrong_secret = SignatureKey::new(b"some-other-secret").sign(&good);
+    let mut not_utf8 = post(good.clone(), None);
+    not_utf8.headers_mut().insert(
+        "x-hub-signature-256",
+        HeaderValue::from_bytes(b"sha256=\xff").unwrap(),
+    );
+    let method = |m: &str| {
+        lambda_http::http::Request::builder()
+            .method(m)
+            .uri("https://example.lambda-url.us-east-1.on.aws/")
+            .body(Body::Empty)
+            .unwrap()
+    };
+    let cases = vec![
+        (
+            "PUT",
+            method("PUT"),
+            refusal(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ),
+        (
+            "DELETE",
+            method("DELETE"),
+            refusal(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ),
+        (
+            "oversized, signed",
+            signed(vec![b' '; 5000]),
+            refusal(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        ),
+        (
+            "oversized, unsigned",
+            post(vec![b'{'; 5000], None),
+            refusal(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        ),
+        (
+            "missing signature",
+            post(good.clone(), None),
+            refusal(StatusCode::UNAUTHORIZED, "invalid signature"),
+        ),
+        (
+            "malformed signature",
+            post(good.clone(), Some("md5=abc".into())),
+            refusal(StatusCode::UNAUTHORIZED, "invalid signature"),
+        ),
+        (
+            "wrong secret",
+            post(good.clone(), Some(wrong_secret)),
+            refusal(StatusCode::UNAUTHORIZED, "invalid signature"),
+        ),
+        (
+            "non-UTF-8 signature header",
+            not_utf8,
+            refusal(StatusCode::UNAUTHORIZED, "invalid signature"),
+        ),
+        (
+            "bad signature event",
+            event("bad-signature"),
+            refusal(StatusCode::UNAUTHORIZED, "invalid signature"),
+        ),
+        (
+            "not JSON",
+            signed(b"hello there".to_vec()),
+            refusal(StatusCode::BAD_REQUEST, "body is not a JSON webhook object"),
+        ),
+        (
+            "unknown object",
+            signed(br#"{"object":"page","entry":[]}"#.to_vec()),
+            refusal(
+                StatusCode::BAD_REQUEST,
+                "webhook object `page` is not handled",
+            ),
+        ),
+        (
+            // The object comes from the request; the body escapes it as JSON.
+            "unknown object with a quote",
+            signed(br#"{"object":"pa\"ge","entry":[]}"#.to_vec()),
+            refusal(
+                StatusCode::BAD_REQUEST,
+                r#"webhook object `pa\"ge` is not handled"#,
+            ),
+        ),
+        (
+            "verification with the wrong token",
+            verify_request(&[
+                ("hub.mode", "subscribe"),
+                ("hub.verify_token", "wrong"),
+                ("hub.challenge", "1"),
+            ]),
+            refusal(StatusCode::FORBIDDEN, "verification failed"),
+        ),
+        (
+            "verification without parameters",
+            verify_request(&[]),
+            refusal(StatusCode::FORBIDDEN, "verification failed"),
+        ),
+    ];
+    for (name, req, expected) in cases {
+        assert_eq!(answer(&app.handle(req).await), expected, "{name}");
+    }
+    env.assert_nothing_queued().await;
+}
+
+#[tokio::test]
+async fn unavailable_secrets_answer_500_to_get_before_its_parameters_are_read() {
+    let env = Env::new().await;
+    env.blank_app_secret().await;
+    let app = env.app();
+    // GET reads the secrets before it looks at the parameters, so even an empty GET gets 500.
+    for (name, req) in [
+        ("verification", event("verify")),
+        ("GET without parameters", verify_request(&[])),
+    ] {
+        assert_eq!(
+            answer(&app.handle(req).await),
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "temporarily unavailable"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_verification_answer_is_the_bare_challenge_as_text_plain() {
+    let env = Env::new().await;
+    let app = env.app();
+    assert_eq!(
+        answer(&app.handle(event("verify")).await),
+        challenge("1158201444")
+    );
+    let resp = app
+        .handle(verify_request(&[
+            ("hub.mode", "subscribe"),
+            ("hub.verify_token", DEV_VERIFY_TOKEN),
+            ("hub.challenge", "42"),
+        ]))
+        .await;
+    assert_eq!(answer(&resp), challenge("42"));
+}
+
+#[tokio::test]
+async fn verification_reads_the_query_string_the_uri_carries() {
+    let env = Env::new().await;
+    let app = env.app();
+    let token = DEV_VERIFY_TOKEN;
+    let cases = [
+        (
+            format!("hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444"),
+            challenge("1158201444"),
+        ),
+        (
+            format!("hub.challenge=77&hub.verify_token={token}&hub.mode=subscribe"),
+            challenge("77"),
+        ),
+        // Values are percent-decoded, the token as much as the challenge.
+        (
+            "hub.mode=subscribe&hub.verify_token=dev%2Dverify%2Dtoken&hub.challenge=12%2034"
+                .to_owned(),
+            challenge("12 34"),
+        ),
+        // The first of repeated parameters wins.
+        (
+            format!("hub.mode=subscribe&hub.verify_token={token}&hub.challenge=first&hub.challenge=second"),
+            challenge("first"),
+        ),
+        // An empty challenge is still a challenge, answered with an empty body.
+        (
+            format!("hub.mode=subscribe&hub.verify_token={token}&hub.challenge="),
+            challenge(""),
+        ),
+        (
+            "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1".to_owned(),
+            refusal(StatusCode::FORBIDDEN, "verification failed"),
+        ),
+        (
+            format!("hub.mode=unsubscribe&hub.verify_token={token}&hub.challenge=1"),
+            refusal(StatusCode::FORBIDDEN, "verification failed"),
+        ),
+        (
+            format!("hub.mode=subscribe&hub.verify_token={token}"),
+            refusal(StatusCode::FORBIDDEN, "verification failed"),
+        ),
+    ];
+    for (query, expected) in cases {
+        let req = get_with_query(&query);
+        assert_eq!(
+            req.uri().query(),
+            Some(query.as_str()),
+            "the URI carries it"
+        );
+        assert_eq!(answer(&app.handle(req).await), expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn the_caller_correlation_id_is_echoed_and_an_invalid_one_is_replaced() {
+    let env = Env::new().await;
+    let app = env.app();
+    let good = wa_webhook(&[("P1", vec![wa_text("wamid.c", "hello")])]);
+    let with_id = |mut req: Request, id: HeaderValue| {
+        req.headers_mut().insert(webhook::CORRELATION_HEADER, id);
+        req
+    };
+    let put = || {
+        lambda_http::http::Request::builder()
+            .method("PUT")
+            .body(Body::Empty)
+            .unwrap()
+    };
+    // A sane id comes back verbatim on every kind of answer (trimmed, up to 128 characters).
+    let longest = "a".repeat(128);
+    let kept = [
+        ("trace-ABC_1.2:3", "trace-ABC_1.2:3"),
+        (" trace-7\t", "trace-7"),
+        (longest.as_str(), longest.as_str()),
+    ];
+    for (given, echoed) in kept {
+        let reqs = [
+            ("accepted POST", signed(good.clone())),
+            ("refused POST", post(good.clone(), None)),
+            ("verification", event("verify")),
+            ("PUT", put()),
+        ];
+        for (name, req) in reqs {
+            let resp = app
+                .handle(with_id(req, HeaderValue::from_str(given).unwrap()))
+                .await;
+            assert_eq!(correlation_of(&resp), echoed, "{name} with {given:?}");
+        }
+    }
+    // Anything else is replaced by a fresh UUIDv4, a new one each time.
+    let too_long = "a".repeat(129);
+    let replaced = [
+        HeaderValue::from_static("has space"),
+        HeaderValue::from_static("a/b"),
+        HeaderValue::from_static(""),
+        HeaderValue::from_str(&too_long).unwrap(),
+        HeaderValue::from_bytes(b"trace-\xff").unwrap(),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for given in replaced {
+        for req in [post(good.clone(), None), put()] {
+            let resp = app.handle(with_id(req, given.clone())).await;
+            let id = correlation_of(&resp);
+            let uuid = uuid::Uuid::parse_str(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert_eq!(uuid.get_version_num(), 4, "{id}");
+            assert_eq!(id, uuid.hyphenated().to_string(), "lowercase, hyphenated");
+            assert!(seen.insert(id), "a fresh id for {given:?}");
+        }
+    }
+    assert_eq!(
+        env.inbound().await.len(),
+        1,
+        "the three accepted POSTs are one message"
+    );
 }
 
 #[tokio::test]
