@@ -5,13 +5,120 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use admin::routes::{Access, ROUTES};
-use common::{app_with, id_of, request, settings_for, Harness};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{app_on, app_with, id_of, request, resp_of, settings_for, Harness, Resp};
+use lambda_http::http::HeaderValue;
+use lambda_http::Request;
 use serde_json::{json, Value};
 use shared::db::apikeys::Role;
-use shared::db::store;
+use shared::db::{store, Db, DbConfig};
 use uuid::Uuid;
+
+/// A response as (status, every header sorted by name, exact body text). Comparing the text
+/// also pins the JSON key order (serde_json sorts keys here).
+type Answer = (u16, Vec<(String, String)>, String);
+
+fn answer(r: &Resp) -> Answer {
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    (r.status, headers, r.text.clone())
+}
+
+/// What [`answer`] gives for `headers` and the body `raw`.
+fn answer_of(status: u16, headers: &[(&str, &str)], raw: impl Into<String>) -> Answer {
+    let mut headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    headers.sort();
+    (status, headers, raw.into())
+}
+
+/// What [`answer`] gives for the JSON body `raw`: `application/json`, `no-store`, `extra`.
+fn json_answer(status: u16, raw: impl Into<String>, extra: &[(&str, &str)]) -> Answer {
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
+    headers.extend_from_slice(extra);
+    answer_of(status, &headers, raw)
+}
+
+/// An error `{"error":code,"message":message}` (the message is written into the JSON as is).
+fn refusal(status: u16, code: &str, message: &str) -> Answer {
+    json_answer(
+        status,
+        format!(r#"{{"error":"{code}","message":"{message}"}}"#),
+        &[],
+    )
+}
+
+fn unauthorized() -> Answer {
+    refusal(
+        401,
+        "unauthorized",
+        "send a valid API key as `Authorization: Bearer aak_…`",
+    )
+}
+
+fn not_found() -> Answer {
+    refusal(404, "not_found", "no such resource")
+}
+
+fn method_not_allowed() -> Answer {
+    refusal(
+        405,
+        "method_not_allowed",
+        "this path does not take that method",
+    )
+}
+
+/// A 422 naming `fields` (their JSON text, keys sorted).
+fn invalid(fields: &str) -> Answer {
+    json_answer(
+        422,
+        format!(r#"{{"error":"invalid","fields":{fields},"message":"some fields are invalid"}}"#),
+        &[],
+    )
+}
+
+/// `r` is a 429 with `Retry-After` in 1..=60 s and the same number in the message (which says
+/// "key" for the address limit too).
+fn assert_limited(r: &Resp) {
+    let s = r.headers["retry-after"].to_str().unwrap();
+    let secs: u64 = s.parse().unwrap();
+    assert!((1..=60).contains(&secs), "{secs}");
+    let expected = json_answer(
+        429,
+        format!(
+            r#"{{"error":"rate_limited","message":"too many requests for this key; retry in {s} s"}}"#
+        ),
+        &[("retry-after", s)],
+    );
+    assert_eq!(answer(r), expected);
+}
+
+/// `req` with header `name` set to `value` (`None`: removed).
+fn with_header(mut req: Request, name: &'static str, value: Option<&str>) -> Request {
+    match value {
+        Some(v) => {
+            req.headers_mut()
+                .insert(name, HeaderValue::from_str(v).unwrap());
+        }
+        None => {
+            req.headers_mut().remove(name);
+        }
+    }
+    req
+}
 
 /// `path` with tenant A's ids in its parameters.
 fn fill(h: &Harness, path: &str) -> String {
@@ -104,8 +211,16 @@ async fn the_openapi_document_lists_exactly_the_routes_with_their_roles() {
     // Served as is, without a key.
     let h = Harness::new().await;
     let r = h.send("GET", "/v1/openapi.yaml", None, None).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.text, admin::OPENAPI_YAML);
+    assert_eq!(answer(&r), openapi());
+}
+
+/// The OpenAPI document as served: YAML, and (unlike every JSON answer) no cache-control.
+fn openapi() -> Answer {
+    answer_of(
+        200,
+        &[("content-type", "application/yaml")],
+        admin::OPENAPI_YAML,
+    )
 }
 
 #[tokio::test]
@@ -1175,7 +1290,7 @@ async fn each_key_has_its_own_rate_limit() {
     settings.per_key_per_minute = 3;
     let app = app_with(&h.t, &h.sdk, settings);
     let mut ok = 0;
-    let mut limited = None;
+    let mut refused = None;
     for _ in 0..10 {
         let r = app
             .handle(request("GET", "/v1/credits", Some(&h.a.viewer), None))
@@ -1183,22 +1298,15 @@ async fn each_key_has_its_own_rate_limit() {
         match r.status().as_u16() {
             200 => ok += 1,
             429 => {
-                limited = Some(r);
+                refused = Some(r);
                 break;
             }
             other => panic!("unexpected {other}"),
         }
     }
-    let limited = limited.expect("the limit was reached");
+    let refused = resp_of(refused.expect("the limit was reached"));
     assert!(ok >= 3);
-    let retry: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=60).contains(&retry));
-    let body: Value = serde_json::from_slice(limited.body().as_ref()).unwrap();
-    assert_eq!(body["error"], "rate_limited");
+    assert_limited(&refused);
     let fresh = shared::db::apikeys::issue(&h.t.db, Some(h.a.id), Role::Viewer, "fresh")
         .await
         .unwrap();
@@ -1310,7 +1418,7 @@ async fn each_source_address_is_limited_before_any_key_is_looked_up() {
         request("GET", "/v1/credits", Some(key), None)
             .with_request_context(RequestContext::ApiGatewayV2(ctx))
     };
-    let mut limited = false;
+    let mut refused = None;
     for n in 0..10 {
         // Bad keys and a good one alike count against the address.
         let key = if n % 2 == 0 {
@@ -1318,14 +1426,576 @@ async fn each_source_address_is_limited_before_any_key_is_looked_up() {
         } else {
             h.a.viewer.as_str()
         };
-        let status = app.handle(from("203.0.113.7", key)).await.status().as_u16();
-        assert!(matches!(status, 200 | 401 | 429), "{status}");
-        if status == 429 {
-            limited = true;
+        let r = resp_of(app.handle(from("203.0.113.7", key)).await);
+        assert!(matches!(r.status, 200 | 401 | 429), "{}", r.status);
+        if r.status == 429 {
+            refused = Some(r);
             break;
         }
     }
-    assert!(limited, "the address was limited");
+    let refused = refused.expect("the address was limited");
+    assert_limited(&refused);
     let other = app.handle(from("198.51.100.9", &h.a.viewer)).await;
     assert_eq!(other.status().as_u16(), 200, "another address is not");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_other_methods_are_refused_before_the_key_is_read() {
+    let h = Harness::new().await;
+    // No key is sent: these answers come before authentication.
+    let cases = [
+        ("GET", "/v1/nope", not_found()),
+        ("GET", "/", not_found()),
+        ("GET", "/v1", not_found()),
+        ("GET", "/v1/", not_found()),
+        ("GET", "/me", not_found()),
+        ("GET", "/lambda-url/admin/me", not_found()),
+        ("GET", "/v2/me", not_found()),
+        ("GET", "/V1/me", not_found()),
+        ("GET", "/v1/me/extra", not_found()),
+        ("GET", "/v1/agents/a/b", not_found()),
+        ("GET", "/v1/openapi.yml", not_found()),
+        // Matching starts at the first `v1` segment, so a second one is part of the path.
+        ("GET", "/v1/v1/me", not_found()),
+        ("GET", "/lambda-url/v1/admin/v1/me", not_found()),
+        ("POST", "/v1/nope", not_found()),
+        ("POST", "/v1/me", method_not_allowed()),
+        ("HEAD", "/v1/me", method_not_allowed()),
+        ("HEAD", "/v1/openapi.yaml", method_not_allowed()),
+        ("OPTIONS", "/v1/agents", method_not_allowed()),
+        ("PUT", "/v1/agents", method_not_allowed()),
+        ("PATCH", "/v1/openapi.yaml", method_not_allowed()),
+        ("POST", "/v1/leads.csv", method_not_allowed()),
+        ("GET", "/v1/tenants/x/credits", method_not_allowed()),
+        ("POST", "/lambda-url/admin/v1/me", method_not_allowed()),
+        ("DELETE", "/lambda-url/admin//v1//me/", method_not_allowed()),
+        (
+            "PUT",
+            "//v1/conversations//x/messages/",
+            method_not_allowed(),
+        ),
+    ];
+    for (method, path, expected) in cases {
+        let r = h.send(method, path, None, None).await;
+        assert_eq!(answer(&r), expected, "{method} {path}");
+    }
+    // A bad key changes nothing: the route is looked up first.
+    let r = h
+        .send("GET", "/v1/nope", Some("aak_abcdefgh_nope"), None)
+        .await;
+    assert_eq!(answer(&r), not_found());
+}
+
+#[tokio::test]
+async fn routes_are_found_behind_a_prefix_and_across_empty_segments() {
+    let h = Harness::new().await;
+    // Without a key: the document, or (found, so the key is asked for) 401 rather than 404.
+    for (path, expected) in [
+        ("/lambda-url/admin/v1/openapi.yaml", openapi()),
+        ("//v1//openapi.yaml/", openapi()),
+        ("/anything/at/all/v1/openapi.yaml", openapi()),
+        ("/lambda-url/admin/v1/me", unauthorized()),
+        ("/v1//me//", unauthorized()),
+        ("/lambda-url/admin/v1/agents/x/", unauthorized()),
+    ] {
+        let r = h.send("GET", path, None, None).await;
+        assert_eq!(answer(&r), expected, "{path}");
+    }
+    let me = answer_of_me(&h);
+    for path in ["/v1/me", "/lambda-url/admin/v1/me", "//v1/me/"] {
+        let r = h.send("GET", path, Some(&h.a.viewer), None).await;
+        assert_eq!(answer(&r), me, "{path}");
+    }
+    let agent = format!("/v1/agents/{}", h.fx.agent);
+    let plain = answer(&h.send("GET", &agent, Some(&h.a.viewer), None).await);
+    assert_eq!(plain.0, 200, "{}", plain.2);
+    for path in [
+        format!("/lambda-url/admin{agent}"),
+        format!("{agent}/"),
+        format!("/lambda-url/admin//v1//agents//{}//", h.fx.agent),
+    ] {
+        let r = h.send("GET", &path, Some(&h.a.viewer), None).await;
+        assert_eq!(answer(&r), plain, "{path}");
+    }
+    // Path parameters are the raw segment: a percent-encoded id is not decoded into one.
+    let id = h.fx.agent.to_string();
+    let encoded = format!("/v1/agents/%{:02X}{}", id.as_bytes()[0], &id[1..]);
+    for path in [encoded.as_str(), "/v1/agents/%FF", "/v1/agents/%zz"] {
+        let r = h.send("GET", path, Some(&h.a.viewer), None).await;
+        assert_eq!(answer(&r), not_found(), "{path}");
+    }
+}
+
+/// `GET /v1/me` of tenant A's viewer key, exactly.
+fn answer_of_me(h: &Harness) -> Answer {
+    json_answer(
+        200,
+        format!(
+            r#"{{"key_id":"{}","role":"viewer","tenant":{{"id":"{}","name":"Shop A"}}}}"#,
+            h.fx.viewer_key_id, h.a.id
+        ),
+        &[],
+    )
+}
+
+#[tokio::test]
+async fn key_and_role_refusals_keep_their_exact_bodies() {
+    let h = Harness::new().await;
+    let me = || request("GET", "/v1/me", None, None);
+    let auth = |v: &str| with_header(me(), "authorization", Some(v));
+    let revoked = shared::db::apikeys::issue(&h.t.db, Some(h.a.id), Role::Viewer, "gone")
+        .await
+        .unwrap();
+    shared::db::apikeys::revoke(&h.t.db, Some(h.a.id), revoked.id)
+        .await
+        .unwrap();
+    let long = format!("aak_abcdefgh_{}", "x".repeat(200));
+    let cases = [
+        ("no header", me()),
+        ("no scheme", auth(&h.a.viewer)),
+        ("upper-case scheme", auth(&format!("BEARER {}", h.a.viewer))),
+        ("no space", auth(&format!("Bearer{}", h.a.viewer))),
+        ("basic", auth("Basic dXNlcjpwYXNz")),
+        ("empty key", auth("Bearer ")),
+        ("not a key", auth("Bearer not-a-key")),
+        ("unknown key", auth("Bearer aak_abcdefgh_nope")),
+        ("over-long key", auth(&format!("Bearer {long}"))),
+        ("revoked key", auth(&format!("Bearer {}", revoked.key))),
+    ];
+    for (name, req) in cases {
+        assert_eq!(answer(&h.handle(req).await), unauthorized(), "{name}");
+    }
+    let mut not_utf8 = me();
+    not_utf8.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_bytes(b"Bearer aak_\xff").unwrap(),
+    );
+    assert_eq!(answer(&h.handle(not_utf8).await), unauthorized());
+    // Both spellings of the scheme are accepted; the correlation id is not echoed.
+    for scheme in ["Bearer", "bearer"] {
+        let req = with_header(
+            auth(&format!("{scheme} {}", h.a.viewer)),
+            "x-correlation-id",
+            Some("trace-abc-123"),
+        );
+        assert_eq!(answer(&h.handle(req).await), answer_of_me(&h), "{scheme}");
+    }
+
+    let conv = h.fx.wa_conversation;
+    let cases = [
+        (
+            "GET",
+            "/v1/tenants".to_owned(),
+            &h.a.owner,
+            "this route needs the platform key",
+        ),
+        (
+            "GET",
+            "/v1/channels".to_owned(),
+            &h.platform,
+            "this route needs a tenant key; the platform key manages tenants",
+        ),
+        (
+            "POST",
+            "/v1/agents".to_owned(),
+            &h.a.agent,
+            "this route needs the owner role",
+        ),
+        (
+            "PUT",
+            format!("/v1/conversations/{conv}/mode"),
+            &h.a.viewer,
+            "this route needs the agent role",
+        ),
+    ];
+    for (method, path, key, message) in cases {
+        let r = h.send(method, &path, Some(key), Some("{}")).await;
+        assert_eq!(
+            answer(&r),
+            refusal(403, "forbidden", message),
+            "{method} {path}"
+        );
+    }
+    // The role is checked before the body's size.
+    let big = " ".repeat(300 * 1024);
+    let r = h
+        .send("POST", "/v1/agents", Some(&h.a.viewer), Some(&big))
+        .await;
+    assert_eq!(
+        answer(&r),
+        refusal(403, "forbidden", "this route needs the owner role")
+    );
+}
+
+#[tokio::test]
+async fn body_refusals_keep_their_exact_bodies() {
+    let h = Harness::new().await;
+    let platform = Some(h.platform.as_str());
+    let too_large = refusal(400, "body_too_large", "bodies are limited to 262144 bytes");
+    let pad = |body: &str, len: usize| format!("{body}{}", " ".repeat(len - body.len()));
+    let at_limit = pad(r#"{"plan":1}"#, 262_144);
+    let over = pad(r#"{"plan":1}"#, 262_145);
+    let r = h
+        .send("POST", "/v1/tenants", platform, Some(&at_limit))
+        .await;
+    assert_eq!(
+        answer(&r),
+        invalid(r#"{"name":"is required","plan":"unknown field"}"#),
+        "262144 bytes are read"
+    );
+    let r = h.send("POST", "/v1/tenants", platform, Some(&over)).await;
+    assert_eq!(answer(&r), too_large);
+    // Every route counts the body, GETs too, before the query is read.
+    let r = h
+        .send("GET", "/v1/tenants?limit=0", platform, Some(&over))
+        .await;
+    assert_eq!(answer(&r), too_large);
+
+    let not_json = refusal(400, "malformed_json", "the body is not valid JSON");
+    let not_object = refusal(400, "malformed_json", "the body must be a JSON object");
+    for (body, expected) in [
+        ("{not json", &not_json),
+        ("{}x", &not_json),
+        ("[1]", &not_object),
+        ("null", &not_object),
+        ("\"name\"", &not_object),
+        ("5", &not_object),
+    ] {
+        let r = h.send("POST", "/v1/tenants", platform, Some(body)).await;
+        assert_eq!(&answer(&r), expected, "{body}");
+    }
+    // An empty or blank body reads as `{}`.
+    for body in ["", " \n\t"] {
+        let r = h.send("POST", "/v1/tenants", platform, Some(body)).await;
+        assert_eq!(answer(&r), invalid(r#"{"name":"is required"}"#), "{body:?}");
+    }
+    let name_and_plan = invalid(r#"{"name":"must be 1 to 200 characters","plan":"unknown field"}"#);
+    // The content type is not looked at.
+    let body = Some(r#"{"name":"","plan":"gold"}"#);
+    for content_type in [Some("application/json"), Some("text/plain"), None] {
+        let req = with_header(
+            request("POST", "/v1/tenants", platform, body),
+            "content-type",
+            content_type,
+        );
+        assert_eq!(
+            answer(&h.handle(req).await),
+            name_and_plan,
+            "{content_type:?}"
+        );
+    }
+    // Query filters, several at once; `limit` is checked on its own before them.
+    let list = async |query: &str| {
+        let path = format!("/v1/conversations?{query}");
+        answer(&h.call("GET", &path, &h.a.viewer, Value::Null).await)
+    };
+    assert_eq!(
+        list("mode=robot&channel=sms&updated_since=yesterday").await,
+        invalid(
+            r#"{"channel":"must be whatsapp, instagram or webchat","mode":"must be ai or human","updated_since":"must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z"}"#
+        )
+    );
+    assert_eq!(
+        list("mode=robot&limit=0").await,
+        invalid(r#"{"limit":"an integer from 1 to 200"}"#)
+    );
+}
+
+#[tokio::test]
+async fn database_failures_answer_503_or_500_without_detail() {
+    let h = Harness::new().await;
+    let settings = settings_for(&h.stack, &h.graph).await;
+    // Nothing listens on port 9: the connection is refused, worth retrying.
+    let closed = app_on(
+        Db::new(DbConfig::new("postgres://u:p@127.0.0.1:9/agent")),
+        &h.sdk,
+        settings.clone(),
+    );
+    // The server is there but the database is not: a retry will not help.
+    let missing = app_on(
+        Db::new(DbConfig::new(shared::db::url_with_database(
+            &h.t.url,
+            "no_such_database_here",
+        ))),
+        &h.sdk,
+        settings,
+    );
+    let unavailable = refusal(
+        503,
+        "unavailable",
+        "a dependency is unavailable; retry shortly",
+    );
+    let internal = refusal(500, "internal", "internal error");
+    for (app, expected) in [(&closed, unavailable), (&missing, internal)] {
+        let r = resp_of(
+            app.handle(request("GET", "/v1/me", Some(&h.a.viewer), None))
+                .await,
+        );
+        assert_eq!(answer(&r), expected);
+        // Refusals that need no database still come first.
+        let r = resp_of(app.handle(request("GET", "/v1/me", None, None)).await);
+        assert_eq!(answer(&r), unauthorized());
+        let r = resp_of(
+            app.handle(request("GET", "/v1/me", Some("not-a-key"), None))
+                .await,
+        );
+        assert_eq!(answer(&r), unauthorized());
+        let r = resp_of(app.handle(request("GET", "/v1/nope", None, None)).await);
+        assert_eq!(answer(&r), not_found());
+        let r = resp_of(
+            app.handle(request("GET", "/v1/openapi.yaml", None, None))
+                .await,
+        );
+        assert_eq!(answer(&r), openapi());
+    }
+}
+
+/// Sends `patch` while another transaction holds a change of row `id` of `table`, and commits
+/// that change once the PATCH waits for the row: the PATCH read the row before the change, so
+/// its conditional write (`updated_at` as read) then finds nothing to update.
+async fn lose_race(h: &Harness, table: &str, id: Uuid, patch: Request) -> Resp {
+    let other = Db::new(DbConfig::new(h.t.url.clone()));
+    let c = other.client().await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute(
+        &format!("UPDATE {table} SET is_active = is_active WHERE id = $1"),
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let commit = async {
+        let started = Instant::now();
+        loop {
+            let waiting: i64 = h
+                .scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await;
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the PATCH never waited for the row"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.batch_execute("COMMIT").await.unwrap();
+    };
+    let (resp, ()) = tokio::join!(h.handle(patch), commit);
+    resp
+}
+
+#[tokio::test]
+async fn a_patch_that_loses_a_race_gets_409_and_changes_nothing() {
+    let h = Harness::new().await;
+    let conflict = refusal(
+        409,
+        "modified_concurrently",
+        "the resource changed while this request was applied; read it again and retry",
+    );
+    let body = Some(r#"{"display_name":"Renamed"}"#);
+    let channel = format!("/v1/channels/{}", h.fx.whatsapp);
+    let patch = request("PATCH", &channel, Some(&h.a.owner), body);
+    let r = lose_race(&h, "channel_accounts", h.fx.whatsapp, patch).await;
+    assert_eq!(answer(&r), conflict);
+    let got = h.call("GET", &channel, &h.a.viewer, Value::Null).await;
+    assert_eq!(got.body["display_name"], Value::Null, "{}", got.text);
+
+    let agent = format!("/v1/agents/{}", h.fx.agent);
+    let patch = request(
+        "PATCH",
+        &agent,
+        Some(&h.a.owner),
+        Some(r#"{"name":"Renamed"}"#),
+    );
+    let r = lose_race(&h, "agents", h.fx.agent, patch).await;
+    assert_eq!(answer(&r), conflict);
+    let got = h.call("GET", &agent, &h.a.viewer, Value::Null).await;
+    assert_eq!(got.body["name"], "sales");
+    // Read again and retried, the same PATCH goes through.
+    let r = h
+        .call("PATCH", &agent, &h.a.owner, json!({"name": "Renamed"}))
+        .await;
+    assert_eq!((r.status, r.body["name"].clone()), (200, json!("Renamed")));
+}
+
+#[tokio::test]
+async fn human_reply_refusals_keep_their_exact_bodies() {
+    let h = Harness::new().await;
+    let (wa, ig) = (h.fx.wa_conversation, h.fx.ig_conversation);
+    let send = async |conv: Uuid, body: &str| {
+        let path = format!("/v1/conversations/{conv}/messages");
+        answer(&h.send("POST", &path, Some(&h.a.agent), Some(body)).await)
+    };
+    let hi = r#"{"text":"hi"}"#;
+    // The conversation is looked up before the body is checked.
+    assert_eq!(send(Uuid::new_v4(), "{}").await, not_found());
+    assert_eq!(send(wa, "{}").await, invalid(r#"{"text":"is required"}"#));
+    assert_eq!(
+        send(wa, r#"{"text":"","to":"x"}"#).await,
+        invalid(r#"{"text":"must be 1 to 4096 characters","to":"unknown field"}"#)
+    );
+    let since = async |conv: Uuid, interval: &str| {
+        let c = h.t.db.client().await.unwrap();
+        c.execute(
+            &format!(
+                "UPDATE conversations SET last_inbound_at = now() - interval '{interval}' WHERE id = $1"
+            ),
+            &[&conv],
+        )
+        .await
+        .unwrap();
+    };
+    for (conv, ago, message) in [
+        (
+            wa,
+            "25 hours",
+            "more than 24 h since the customer's last message: WhatsApp only allows an approved template now",
+        ),
+        (
+            ig,
+            "8 days",
+            "more than 7 days since the customer's last message: Instagram allows no reply",
+        ),
+    ] {
+        since(conv, ago).await;
+        assert_eq!(
+            send(conv, hi).await,
+            refusal(409, "outside_window", message),
+            "{ago}"
+        );
+    }
+    since(wa, "1 minute").await;
+    // The account is changed through the API, then the reply is refused.
+    let channel = format!("/v1/channels/{}", h.fx.whatsapp);
+    for (method, body, code, message) in [
+        // It names a token secret that does not exist.
+        (
+            "PATCH",
+            Some(r#"{"access_token_secret":"agent/channel/missing"}"#),
+            "no_token",
+            "secret `agent/channel/missing` does not exist",
+        ),
+        (
+            "DELETE",
+            None,
+            "channel_inactive",
+            "the conversation's channel account is deactivated",
+        ),
+    ] {
+        let r = h.send(method, &channel, Some(&h.a.owner), body).await;
+        assert_eq!(r.status, 200, "{method}: {}", r.text);
+        assert_eq!(send(wa, hi).await, refusal(409, code, message), "{code}");
+    }
+    assert!(h.graph_sends().await.is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn the_leads_export_names_the_next_page_in_x_next_cursor() {
+    let h = Harness::new().await;
+    let newer: Uuid = h
+        .scalar(
+            "INSERT INTO leads (user_id, contact_id, name, updated_at)
+             SELECT user_id, contact_id, 'Bea', now() + interval '1 second'
+               FROM conversations WHERE id = $1 RETURNING id",
+            &[&h.fx.ig_conversation],
+        )
+        .await;
+    let keyset: Value = h
+        .scalar(
+            "SELECT jsonb_build_array(updated_at::text, id) FROM leads WHERE id = $1",
+            &[&newer],
+        )
+        .await;
+    let next = URL_SAFE_NO_PAD.encode(keyset.to_string());
+    let header_line = "id,contact_id,conversation_id,channel,name,email,phone,company,intent,\
+                       product_interest,budget,timeline,language,summary,extra,confidence,\
+                       created_at,updated_at\n";
+    // One page of one lead: the lead's row and the headers, `x-next-cursor` with `next`.
+    let export = async |query: &str, lead: Uuid, next: Option<&str>| {
+        let path = format!("/v1/leads.csv?{query}");
+        let (status, headers, text) = answer(&h.call("GET", &path, &h.a.viewer, Value::Null).await);
+        let mut expected = vec![
+            ("content-type", "text/csv; charset=utf-8"),
+            ("content-disposition", "attachment; filename=\"leads.csv\""),
+            ("cache-control", "no-store"),
+        ];
+        expected.extend(next.map(|n| ("x-next-cursor", n)));
+        assert_eq!(
+            (status, headers),
+            (200, answer_of(200, &expected, "").1),
+            "{query}"
+        );
+        let rows = text.strip_prefix(header_line).expect(&text);
+        assert_eq!(rows.lines().count(), 1, "{text}");
+        assert!(rows.starts_with(&format!("{lead},")), "{rows}");
+        rows.to_owned()
+    };
+    let row = export("limit=1", newer, Some(&next)).await;
+    assert!(row.contains(",instagram,Bea,"), "{row}");
+    let row = export(&format!("limit=1&cursor={next}"), h.fx.lead, None).await;
+    assert!(row.contains(",whatsapp,Ana,ana@example.com,"), "{row}");
+
+    let r = h
+        .call("GET", "/v1/leads.csv?limit=5001", &h.a.viewer, Value::Null)
+        .await;
+    assert_eq!(
+        answer(&r),
+        invalid(r#"{"limit":"an integer from 1 to 5000"}"#)
+    );
+}
+
+#[tokio::test]
+async fn the_last_of_repeated_query_parameters_wins() {
+    let h = Harness::new().await;
+    let tenants = async |query: &str| {
+        let path = format!("/v1/tenants?{query}");
+        h.call("GET", &path, &h.platform, Value::Null).await
+    };
+    let names = async |query: &str| {
+        let r = tenants(query).await;
+        assert_eq!(r.status, 200, "{query}: {}", r.text);
+        let names: Vec<Value> = r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].clone())
+            .collect();
+        (names, r.body["next_cursor"].is_string())
+    };
+    let both = (vec![json!("Shop A"), json!("Shop B")], false);
+    let one = (vec![json!("Shop A")], true);
+    assert_eq!(names("limit=1&limit=2").await, both);
+    assert_eq!(names("limit=2&limit=1").await, one);
+    assert_eq!(names("limit=0&limit=1").await, one);
+    // Percent-decoded.
+    assert_eq!(names("limit=%31").await, one);
+    assert_eq!(names("%6Cimit=1").await, one);
+    let bad_limit = invalid(r#"{"limit":"an integer from 1 to 200"}"#);
+    for query in [
+        "limit=1&limit=0",
+        "limit=1&limit",
+        "limit=%zz",
+        "limit=1&limit=%31%",
+    ] {
+        assert_eq!(answer(&tenants(query).await), bad_limit, "{query}");
+    }
+    // An empty value is still given.
+    assert_eq!(
+        answer(&tenants("cursor=x&cursor=").await),
+        invalid(r#"{"cursor":"not a cursor this API returned"}"#)
+    );
+    let r = h
+        .call(
+            "GET",
+            "/v1/conversations?mode=robot&mode=ai",
+            &h.a.viewer,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
 }

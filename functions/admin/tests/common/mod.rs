@@ -61,6 +61,18 @@ pub struct Resp {
     pub headers: lambda_http::http::HeaderMap,
 }
 
+pub fn resp_of(resp: lambda_http::Response<Body>) -> Resp {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = String::from_utf8_lossy(resp.body().as_ref()).into_owned();
+    Resp {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+        headers,
+    }
+}
+
 pub fn request(m: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Request {
     let mut b = lambda_http::http::Request::builder()
         .method(Method::from_bytes(m.as_bytes()).unwrap())
@@ -85,9 +97,14 @@ pub async fn settings_for(stack: &local_aws::Stack, graph: &MockServer) -> Setti
 }
 
 pub fn app_with(t: &TestDb, sdk: &aws_config::SdkConfig, settings: Settings) -> App {
+    app_on(Db::new(DbConfig::new(t.url.clone())), sdk, settings)
+}
+
+/// The app on another database (e.g. one that cannot be reached).
+pub fn app_on(db: Db, sdk: &aws_config::SdkConfig, settings: Settings) -> App {
     App::new(
         settings,
-        Db::new(DbConfig::new(t.url.clone())),
+        db,
         sdk,
         GraphTokens {
             secrets: SecretCache::new(
@@ -289,16 +306,12 @@ impl Harness {
     }
 
     pub async fn send(&self, m: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Resp {
-        let resp = self.app.handle(request(m, path, key, body)).await;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = String::from_utf8_lossy(resp.body().as_ref()).into_owned();
-        Resp {
-            status,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-            headers,
-        }
+        self.handle(request(m, path, key, body)).await
+    }
+
+    /// Any request, as the harness's app answers it.
+    pub async fn handle(&self, req: Request) -> Resp {
+        resp_of(self.app.handle(req).await)
     }
 
     /// A JSON call (`Value::Null`: no body).
