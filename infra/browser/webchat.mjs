@@ -31,6 +31,16 @@ try {
   await page.getByRole("button", { name: "Open chat" }).click();
   const input = page.getByLabel("Your message");
   await input.waitFor();
+  // The indicator is shown from the moment the message is accepted until the reply arrives:
+  // on an idle machine that can be shorter than a locator's polling interval (a CI run
+  // missed it), so the page itself records that it was shown.
+  await page.evaluate(() => {
+    const typing = document.querySelector("[data-ai-agent-chat]").shadowRoot.querySelector(".typing");
+    window.typingShown = !typing.hidden;
+    new MutationObserver(() => {
+      if (!typing.hidden) window.typingShown = true;
+    }).observe(typing, { attributes: true, attributeFilter: ["hidden"] });
+  });
   step("sending a message with the keyboard");
   await input.fill(question);
   await input.press("Enter");
@@ -38,7 +48,7 @@ try {
   const typing = page.getByText("The agent is typing…");
   // Shown once the message is accepted; the first request may wait for watch to start the
   // web chat function (seen taking over 15 s on a busy 2-core machine).
-  await typing.waitFor({ state: "visible", timeout: 60_000 });
+  await page.waitForFunction(() => window.typingShown === true, null, { timeout: 60_000 });
   step("typing indicator shown");
   const reply = page.locator(".msg.out", { hasText: "[stub model]" });
   await reply.first().waitFor({ timeout: 90_000 });
