@@ -309,19 +309,32 @@ async fn a_function_that_never_answers_fails_the_batch_at_its_timeout() {
     assert!(r.batch_error.unwrap().contains("no answer within"));
 }
 
-/// A function run by the pump's own runtime: a shell script speaking the Runtime API.
+/// A function run by the pump's own runtime: a shell script speaking the Runtime API, which
+/// polls for its event first and then runs `body`.
 fn script_function(name: &str, body: &str, timeout: Duration) -> devstack::runtime::LocalFunction {
-    let path = std::env::temp_dir().join(format!("fn-{name}-{}", std::process::id()));
+    let script = format!(
+        "headers=$(mktemp)\n\
+         event=$(curl -s -D \"$headers\" \"$api/invocation/next\")\n\
+         id=$(grep -i '^lambda-runtime-aws-request-id:' \"$headers\" | cut -d' ' -f2 | tr -d '\\r')\n\
+         rm -f \"$headers\"\n\
+         {body}"
+    );
+    script_at(&format!("fn-{name}"), name, &script, timeout)
+}
+
+/// A script standing in for a function binary: `script` is its whole run, with `$api` the
+/// Runtime API's base URL.
+fn script_at(
+    file: &str,
+    name: &str,
+    script: &str,
+    timeout: Duration,
+) -> devstack::runtime::LocalFunction {
+    let path = std::env::temp_dir().join(format!("{file}-{}", std::process::id()));
     std::fs::write(
         &path,
         format!(
-            "#!/usr/bin/env bash\n\
-             api=\"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime\"\n\
-             headers=$(mktemp)\n\
-             event=$(curl -s -D \"$headers\" \"$api/invocation/next\")\n\
-             id=$(grep -i '^lambda-runtime-aws-request-id:' \"$headers\" | cut -d' ' -f2 | tr -d '\\r')\n\
-             rm -f \"$headers\"\n\
-             {body}\n"
+            "#!/usr/bin/env bash\napi=\"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime\"\n{script}\n"
         ),
     )
     .unwrap();
@@ -385,22 +398,12 @@ curl -s -X POST -d '{"batchItemFailures":[]}' "$api/invocation/$id/response" >/d
 
 /// A script standing in for a function binary: `script` runs as its whole init.
 fn init_script(name: &str, script: &str) -> devstack::runtime::LocalFunction {
-    let path = std::env::temp_dir().join(format!("cold-{name}-{}", std::process::id()));
-    std::fs::write(
-        &path,
-        format!(
-            "#!/usr/bin/env bash\napi=\"http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime\"\n{script}\n"
-        ),
+    script_at(
+        &format!("cold-{name}"),
+        name,
+        script,
+        Duration::from_secs(10),
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    devstack::runtime::LocalFunction {
-        binary: path,
-        name: name.into(),
-        env: Default::default(),
-        timeout: Duration::from_secs(10),
-    }
 }
 
 #[tokio::test]
