@@ -233,7 +233,8 @@ step "starting the event-source pump (queues -> processor, extraction, status)"
 # with its template Timeout, crash-safe; infra/devstack/src/runtime.rs); rebuild one with
 # `cargo build --bin <fn>` and the next batch runs the new binary.
 start pump "$STATE/pump.log" target/debug/devstack pump --template template.yaml --stack "$STACK" \
-  --invoke "http://127.0.0.1:$WATCH_PORT" --run target/debug --env-file "$STATE/dev.env"
+  --invoke "http://127.0.0.1:$WATCH_PORT" --run target/debug --env-file "$STATE/dev.env" \
+  --journal "$STATE/pump-journal.jsonl"
 sleep 0.5
 kill -0 "$PID_pump" 2>/dev/null || fail "the pump stopped: see $STATE/pump.log"
 done_step

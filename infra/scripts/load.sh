@@ -10,7 +10,8 @@
 #   LOAD_GAP_MS (1000)        LOAD_FAULTS (stub faults)   FAIL_POINTS (crash points)
 #   ORDERING_SCOPE (channel_account | conversation)       LOAD_STATE_DIR (.local-load)
 #   SQS_EMULATOR (fauxqs | moto)
-#   LOAD_DRAIN_SECS (600)     LOAD_MAX_STALL_SECS (90)    LOAD_REPORT_DIR (the state dir)
+#   LOAD_DRAIN_SECS (600)     LOAD_MAX_STALL_SECS (65: the processor's 60 s maximum retry
+#   delay, plus 5 s to be picked up)                      LOAD_REPORT_DIR (the state dir)
 #   LOAD_RESTART_POSTGRES (1: once, mid-run; 0: never)
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -68,9 +69,9 @@ target/debug/devstack load "${restart[@]}" \
   --conversations "${LOAD_CONVERSATIONS:-500}" --messages "${LOAD_MESSAGES:-20}" \
   --duplicates "${LOAD_DUPLICATES:-0.2}" --instagram "${LOAD_INSTAGRAM:-0.2}" \
   --gap-ms "${LOAD_GAP_MS:-1000}" --faults "$FAULTS" \
-  --moto-log "$STATE/moto.log" --functions-log "$STATE/pump.log" \
+  --moto-log "$STATE/moto.log" --functions-log "$STATE/pump.log" --journal "$STATE/pump-journal.jsonl" \
   $([ "$SQS" = fauxqs ] && echo --sqs-log "$STATE/fauxqs.log") \
-  --drain-timeout-secs "${LOAD_DRAIN_SECS:-600}" --max-stall-secs "${LOAD_MAX_STALL_SECS:-90}" \
+  --drain-timeout-secs "${LOAD_DRAIN_SECS:-600}" --max-stall-secs "${LOAD_MAX_STALL_SECS:-65}" \
   --report-dir "$REPORT_DIR" &
 # In the background and waited for, so a signal stops the run at once (bash defers traps while
 # a foreground command runs).

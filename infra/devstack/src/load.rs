@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use shared::db::Db;
 use shared::signature::SignatureKey;
 
+use crate::pump::{JournalLine, LaneEvent};
 use crate::seed::{DEMO_INSTAGRAM_ACCOUNT, DEMO_WHATSAPP_NUMBER};
 
 /// What to run.
@@ -61,12 +62,16 @@ pub struct LoadConfig {
     /// The queue-driven functions' log (the pump's): the crash points that fired are counted
     /// from it.
     pub functions_log: Option<PathBuf>,
+    /// The pump's lane journal (`devstack pump --journal`): when each FIFO group was tried and
+    /// when it was handed back, from which the stalls are measured.
+    pub journal: Option<PathBuf>,
     pub dlq_url: Option<String>,
     /// `channel_account` or `conversation` (the stack's ORDERING_SCOPE).
     pub ordering_scope: String,
     /// Longest a run may take after the last message is sent.
     pub drain_timeout: Duration,
-    /// A lane waiting longer than this with work pending is a violation.
+    /// A lane waiting longer than this for its next attempt after a failure is a violation
+    /// (the processor's maximum retry delay plus the time to pick the lane up again).
     pub max_stall: Duration,
     pub report_dir: PathBuf,
 }
@@ -142,7 +147,14 @@ pub struct Bucket {
 #[derive(Debug, Clone, Serialize)]
 pub struct LaneStall {
     pub lane: String,
+    /// The longest the lane waited, after a failure (records handed back, or an invocation
+    /// that died), for its next attempt: its stall. Measured from the pump's journal.
     pub longest_stall_ms: i64,
+    /// How often the lane was handed back (retryable failures and crashed invocations).
+    pub failures: usize,
+    /// The longest time the lane had messages waiting and settled none: failed attempts,
+    /// their retry delays and queueing together (what a customer of the lane felt).
+    pub longest_unsettled_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,6 +183,8 @@ pub struct Report {
     pub aws_requests_per_message: Option<f64>,
     pub longest_stall_ms: i64,
     pub max_stall_ms: i64,
+    /// The longest any lane settled nothing while it had messages waiting.
+    pub longest_unsettled_ms: i64,
     pub lanes: Vec<LaneStall>,
     pub timeline: Vec<Bucket>,
     pub violations: Violations,
@@ -299,6 +313,13 @@ impl Meta {
 /// Runs the load and checks it. The report says what happened; `Err` only when the run could
 /// not be made at all.
 pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
+    if cfg.journal.is_none() {
+        return Err(LoadError::Setup(
+            "no lane journal: run the pump with --journal F and pass the same --journal F \
+             (the stalls are measured from it)"
+                .into(),
+        ));
+    }
     let stubs = cfg.stubs.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
@@ -359,6 +380,11 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
     let moto_mark = aws_count();
     let mut crash_lines = LogLines::new(&cfg.functions_log, Some("aborting (FAIL_POINTS)"));
     let crash_mark = crash_lines.count();
+    let journal_mark = cfg
+        .journal
+        .as_ref()
+        .and_then(|j| std::fs::metadata(j).ok())
+        .map_or(0, |m| m.len());
 
     let run_tag = format!(
         "{:04}",
@@ -577,12 +603,24 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
         None => None,
     };
 
+    let journal = match &cfg.journal {
+        Some(path) => read_journal(path, journal_mark),
+        None => Vec::new(),
+    };
+    if journal.is_empty() && !all_sent.is_empty() {
+        return Err(LoadError::Setup(
+            "the pump's lane journal has no line from this run: is the pump writing the \
+             --journal the harness reads?"
+                .into(),
+        ));
+    }
     let mut report = check(
         cfg,
         db,
         &meta,
         &all_sent,
         &sink,
+        &journal,
         ledger_mark,
         start_ms,
         seconds,
@@ -696,10 +734,10 @@ fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
 }
 
 /// The longest time a lane had messages waiting and settled none of them: `events` are
-/// (time, +1 for a message sent / -k for k messages settled), in any order. Under a backlog
-/// the lane is never empty, but every settle restarts the clock: this measures a lane that
-/// stopped moving, not queueing (that is the latency).
-pub fn longest_stall(mut events: Vec<(i64, i64)>, end_ms: i64) -> i64 {
+/// (time, +1 for a message sent / -k for k messages settled), in any order. Every settle
+/// restarts the clock. This adds up failed attempts, their retry delays and any queueing, so
+/// it is reported, not judged: the stall is [`longest_retry_wait`].
+pub fn longest_unsettled(mut events: Vec<(i64, i64)>, end_ms: i64) -> i64 {
     events.sort_by_key(|(t, d)| (*t, -*d));
     let (mut pending, mut since, mut longest) = (0i64, 0i64, 0i64);
     for (t, delta) in events {
@@ -722,6 +760,48 @@ pub fn longest_stall(mut events: Vec<(i64, i64)>, end_ms: i64) -> i64 {
     longest
 }
 
+/// A lane's stall: the longest it waited, after a failure, for its next attempt, and how
+/// many failures it had. `events` are one lane's journal entries (time, what happened), in any
+/// order; a failure the lane was never tried after waits until `end_ms`. An attempt that fails
+/// is not a stall (it is work); the wait after it is: the retry delay the function chose, or a
+/// crashed invocation's lease, plus the time to be picked up again.
+pub fn longest_retry_wait(mut events: Vec<(i64, LaneEvent)>, end_ms: i64) -> (i64, usize) {
+    // At equal times a hand-back comes before the next attempt it allows.
+    events.sort_by_key(|(t, e)| (*t, *e == LaneEvent::Received));
+    let (mut failed_at, mut longest, mut failures) = (None::<i64>, 0i64, 0usize);
+    for (t, event) in events {
+        match event {
+            LaneEvent::Received => {
+                if let Some(f) = failed_at.take() {
+                    longest = longest.max(t - f);
+                }
+            }
+            LaneEvent::Returned | LaneEvent::Failed => {
+                failures += 1;
+                failed_at.get_or_insert(t);
+            }
+        }
+    }
+    if let Some(f) = failed_at {
+        longest = longest.max(end_ms - f);
+    }
+    (longest, failures)
+}
+
+/// The journal's lines appended after byte `from` (a line cut off at the end is left out).
+pub fn read_journal(path: &std::path::Path, from: u64) -> Vec<JournalLine> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.read_to_end(&mut text);
+        }
+    }
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect()
+}
+
 /// When a message sent at `sent_ms` stopped waiting on its lane: its first covering reply,
 /// else the time its outcome was written (a turn that ended without a delivery), else never.
 fn settled_at(sent_ms: i64, first_reply_ms: Option<i64>, outcome_ms: Option<i64>) -> Option<i64> {
@@ -735,6 +815,7 @@ async fn check(
     meta: &Meta,
     sent: &[Sent],
     sink: &[Value],
+    journal: &[JournalLine],
     ledger_mark: i64,
     start_ms: i64,
     seconds: f64,
@@ -932,11 +1013,45 @@ async fn check(
         }
     }
     let unknown_sends = outcomes.get("send_unknown").copied().unwrap_or(0);
+    // Stalls, from the pump's journal: each of the run's FIFO groups under its lane's name.
+    let scope =
+        shared::ordering::OrderingScope::parse(&cfg.ordering_scope).map_err(LoadError::Setup)?;
+    let lane_of_group: HashMap<String, String> = (0..cfg.conversations)
+        .map(|conv| {
+            let (channel, account) = if meta.is_instagram(conv) {
+                (shared::envelope::Channel::Instagram, DEMO_INSTAGRAM_ACCOUNT)
+            } else {
+                (shared::envelope::Channel::Whatsapp, DEMO_WHATSAPP_NUMBER)
+            };
+            let group =
+                shared::ordering::message_group_id(scope, channel, account, &meta.contact(conv));
+            (group, lane_of(conv))
+        })
+        .collect();
+    let mut journal_events: HashMap<&str, Vec<(i64, LaneEvent)>> = HashMap::new();
+    for line in journal {
+        for group in &line.groups {
+            if let Some(lane) = lane_of_group.get(group) {
+                journal_events
+                    .entry(lane.as_str())
+                    .or_default()
+                    .push((line.t_ms, line.event));
+            }
+        }
+    }
     let mut lanes: Vec<LaneStall> = lane_events
         .into_iter()
-        .map(|(lane, events)| LaneStall {
-            lane,
-            longest_stall_ms: longest_stall(events, end_ms),
+        .map(|(lane, events)| {
+            let (stall, failures) = longest_retry_wait(
+                journal_events.remove(lane.as_str()).unwrap_or_default(),
+                end_ms,
+            );
+            LaneStall {
+                longest_unsettled_ms: longest_unsettled(events, end_ms),
+                lane,
+                longest_stall_ms: stall,
+                failures,
+            }
         })
         .collect();
     lanes.sort_by_key(|l| -l.longest_stall_ms);
@@ -945,7 +1060,7 @@ async fn check(
         if l.longest_stall_ms > max_stall_ms {
             v.stalls_over_limit += 1;
             example(format!(
-                "lane {}: waited {:.1} s with work pending",
+                "lane {}: waited {:.1} s after a failure before it was tried again",
                 l.lane,
                 l.longest_stall_ms as f64 / 1000.0
             ));
@@ -1007,6 +1122,11 @@ async fn check(
         aws_requests_per_message: None,
         longest_stall_ms: lanes.first().map(|l| l.longest_stall_ms).unwrap_or(0),
         max_stall_ms,
+        longest_unsettled_ms: lanes
+            .iter()
+            .map(|l| l.longest_unsettled_ms)
+            .max()
+            .unwrap_or(0),
         lanes,
         timeline,
         violations: v,
@@ -1058,10 +1178,18 @@ pub fn table(r: &Report) -> String {
         (
             "longest stall",
             format!(
-                "{:.1} s (limit {:.0} s; {} lanes)",
+                "{:.1} s after a failure (limit {:.0} s; {} lanes, {} failures)",
                 r.longest_stall_ms as f64 / 1000.0,
                 r.max_stall_ms as f64 / 1000.0,
-                r.lanes.len()
+                r.lanes.len(),
+                r.lanes.iter().map(|l| l.failures).sum::<usize>()
+            ),
+        ),
+        (
+            "longest unsettled",
+            format!(
+                "{:.1} s (a lane with work waiting and nothing answered: attempts, delays, queueing)",
+                r.longest_unsettled_ms as f64 / 1000.0
             ),
         ),
         ("turns", format!("{} {:?}", r.turns, r.outcomes)),
@@ -1208,7 +1336,7 @@ fn html(r: &Report) -> String {
     let (bw, row) = (560.0, 16.0);
     let bh = row * shown.len() as f64 + 30.0;
     bars.push_str(&format!(
-        r#"<h2>Longest stall per lane (top {} of {})</h2><svg viewBox="0 0 760 {bh}" width="760" height="{bh}">"#,
+        r#"<h2>Longest stall per lane: the wait after a failure for the next attempt (top {} of {})</h2><svg viewBox="0 0 760 {bh}" width="760" height="{bh}">"#,
         shown.len(),
         r.lanes.len()
     ));
@@ -1301,22 +1429,22 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_stalls_while_work_waits_and_nothing_is_answered() {
+    fn a_lane_with_nothing_answered_counts_until_something_settles() {
         // Sent at 0 and 1 s, both answered at 5 s, one more sent at 10 s, answered at 11 s.
         let events = vec![(0, 1), (1_000, 1), (5_000, -2), (10_000, 1), (11_000, -1)];
-        assert_eq!(longest_stall(events, 20_000), 5_000);
+        assert_eq!(longest_unsettled(events, 20_000), 5_000);
         // A reply that answers part of the work restarts the clock.
         let events = vec![(0, 1), (0, 1), (2_000, -1), (9_000, -1)];
-        assert_eq!(longest_stall(events, 10_000), 7_000);
+        assert_eq!(longest_unsettled(events, 10_000), 7_000);
         // Still waiting at the end.
-        assert_eq!(longest_stall(vec![(1_000, 1)], 31_000), 30_000);
-        assert_eq!(longest_stall(vec![], 5_000), 0);
+        assert_eq!(longest_unsettled(vec![(1_000, 1)], 31_000), 30_000);
+        assert_eq!(longest_unsettled(vec![], 5_000), 0);
     }
 
     #[test]
     fn a_message_whose_turn_ended_without_a_reply_stops_waiting_when_its_outcome_is_written() {
         // The old miscount: an Instagram reply left `unknown` never reached the sink, so its
-        // message stayed pending and the lane "stalled" until the end of the run.
+        // message stayed pending and the lane counted as waiting until the end of the run.
         assert_eq!(settled_at(1_000, Some(4_000), Some(4_500)), Some(4_000));
         assert_eq!(settled_at(1_000, None, Some(6_000)), Some(6_000));
         assert_eq!(settled_at(1_000, None, Some(900)), Some(1_000));
@@ -1327,7 +1455,60 @@ mod tests {
             (10_000, 1),
             (12_000, -1),
         ];
-        assert_eq!(longest_stall(events, 3_600_000), 3_000);
+        assert_eq!(longest_unsettled(events, 3_600_000), 3_000);
+    }
+
+    #[test]
+    fn a_stall_is_the_wait_after_a_failure_not_the_failing_attempt() {
+        use LaneEvent::*;
+        // Tried at 0, a 25 s model time-out handed it back at 25 s with a 4 s delay, tried
+        // again at 29.5 s, crashed at 31 s, its lease ran out and it was tried at 60 s.
+        let events = vec![
+            (60_000, Received),
+            (0, Received),
+            (25_000, Returned),
+            (29_500, Received),
+            (31_000, Failed),
+        ];
+        assert_eq!(longest_retry_wait(events, 90_000), (29_000, 2));
+        // Never tried again: it waits until the end of the run.
+        assert_eq!(
+            longest_retry_wait(vec![(0, Received), (5_000, Returned)], 100_000),
+            (95_000, 1)
+        );
+        // A lane that never failed never stalled.
+        assert_eq!(longest_retry_wait(vec![(0, Received)], 100_000), (0, 0));
+        // A hand-back and the next attempt in the same millisecond: a wait of 0, not a stall
+        // that lasts to the end.
+        assert_eq!(
+            longest_retry_wait(vec![(7, Received), (7, Returned)], 1_000),
+            (0, 1)
+        );
+    }
+
+    #[test]
+    fn the_journal_is_read_from_the_runs_mark_and_a_cut_line_is_left_out() {
+        let dir = std::env::temp_dir().join(format!("journal-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("journal.jsonl");
+        let before = r#"{"t_ms":1,"queue":"q.fifo","event":"received","groups":["old"]}"#;
+        std::fs::write(
+            &path,
+            format!(
+                "{before}\n{}\n{}\n{}",
+                r#"{"t_ms":2,"queue":"q.fifo","event":"returned","groups":["a","b"]}"#,
+                r#"{"t_ms":3,"queue":"q.fifo","event":"failed","groups":["a"]}"#,
+                r#"{"t_ms":4,"queue":"q.fi"#
+            ),
+        )
+        .unwrap();
+        let lines = read_journal(&path, before.len() as u64 + 1);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].event, LaneEvent::Returned);
+        assert_eq!(lines[0].groups, ["a", "b"]);
+        assert_eq!(lines[1].event, LaneEvent::Failed);
+        assert!(read_journal(&dir.join("missing"), 0).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //!   create the demo tenant if missing, let its web chat site run on origin O (the demo page),
 //!   and with `--keys-file` write fresh admin API keys (platform, demo owner) to F.
 //! - `devstack pump [--template F] [--stack S] [--invoke URL] [--concurrency N] [--run DIR
-//!   --env-file F]`: poll the template's event source queues on `AWS_ENDPOINT_URL` (up to N
-//!   batches at once per queue, default 4) and invoke the functions under `cargo lambda
-//!   watch`, or with `--run` start them from DIR with the env file, one process per invocation
-//!   (`infra/devstack/src/runtime.rs`).
+//!   --env-file F] [--journal F]`: poll the template's event source queues on
+//!   `AWS_ENDPOINT_URL` (up to N batches at once per queue, default 4) and invoke the functions
+//!   under `cargo lambda watch`, or with `--run` start them from DIR with the env file, one
+//!   process per invocation (`infra/devstack/src/runtime.rs`); with `--journal`, append a JSON
+//!   line per FIFO batch received and per batch that handed records back (the harness's stalls).
 //! - `devstack play [--conversation F]`: send the sample conversation as signed webhooks and
 //!   print the transcript, the credits charged and the extracted lead.
 //! - `devstack send --text T [--from WA_ID] [--name N]`: one more customer message, and its reply.
@@ -20,7 +21,7 @@
 //!   (the inbound DLQ) back to the inbound queue, in order (`make redrive`).
 //! - `devstack load [--conversations C] [--messages M] [--duplicates R] [--instagram R]
 //!   [--gap-ms MS] [--webhook-concurrency N] [--faults SPEC] [--restart-postgres CMD] [--moto-log F] [--sqs-log F] [--functions-log F]
-//!   [--drain-timeout-secs S] [--max-stall-secs S] [--report-dir D] [--stubs URL]`: the fault
+//!   [--journal F] [--drain-timeout-secs S] [--max-stall-secs S] [--report-dir D] [--stubs URL]`: the fault
 //!   harness against a running stack (`make load`; see `infra/devstack/src/load.rs`); exits
 //!   non-zero on any violation.
 //! - `devstack coldstart --bins DIR [--against DIR] --env-file F [--runs N]`: each function's
@@ -356,6 +357,11 @@ async fn pump(flags: &Flags) -> Result<(), String> {
         .get("concurrency", "4")
         .parse()
         .map_err(|_| "--concurrency must be a number")?;
+    if let Some(path) = flags.0.get("journal") {
+        let journal = devstack::pump::Journal::open(path.as_ref())
+            .map_err(|e| format!("--journal {path}: {e}"))?;
+        pump.journal = Some(std::sync::Arc::new(journal));
+    }
     let tasks: Vec<_> = mappings
         .into_iter()
         .map(|m| tokio::spawn(pump.clone().run(m)))
@@ -444,10 +450,11 @@ async fn load(flags: &Flags, webhook: &str, secret: &str) -> Result<(), String> 
         moto_log: path("moto-log"),
         sqs_log: path("sqs-log"),
         functions_log: path("functions-log"),
+        journal: path("journal"),
         dlq_url: env("INBOUND_DLQ_URL"),
         ordering_scope: env("ORDERING_SCOPE").unwrap_or_else(|| "channel_account".to_owned()),
         drain_timeout: Duration::from_secs(number("drain-timeout-secs", "300")? as u64),
-        max_stall: Duration::from_secs(number("max-stall-secs", "90")? as u64),
+        max_stall: Duration::from_secs(number("max-stall-secs", "65")? as u64),
         report_dir: flags.get("report-dir", ".local").into(),
     };
     let db = database()?;

@@ -101,6 +101,29 @@ pub struct BatchReport {
     pub elapsed: Duration,
 }
 
+impl BatchReport {
+    /// The groups (of `group_of`: message id → group) whose records went back to the queue.
+    fn groups_back(&self, group_of: &[(String, String)]) -> Vec<String> {
+        let mut groups: Vec<String> = Vec::new();
+        for (id, group) in group_of {
+            let back = self.batch_error.is_some() || self.returned.contains(id);
+            if back && !groups.contains(group) {
+                groups.push(group.clone());
+            }
+        }
+        groups
+    }
+
+    /// How the batch's records that were not deleted went back to the queue.
+    fn lane_event(&self) -> LaneEvent {
+        if self.batch_error.is_some() {
+            LaneEvent::Failed
+        } else {
+            LaneEvent::Returned
+        }
+    }
+}
+
 impl std::fmt::Display for BatchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -129,6 +152,86 @@ pub enum PumpError {
     },
 }
 
+/// The lane journal: one JSON line per FIFO batch received and per batch that handed records
+/// back (`--journal FILE`), with the time and the message groups concerned. The fault harness
+/// reads it to measure how long a lane waits after a failure before it is tried again (its
+/// retry delay, or a crashed invocation's lease), which nothing else can see from outside.
+pub struct Journal(std::sync::Mutex<std::fs::File>);
+
+/// What a journal line says happened to the groups it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneEvent {
+    /// A batch with records of these groups was received (an attempt starts).
+    Received,
+    /// The function handed these groups' records back (`batchItemFailures`).
+    Returned,
+    /// The whole batch failed (a crash, a function error): its records come back when their
+    /// visibility runs out.
+    Failed,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JournalLine {
+    pub t_ms: i64,
+    pub queue: String,
+    pub event: LaneEvent,
+    pub groups: Vec<String>,
+}
+
+impl Journal {
+    /// Appends to `path` (created if missing).
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self(std::sync::Mutex::new(file)))
+    }
+
+    fn write(&self, queue: &str, event: LaneEvent, groups: Vec<String>) {
+        use std::io::Write;
+        if groups.is_empty() {
+            return;
+        }
+        let line = JournalLine {
+            t_ms: shared::now_ms(),
+            queue: queue.to_owned(),
+            event,
+            groups,
+        };
+        let mut text = serde_json::to_string(&line).expect("a journal line serialises");
+        text.push('\n');
+        // One write per line: concurrent batches never interleave within a line.
+        if let Err(e) = self
+            .0
+            .lock()
+            .expect("journal lock")
+            .write_all(text.as_bytes())
+        {
+            eprintln!("pump: journal not written: {e}");
+        }
+    }
+}
+
+/// The distinct message groups of `records` (FIFO queues; none for a standard queue), in
+/// first-seen order.
+fn groups_of<'a>(records: impl IntoIterator<Item = &'a Message>) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    for m in records {
+        let group = m
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId));
+        if let Some(g) = group {
+            if !groups.contains(g) {
+                groups.push(g.clone());
+            }
+        }
+    }
+    groups
+}
+
 /// Polls queues and invokes functions.
 #[derive(Clone)]
 pub struct Pump {
@@ -141,6 +244,8 @@ pub struct Pump {
     pub idle_wait: Duration,
     /// Pollers per mapping (batches in flight at once).
     pub concurrency: usize,
+    /// Where each FIFO batch's lanes are journalled, if anywhere.
+    pub journal: Option<std::sync::Arc<Journal>>,
 }
 
 impl Pump {
@@ -155,6 +260,7 @@ impl Pump {
                 .unwrap_or_else(|| "us-east-1".to_owned()),
             idle_wait: Duration::from_secs(10),
             concurrency: 4,
+            journal: None,
         }
     }
 
@@ -234,6 +340,13 @@ impl Pump {
             .iter()
             .map(|msg| msg.message_id().unwrap_or_default().to_owned())
             .collect();
+        let group_of: Vec<(String, String)> = batch
+            .iter()
+            .filter_map(|msg| Some((msg.message_id()?.to_owned(), groups_of([msg]).pop()?)))
+            .collect();
+        if let Some(j) = &self.journal {
+            j.write(m.queue_name(), LaneEvent::Received, groups_of(&batch));
+        }
         let (failed, batch_error) = match self.invoke(m, &event).await {
             Err(e) => {
                 if e.contains("HTTP 408") || e.starts_with("no answer within") {
@@ -256,14 +369,22 @@ impl Pump {
             .filter(|msg| !failed.contains(msg.message_id().unwrap_or_default()))
             .collect();
         self.delete(m, &done).await?;
-        Ok(BatchReport {
+        let report = BatchReport {
             function: m.function.clone(),
             received: batch.len(),
             deleted: done.len(),
             returned: ids.into_iter().filter(|id| failed.contains(id)).collect(),
             batch_error,
             elapsed: started.elapsed(),
-        })
+        };
+        if let Some(j) = &self.journal {
+            j.write(
+                m.queue_name(),
+                report.lane_event(),
+                report.groups_back(&group_of),
+            );
+        }
+        Ok(report)
     }
 
     /// The SQS event Lambda would build for `batch`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
 use aws_sdk_sqs::types::QueueAttributeName;
-use devstack::pump::{Mapping, Pump};
+use devstack::pump::{Journal, LaneEvent, Mapping, Pump};
 use local_aws::testing::{drain, emulator_sdk, fresh_stack};
 use serde_json::json;
 use wiremock::matchers::{method, path};
@@ -98,6 +98,12 @@ async fn function() -> MockServer {
     server
 }
 
+/// A lane journal in a file of its own.
+fn journal() -> (std::sync::Arc<Journal>, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("journal-{}.jsonl", uuid::Uuid::new_v4()));
+    (std::sync::Arc::new(Journal::open(&path).unwrap()), path)
+}
+
 fn events(requests: &[Request]) -> Vec<SqsEvent> {
     requests
         .iter()
@@ -112,6 +118,8 @@ async fn successes_are_deleted_and_failures_return_until_the_dlq_takes_them() {
     let server = function().await;
     let mut pump = Pump::new(&sdk, server.uri());
     pump.idle_wait = Duration::from_secs(1);
+    let (journal, journal_path) = journal();
+    pump.journal = Some(journal);
     send(&sdk, &m, "g1", "ok one").await;
     send(&sdk, &m, "g2", "please fail").await;
     send(&sdk, &m, "g1", "ok two").await;
@@ -120,6 +128,24 @@ async fn successes_are_deleted_and_failures_return_until_the_dlq_takes_them() {
     assert_eq!((first.received, first.deleted), (3, 2), "{first}");
     assert_eq!(first.returned.len(), 1);
     assert!(first.batch_error.is_none());
+    // The journal says which lanes were tried, and which one was handed back.
+    let lines = devstack::load::read_journal(&journal_path, 0);
+    let seen: Vec<(LaneEvent, Vec<String>)> = lines
+        .iter()
+        .map(|l| {
+            let mut g = l.groups.clone();
+            g.sort();
+            (l.event, g)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (LaneEvent::Received, vec!["g1".to_owned(), "g2".to_owned()]),
+            (LaneEvent::Returned, vec!["g2".to_owned()]),
+        ]
+    );
+    assert!(lines[0].t_ms <= lines[1].t_ms && lines[0].queue.ends_with(".fifo"));
 
     // The event is shaped as Lambda's: source, ARN, region, system and message attributes.
     let sent = events(&server.received_requests().await.unwrap());
@@ -198,10 +224,21 @@ async fn a_function_error_or_a_bad_response_returns_the_whole_batch() {
         .await;
     let mut pump = Pump::new(&sdk, server.uri());
     pump.idle_wait = Duration::from_secs(1);
+    let (journal, journal_path) = journal();
+    pump.journal = Some(journal);
     send(&sdk, &m, "g1", "a").await;
     send(&sdk, &m, "g2", "b").await;
 
     let crashed = pump.poll_once(&m).await.unwrap().unwrap();
+    let last = devstack::load::read_journal(&journal_path, 0)
+        .pop()
+        .unwrap();
+    assert_eq!(
+        last.event,
+        LaneEvent::Failed,
+        "every lane of the batch failed"
+    );
+    assert_eq!(last.groups.len(), 2);
     assert_eq!((crashed.received, crashed.deleted), (2, 0));
     assert!(
         crashed
