@@ -9,7 +9,8 @@
 //!   and with `--keys-file` write fresh admin API keys (platform, demo owner) to F.
 //! - `devstack pump [--template F] [--stack S] [--invoke URL] [--concurrency N] [--run DIR
 //!   --env-file F] [--journal F]`: poll the template's event source queues on
-//!   `AWS_ENDPOINT_URL` (up to N batches at once per queue, default 4) and invoke the functions
+//!   `AWS_ENDPOINT_URL` (up to the mapping's template `MaximumConcurrency` batches at once per
+//!   queue, or N for every queue, 4 where the template sets none) and invoke the functions
 //!   under `cargo lambda watch`, or with `--run` start them from DIR with the env file, one
 //!   process per invocation (`infra/devstack/src/runtime.rs`); with `--journal`, append a JSON
 //!   line per FIFO batch received and per batch that handed records back (the harness's stalls).
@@ -353,10 +354,10 @@ async fn pump(flags: &Flags) -> Result<(), String> {
         }
     }
     let mut pump = devstack::pump::Pump::new(&sdk, flags.get("invoke", "http://127.0.0.1:9000"));
-    pump.concurrency = flags
-        .get("concurrency", "4")
-        .parse()
-        .map_err(|_| "--concurrency must be a number")?;
+    if let Some(n) = flags.0.get("concurrency") {
+        let n = n.parse().map_err(|_| "--concurrency must be a number")?;
+        pump.concurrency_override = Some(n);
+    }
     if let Some(path) = flags.0.get("journal") {
         let journal = devstack::pump::Journal::open(path.as_ref())
             .map_err(|e| format!("--journal {path}: {e}"))?;

@@ -15,7 +15,8 @@
 //! function fails the whole batch too. Without `ReportBatchItemFailures` only a function error
 //! fails the batch.
 //!
-//! Each mapping has one receiver and up to [`Pump::concurrency`] batches invoked at once, like
+//! Each mapping has one receiver and up to its template `MaximumConcurrency` batches invoked
+//! at once ([`Pump::concurrency_of`]), like
 //! Lambda running batches of different message groups at once: SQS never hands out a FIFO
 //! group's records while earlier ones of the group are in flight, so order holds (receives are
 //! never concurrent: the emulator's group locking races under concurrent receives). An invocation that never answers holds up only its own
@@ -46,6 +47,9 @@ pub struct Mapping {
     /// Run the function here (one process per invocation, [`crate::runtime`]) instead of
     /// through `cargo lambda watch`'s invoke API.
     pub local: Option<crate::runtime::LocalFunction>,
+    /// Batches invoked at once: the template's `ScalingConfig.MaximumConcurrency`, as Lambda
+    /// would run them (`None`: the pump's own default, [`Pump::concurrency`]).
+    pub max_concurrency: Option<usize>,
 }
 
 impl Mapping {
@@ -77,6 +81,7 @@ impl Mapping {
                     invoke_timeout: Duration::from_secs(u64::from(m.timeout_secs) + 60),
                     timeout: Duration::from_secs(u64::from(m.timeout_secs)),
                     local: None,
+                    max_concurrency: m.max_concurrency.map(|c| c as usize),
                 }
             })
             .collect())
@@ -242,8 +247,11 @@ pub struct Pump {
     region: String,
     /// Long-poll wait of an idle receive.
     pub idle_wait: Duration,
-    /// Pollers per mapping (batches in flight at once).
+    /// Batches in flight at once for a mapping whose template sets no
+    /// `MaximumConcurrency`.
     pub concurrency: usize,
+    /// When set, every mapping's limit instead (`--concurrency`).
+    pub concurrency_override: Option<usize>,
     /// Where each FIFO batch's lanes are journalled, if anywhere.
     pub journal: Option<std::sync::Arc<Journal>>,
 }
@@ -260,6 +268,7 @@ impl Pump {
                 .unwrap_or_else(|| "us-east-1".to_owned()),
             idle_wait: Duration::from_secs(10),
             concurrency: 4,
+            concurrency_override: None,
             journal: None,
         }
     }
@@ -514,20 +523,28 @@ impl Pump {
         Ok(())
     }
 
-    /// Polls `m` with [`Pump::concurrency`] pollers until the task is dropped, printing one
-    /// line per batch.
+    /// How many batches of `m` may be invoked at once.
+    pub fn concurrency_of(&self, m: &Mapping) -> usize {
+        self.concurrency_override
+            .or(m.max_concurrency)
+            .unwrap_or(self.concurrency)
+            .max(1)
+    }
+
+    /// Polls `m` until the task is dropped, with up to [`Pump::concurrency_of`] batches in
+    /// flight, printing one line per batch.
     pub async fn run(self, m: Mapping) {
+        let concurrency = self.concurrency_of(&m);
         println!(
-            "pump: {} <- {} (batch {}, window {} s, {} poller(s))",
+            "pump: {} <- {} (batch {}, window {} s, up to {concurrency} at once)",
             m.function,
             m.queue_name(),
             m.batch_size,
             m.batching_window.as_secs(),
-            self.concurrency
         );
         // One receiver (concurrent receives race in the emulator's FIFO group locking), and
         // up to `concurrency` batches invoked at once.
-        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
         // Dropping the set (the task is aborted) stops every invocation in flight.
         let mut inflight = tokio::task::JoinSet::new();
         loop {

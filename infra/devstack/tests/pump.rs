@@ -54,6 +54,7 @@ async fn fifo_with_dlq(sdk: &aws_config::SdkConfig, visibility: u32) -> (Mapping
         invoke_timeout: Duration::from_secs(5),
         timeout: Duration::from_secs(3),
         local: None,
+        max_concurrency: None,
     };
     (mapping, dlq)
 }
@@ -321,6 +322,13 @@ async fn the_template_mappings_resolve_to_the_provisioned_queues() {
     assert!(processor.report_batch_item_failures);
     assert_eq!(processor.invoke_timeout, Duration::from_secs(90 + 60));
     assert_eq!(mappings[0].batching_window, Duration::from_secs(5));
+    // As many batches at once as Lambda would run: the template's MaximumConcurrency
+    // (ProcessorMaxConcurrency's default for the processor), unless --concurrency says else.
+    let mut pump = Pump::new(&sdk, "http://127.0.0.1:9");
+    assert_eq!(pump.concurrency_of(processor), 20);
+    assert_eq!(pump.concurrency_of(&mappings[0]), 5);
+    pump.concurrency_override = Some(2);
+    assert_eq!(pump.concurrency_of(processor), 2);
     assert!(
         local_aws::locate_queues(&template, "never-provisioned", &sdk, &Default::default())
             .await

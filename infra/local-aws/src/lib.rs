@@ -173,6 +173,16 @@ impl Template {
                     .unwrap_or(default)
             };
             let timeout_secs = self.function_timeout(&function);
+            // ScalingConfig.MaximumConcurrency: a number, or a Ref to a parameter's default.
+            let max_concurrency = props
+                .get("ScalingConfig")
+                .and_then(|c| c.get("MaximumConcurrency"))
+                .and_then(|v| match intrinsic(v) {
+                    Some((tag, name)) if tag == "Ref" => self.parameter_default(&scalar(name)?),
+                    Some(_) => None,
+                    None => scalar(v),
+                })
+                .and_then(|v| v.parse().ok());
             out.push(EventSourceMapping {
                 id: id.to_owned(),
                 timeout_secs,
@@ -188,6 +198,7 @@ impl Template {
                         s.iter()
                             .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
                     }),
+                max_concurrency,
             });
         }
         Ok(out)
@@ -209,6 +220,9 @@ pub struct EventSourceMapping {
     pub report_batch_item_failures: bool,
     /// The function's `Timeout` (its own, else Globals', else Lambda's 3 s).
     pub timeout_secs: u32,
+    /// `ScalingConfig.MaximumConcurrency`: the most batches Lambda runs at once for this
+    /// mapping (a parameter's default when it names one).
+    pub max_concurrency: Option<u32>,
 }
 
 /// What was created, by logical id.
@@ -792,15 +806,17 @@ Resources:
                     m.batching_window_secs,
                     m.report_batch_item_failures,
                     m.timeout_secs,
+                    m.max_concurrency,
                 )
             })
             .collect();
+        // The processor's concurrency is the ProcessorMaxConcurrency parameter's default.
         assert_eq!(
             summary,
             vec![
-                ("ExtractionQueue", "extraction", 10, 5, true, 60),
-                ("InboundQueue", "processor", 10, 0, true, 90),
-                ("StatusQueue", "status", 10, 2, true, 30),
+                ("ExtractionQueue", "extraction", 10, 5, true, 60, Some(5)),
+                ("InboundQueue", "processor", 10, 0, true, 90, Some(20)),
+                ("StatusQueue", "status", 10, 2, true, 30, Some(5)),
             ]
         );
         assert_eq!(
