@@ -3,7 +3,13 @@
 // receive, so in the channel_account ordering scope (a whole business number is one group)
 // every invocation got a single record: the fault runs measured that limit, not the processor.
 //
-// Two things change, both by wrapping fauxqs's own methods:
+// Three things change, all by wrapping fauxqs's own methods:
+// - a receive serves the groups oldest waiting message first. fauxqs keeps its groups in the
+//   order they last appeared: a group emptied by a receive and refilled by a message that came
+//   back (a retry, a crash) went to the back, behind every other group's backlog, and in the
+//   conversation scope a retried conversation waited minutes for its next attempt. SQS
+//   documents no order across groups; oldest first is what the harness assumes, so that the
+//   stall it measures is the retry delay and not this emulator's queueing order;
 // - a receive that opened a group (nothing of it was in flight before) asks fauxqs again for
 //   that group only, until the receive is full or the group has nothing more to give;
 // - when messages of a group come back (visibility set to 0, or run out), fauxqs puts each at
@@ -14,9 +20,19 @@ import { SqsQueue } from "./node_modules/fauxqs/dist/sqs/sqsStore.js";
 const bySequence = (a, b) =>
   a.sequenceNumber < b.sequenceNumber ? -1 : a.sequenceNumber > b.sequenceNumber ? 1 : 0;
 
+const headSequence = (msgs) => msgs[0]?.sequenceNumber ?? "~";
+
 const dequeueFifo = SqsQueue.prototype.dequeueFifo;
 SqsQueue.prototype.dequeueFifo = function (maxCount, visibilityTimeout, dlqResolver) {
   const limit = Math.min(maxCount, 10);
+  // Oldest waiting message first (sequence numbers are zero-padded: text order is age order).
+  const groups = [...this.fifoMessages].sort(([, a], [, b]) => {
+    const x = headSequence(a);
+    const y = headSequence(b);
+    return x < y ? -1 : x > y ? 1 : 0;
+  });
+  this.fifoMessages.clear();
+  for (const [g, msgs] of groups) this.fifoMessages.set(g, msgs);
   const out = dequeueFifo.call(this, limit, visibilityTimeout, dlqResolver);
   const groupOf = (m) => this.inflightMessages.get(m.ReceiptHandle)?.message.messageGroupId;
   const taken = new Map();

@@ -2,7 +2,8 @@
 //! infra/sqs/fifo-batches.mjs), checked for the FIFO behaviour the harness relies on, through
 //! the real SDK: a receive hands out up to ten messages of one group, in order, as SQS does
 //! (fauxqs alone gives one per group); nothing more of a group while some of it is in flight;
-//! messages that come back (visibility 0, or run out) come back in their order.
+//! messages that come back (visibility 0, or run out) come back in their order; the group with
+//! the oldest waiting message is served first, also when that message came back.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -60,9 +61,18 @@ async fn client(endpoint: &str) -> aws_sdk_sqs::Client {
 }
 
 async fn receive(sqs: &aws_sdk_sqs::Client, q: &str, visibility: i32) -> Vec<(String, String)> {
+    receive_up_to(sqs, q, visibility, 10).await
+}
+
+async fn receive_up_to(
+    sqs: &aws_sdk_sqs::Client,
+    q: &str,
+    visibility: i32,
+    max: i32,
+) -> Vec<(String, String)> {
     sqs.receive_message()
         .queue_url(q)
-        .max_number_of_messages(10)
+        .max_number_of_messages(max)
         .visibility_timeout(visibility)
         .send()
         .await
@@ -154,4 +164,43 @@ async fn a_fifo_receive_takes_up_to_ten_of_a_group_in_order_and_returns_keep_it(
         bodies(&receive(&sqs, &q, 30).await),
         ["a9", "a10", "a11", "a12"]
     );
+}
+
+#[tokio::test]
+async fn the_oldest_waiting_message_is_served_first_also_when_it_came_back() {
+    let (_fauxqs, endpoint) = start();
+    let sqs = client(&endpoint).await;
+    let q = sqs
+        .create_queue()
+        .queue_name("fair.fifo")
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::VisibilityTimeout, "30")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    for group in ["a", "b", "c"] {
+        sqs.send_message()
+            .queue_url(&q)
+            .message_body(format!("{group}1"))
+            .message_group_id(group)
+            .message_deduplication_id(format!("{group}1"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let a = receive_up_to(&sqs, &q, 30, 1).await;
+    assert_eq!(bodies(&a), ["a1"]);
+    // a1 comes back (a retry): it is still the oldest message waiting, so it goes first,
+    // not behind b and c (fauxqs alone puts its group at the back).
+    sqs.change_message_visibility()
+        .queue_url(&q)
+        .receipt_handle(&a[0].1)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bodies(&receive_up_to(&sqs, &q, 30, 1).await), ["a1"]);
+    assert_eq!(bodies(&receive_up_to(&sqs, &q, 30, 1).await), ["b1"]);
 }
