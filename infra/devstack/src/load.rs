@@ -828,6 +828,11 @@ async fn check(
         }
     };
     let c = db.client().await?;
+    // One snapshot for every query below: a run cut off by its drain time still has turns
+    // recording, and a turn recorded between two queries looked charged and not delivered.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(shared::db::DbError::from)?;
     // Inbound, stored once each.
     let ids: Vec<&str> = sent.iter().map(|s| s.id.as_str()).collect();
     let rows = c
@@ -1097,6 +1102,9 @@ async fn check(
         .await
         .map_err(shared::db::DbError::from)?
         .get(0);
+    c.batch_execute("COMMIT")
+        .await
+        .map_err(shared::db::DbError::from)?;
     Ok(Report {
         date,
         ordering_scope: cfg.ordering_scope.clone(),
