@@ -7,8 +7,16 @@
 //! into one charge for the billed usage and releases the rest; a turn that fails releases its
 //! hold whole; a hold left by a crashed invocation expires.
 
-use crate::openai::price;
 use crate::turn::Usage;
+
+/// Credits for `tokens` at `per_1k` credits per 1,000 tokens, rounded up.
+pub fn price(per_1k: i64, tokens: u64) -> i64 {
+    i64::try_from(tokens)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(per_1k)
+        .saturating_add(999)
+        / 1000
+}
 
 /// Credits per 1,000 tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +96,14 @@ pub fn settle(cost: i64, balance: i64) -> Settlement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn price_rounds_up_per_thousand_tokens() {
+        assert_eq!(price(2, 1000), 2);
+        assert_eq!(price(2, 1001), 3);
+        assert_eq!(price(0, 5000), 0);
+        assert_eq!(price(4, 1), 1);
+    }
 
     const P: Prices = Prices {
         input_per_1k: 2,

@@ -348,6 +348,60 @@ impl GraphClient {
     }
 }
 
+/// The Graph API as a function's environment names it (processor, admin): `GRAPH_BASE_URL`
+/// and `INSTAGRAM_GRAPH_BASE_URL` (Meta's by default), `TOKEN_SECRET_PREFIX`, and the default
+/// token: `GRAPH_ACCESS_TOKEN`, else the `graph_access_token` field of `APP_SECRET_ID`.
+#[derive(Debug)]
+pub struct GraphSettings {
+    pub base_url: String,
+    pub instagram_base_url: String,
+    /// Names every per-account token secret must have: `<prefix><provider account id>`.
+    pub token_secret_prefix: Option<String>,
+    pub access_token: Option<SecretString>,
+    pub app_secret_id: Option<String>,
+}
+
+impl GraphSettings {
+    pub fn read(env: &mut crate::config::EnvReader<'_>) -> Self {
+        Self {
+            base_url: env.base_url(
+                "GRAPH_BASE_URL",
+                &format!("https://graph.facebook.com/{GRAPH_VERSION}"),
+            ),
+            instagram_base_url: env.base_url(
+                "INSTAGRAM_GRAPH_BASE_URL",
+                &format!("https://graph.instagram.com/{GRAPH_VERSION}"),
+            ),
+            token_secret_prefix: env.optional("TOKEN_SECRET_PREFIX"),
+            access_token: env.optional("GRAPH_ACCESS_TOKEN").map(SecretString::from),
+            app_secret_id: env.optional("APP_SECRET_ID"),
+        }
+    }
+
+    pub fn client(&self) -> GraphClient {
+        GraphClient::new(self.base_url.clone(), self.instagram_base_url.clone())
+    }
+
+    /// The accounts' tokens, from `secrets`, with the deployment's default token read now.
+    pub async fn tokens(
+        &self,
+        secrets: crate::secrets::SecretCache,
+    ) -> Result<GraphTokens, crate::secrets::SecretsError> {
+        let default = crate::secrets::app_value(
+            self.access_token.as_ref(),
+            self.app_secret_id.as_deref(),
+            crate::secrets::KEY_GRAPH_ACCESS_TOKEN,
+            &secrets,
+        )
+        .await?;
+        Ok(GraphTokens {
+            secrets,
+            default,
+            prefix: self.token_secret_prefix.clone(),
+        })
+    }
+}
+
 /// Where a channel account's Graph API token comes from: the Secrets Manager secret the account
 /// names (`channel_accounts.access_token_secret`, cached), else the deployment's default token.
 pub struct GraphTokens {

@@ -9,12 +9,14 @@
 //! - [`fifo`]: running a FIFO batch with the skip-group failure rule;
 //! - [`idempotency`]: the DynamoDB claim/complete record per inbound message;
 //! - [`db`]: Postgres connection, migrations and tenant-scoped queries;
+//! - [`bootstrap`]: the one start-up path of every function;
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`], [`metrics`]: start-up plumbing, logs
 //!   and CloudWatch EMF metrics;
 //! - [`turn`], [`credits`]: the turn engine's decisions (states, sends, retry delays, holds);
 //! - [`netguard`]: keeps local runs on loopback.
 
 pub mod aws;
+pub mod bootstrap;
 pub mod breaker;
 pub mod cache;
 pub mod config;

@@ -148,13 +148,63 @@ impl ClientSettings {
     }
 }
 
-/// Credits for `tokens` at `per_1k` credits per 1,000 tokens, rounded up.
-pub fn price(per_1k: i64, tokens: u64) -> i64 {
-    i64::try_from(tokens)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(per_1k)
-        .saturating_add(999)
-        / 1000
+/// The model endpoint as a function's environment names it (processor, extraction):
+/// `OPENAI_BASE_URL` (default OpenAI's), `MODEL_BASE_URL_ALLOWLIST`, `MODEL_TIMEOUT_SECS`
+/// (per attempt, default 30), and the key: `OPENAI_API_KEY`, else the `openai_api_key` field
+/// of the secret `APP_SECRET_ID`.
+#[derive(Debug)]
+pub struct ModelEndpoint {
+    pub base_url: String,
+    /// Endpoints an agent's `base_url` may name; others are ignored.
+    pub allowed_base_urls: Vec<String>,
+    pub timeout: Duration,
+    pub api_key: Option<SecretString>,
+    pub app_secret_id: Option<String>,
+}
+
+impl ModelEndpoint {
+    pub fn read(env: &mut crate::config::EnvReader<'_>) -> Self {
+        let app_secret_id = env.optional("APP_SECRET_ID");
+        let api_key = env.optional("OPENAI_API_KEY").map(SecretString::from);
+        if api_key.is_none() && app_secret_id.is_none() {
+            env.problem("set OPENAI_API_KEY or APP_SECRET_ID (a secret with `openai_api_key`)");
+        }
+        Self {
+            base_url: env.base_url("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            allowed_base_urls: env.url_list("MODEL_BASE_URL_ALLOWLIST"),
+            timeout: Duration::from_secs(env.number("MODEL_TIMEOUT_SECS", 30, 1, 300)),
+            api_key,
+            app_secret_id,
+        }
+    }
+
+    /// The API key: `OPENAI_API_KEY`, else read from the app secret.
+    pub async fn key(
+        &self,
+        secrets: &crate::secrets::SecretCache,
+    ) -> Result<SecretString, crate::secrets::SecretsError> {
+        use crate::secrets::{app_value, SecretsError, KEY_OPENAI_API_KEY};
+        app_value(
+            self.api_key.as_ref(),
+            self.app_secret_id.as_deref(),
+            KEY_OPENAI_API_KEY,
+            secrets,
+        )
+        .await?
+        .ok_or(SecretsError::NotSet(KEY_OPENAI_API_KEY))
+    }
+
+    /// The client, with its [`ModelEndpoint::key`].
+    pub async fn client(
+        &self,
+        secrets: &crate::secrets::SecretCache,
+    ) -> Result<ResponsesClient, crate::secrets::SecretsError> {
+        let key = self.key(secrets).await?;
+        let mut settings = ClientSettings::new(self.base_url.clone(), key);
+        settings.allowed_base_urls = self.allowed_base_urls.clone();
+        settings.timeout = self.timeout;
+        Ok(ResponsesClient::new(settings))
+    }
 }
 
 pub struct ResponsesClient {
@@ -401,18 +451,5 @@ fn reply_of(r: RawResponse) -> ModelReply {
         incomplete_reason: r.incomplete_details.and_then(|d| d.reason),
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn price_rounds_up_per_thousand_tokens() {
-        assert_eq!(price(2, 1000), 2);
-        assert_eq!(price(2, 1001), 3);
-        assert_eq!(price(0, 5000), 0);
-        assert_eq!(price(4, 1), 1);
     }
 }

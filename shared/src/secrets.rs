@@ -232,6 +232,14 @@ impl DatabaseSource {
         Self { url, secret_id }
     }
 
+    /// The database, its URL read now.
+    pub async fn connect(&self, secrets: &SecretCache) -> Result<crate::db::Db, SecretsError> {
+        let url = self.resolve(secrets).await?;
+        Ok(crate::db::Db::new(crate::db::DbConfig::new(
+            url.expose_secret(),
+        )))
+    }
+
     pub async fn resolve(&self, secrets: &SecretCache) -> Result<SecretString, SecretsError> {
         match (&self.url, &self.secret_id) {
             (Some(u), _) => Ok(u.clone()),

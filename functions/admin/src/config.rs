@@ -4,20 +4,16 @@
 //! optional `graph_access_token`, the default token for accounts that name no secret of their
 //! own). Locally `DATABASE_URL` and `GRAPH_ACCESS_TOKEN` take precedence.
 
-use std::time::Duration;
-
-use secrecy::SecretString;
+use shared::bootstrap::Common;
 use shared::config::{ConfigError, EnvReader};
-use shared::graph::GRAPH_VERSION;
-use shared::secrets::{
-    app_value, DatabaseSource, SecretCache, SecretsError, KEY_GRAPH_ACCESS_TOKEN,
-};
+use shared::graph::{GraphSettings, GRAPH_VERSION};
+use shared::secrets::DatabaseSource;
 
 #[derive(Debug)]
 pub struct Config {
+    pub common: Common,
     pub database: DatabaseSource,
-    pub app_secret_id: Option<String>,
-    pub graph_access_token: Option<SecretString>,
+    pub graph: GraphSettings,
     pub settings: Settings,
 }
 
@@ -42,10 +38,6 @@ pub struct Settings {
     pub model_base_urls: Vec<String>,
     /// Largest request body.
     pub max_body_bytes: usize,
-    /// How long per-account Graph tokens are cached.
-    pub secrets_ttl: Duration,
-    /// CloudWatch namespace of the EMF metrics.
-    pub metrics_namespace: String,
 }
 
 impl Default for Settings {
@@ -60,8 +52,6 @@ impl Default for Settings {
             token_secret_prefix: None,
             model_base_urls: Vec::new(),
             max_body_bytes: 256 * 1024,
-            secrets_ttl: Duration::from_secs(300),
-            metrics_namespace: "AiAgent".to_owned(),
         }
     }
 }
@@ -74,6 +64,7 @@ impl Config {
     pub fn from_reader(mut env: EnvReader<'_>) -> Result<Self, ConfigError> {
         let d = Settings::default();
         let database = DatabaseSource::from_env(&mut env);
+        let graph = GraphSettings::read(&mut env);
         let settings = Settings {
             limits_table: env.required("IDEMPOTENCY_TABLE"),
             per_key_per_minute: env.number(
@@ -89,46 +80,25 @@ impl Config {
                 1_000_000,
             ) as u32,
             extraction_queue_url: env.required_url("EXTRACTION_QUEUE_URL"),
-            graph_base_url: env.base_url("GRAPH_BASE_URL", &d.graph_base_url),
-            instagram_graph_base_url: env
-                .base_url("INSTAGRAM_GRAPH_BASE_URL", &d.instagram_graph_base_url),
-            token_secret_prefix: env.optional("TOKEN_SECRET_PREFIX"),
+            graph_base_url: graph.base_url.clone(),
+            instagram_graph_base_url: graph.instagram_base_url.clone(),
+            token_secret_prefix: graph.token_secret_prefix.clone(),
             model_base_urls: env.url_list("MODEL_BASE_URL_ALLOWLIST"),
             max_body_bytes: d.max_body_bytes,
-            secrets_ttl: Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600)),
-            metrics_namespace: env
-                .optional("METRICS_NAMESPACE")
-                .unwrap_or(d.metrics_namespace),
         };
-        let app_secret_id = env.optional("APP_SECRET_ID");
-        if app_secret_id.is_some() && settings.token_secret_prefix.is_none() {
+        if graph.app_secret_id.is_some() && settings.token_secret_prefix.is_none() {
             // Deployed: without the prefix a tenant could name any secret as its token.
             env.problem(
                 "TOKEN_SECRET_PREFIX is required with APP_SECRET_ID (deployed: <stack>/channel/)",
             );
         }
-        let graph_access_token = env.optional("GRAPH_ACCESS_TOKEN").map(SecretString::from);
+        let common = Common::read(&mut env);
         env.finish(Self {
+            common,
             database,
-            app_secret_id,
-            graph_access_token,
+            graph,
             settings,
         })
-    }
-
-    /// The database URL and the default Graph token (plain variables win over the secrets).
-    pub async fn resolve(
-        &self,
-        secrets: &SecretCache,
-    ) -> Result<(SecretString, Option<SecretString>), SecretsError> {
-        let token = app_value(
-            self.graph_access_token.as_ref(),
-            self.app_secret_id.as_deref(),
-            KEY_GRAPH_ACCESS_TOKEN,
-            secrets,
-        )
-        .await?;
-        Ok((self.database.resolve(secrets).await?, token))
     }
 }
 

@@ -279,6 +279,18 @@ pub fn page(mut rows: Vec<Json>, limit: i64) -> Json {
 }
 
 impl App {
+    /// The API as its environment describes it (cold start).
+    pub async fn from_env(
+        start: shared::bootstrap::Start,
+    ) -> Result<Self, shared::bootstrap::StartError> {
+        let config = Config::from_env()?;
+        let secrets = start.secrets(config.common.secrets_ttl);
+        let db = config.database.connect(&secrets).await?;
+        let tokens = config.graph.tokens(secrets).await?;
+        let metrics = config.common.metrics(start.function);
+        Ok(Self::new(config.settings, db, &start.sdk, tokens, metrics))
+    }
+
     pub fn new(
         settings: Settings,
         db: Db,

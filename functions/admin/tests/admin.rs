@@ -1395,10 +1395,11 @@ async fn the_templates_environment_configures_the_function() {
         .await
         .unwrap();
     let secrets = shared::secrets::SecretCache::new(sm, std::time::Duration::from_secs(300));
-    let (url, token) = config.resolve(&secrets).await.unwrap();
+    let url = config.database.resolve(&secrets).await.unwrap();
+    let tokens = config.graph.tokens(secrets).await.unwrap();
     assert!(url.expose_secret().starts_with("postgres://u:p@db"));
     assert!(
-        token.is_none(),
+        tokens.default.is_none(),
         "no default Graph token until the operator sets one"
     );
 }

@@ -10,7 +10,7 @@
 //! `incomplete` and `refusal` answers are recorded and the window is passed, never retried.
 
 mod config;
-pub mod webhook;
+pub mod tenant_webhook;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::json;
 use shared::cache::TtlCache;
+use shared::credits::price;
 use shared::db::leads::{self, ExtractionRecord};
 use shared::db::store::{self, Agent};
 use shared::db::{Db, DbError, TenantId};
@@ -27,13 +28,13 @@ use shared::envelope::Content;
 use shared::idempotency::{Claim, IdempotencyStore};
 use shared::lead::{clean, lead_schema, text_format};
 use shared::metrics::Metrics;
-use shared::openai::{price, InputMessage, ResponseRequest, ResponsesClient};
+use shared::openai::{InputMessage, ResponseRequest, ResponsesClient};
 use shared::queue::{ParkedRecord, QueuePublisher};
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
-pub use config::{Config, Resolved};
-use webhook::{WebhookSender, MAX_ATTEMPTS};
+pub use config::Config;
+use tenant_webhook::{WebhookSender, MAX_ATTEMPTS};
 
 /// Most messages one run reads (a longer backlog is read over several runs).
 pub const WINDOW: i64 = 60;
@@ -118,6 +119,34 @@ fn transcript_line(direction: &str, content: &serde_json::Value) -> Option<Strin
 }
 
 impl Extractor {
+    /// The function as its environment describes it (cold start).
+    pub async fn from_env(
+        start: shared::bootstrap::Start,
+    ) -> Result<Self, shared::bootstrap::StartError> {
+        let config = Config::from_env()?;
+        let secrets = start.secrets(config.common.secrets_ttl);
+        Ok(Self::new(Deps {
+            db: config.database.connect(&secrets).await?,
+            idempotency: IdempotencyStore::new(start.dynamodb(), config.idempotency_table),
+            model: config.model_endpoint.client(&secrets).await?,
+            model_override: config.model,
+            publisher: start.publisher(),
+            dead_letter_queue_url: config.dead_letter_queue_url,
+            webhooks: WebhookSender::new(Duration::from_secs(10)),
+            metrics: config.common.metrics(start.function),
+        }))
+    }
+
+    /// One Lambda invocation: its batch, answered 2 s before the invocation's deadline.
+    pub async fn invoke(
+        &self,
+        event: lambda_runtime::LambdaEvent<aws_lambda_events::sqs::SqsEvent>,
+    ) -> aws_lambda_events::sqs::SqsBatchResponse {
+        let deadline =
+            shared::invocation_deadline(event.context.deadline(), Duration::from_secs(2));
+        self.handle_batch(event.payload.records, deadline).await
+    }
+
     pub fn new(deps: Deps) -> Self {
         Self {
             deps,

@@ -91,7 +91,7 @@ async fn harness() -> Harness {
         model_override: None,
         publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(&sdk), RetryPolicy::default()),
         dead_letter_queue_url: stack.queue("ExtractionDLQ").url.clone(),
-        webhooks: extraction::webhook::WebhookSender::new(Duration::from_secs(2)),
+        webhooks: extraction::tenant_webhook::WebhookSender::new(Duration::from_secs(2)),
         metrics: Metrics::silent("AiAgentTest", "extraction"),
     });
     Harness {

@@ -23,6 +23,56 @@ use aws_lambda_events::event::cloudformation::{
 use serde_json::{json, Value};
 use shared::secrets::SecretsError;
 
+/// The function's state: where the database URL is read from on every run (the operator may
+/// just have put it in), and the client that answers CloudFormation.
+pub struct Migrator {
+    database: shared::secrets::DatabaseSource,
+    secrets: shared::secrets::SecretCache,
+    http: reqwest::Client,
+}
+
+impl Migrator {
+    /// The function as its environment describes it (cold start).
+    pub async fn from_env(
+        start: shared::bootstrap::Start,
+    ) -> Result<Self, shared::bootstrap::StartError> {
+        let mut env = shared::config::EnvReader::from_process_env();
+        let database = shared::secrets::DatabaseSource::from_env(&mut env);
+        env.finish(())?;
+        Ok(Self {
+            database,
+            // Read the secret on every run: the operator may just have put the URL in.
+            secrets: start.secrets(std::time::Duration::ZERO),
+            http: shared::netguard::http_client()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// One invocation: `issue_platform_key`, or the migrations (see the module docs).
+    pub async fn invoke(&self, event: Value) -> Result<Value, String> {
+        if event["action"] == "issue_platform_key" {
+            let db = self
+                .database
+                .connect(&self.secrets)
+                .await
+                .map_err(|e| e.to_string())?;
+            return issue_platform_key(&db, &event).await;
+        }
+        handle(&self.http, event, || async {
+            let db = match self.database.connect(&self.secrets).await {
+                Ok(db) => db,
+                Err(e) => return skipped_or_failed(e),
+            };
+            db.migrate()
+                .await
+                .map(Ran::Applied)
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+}
+
 /// Issues a platform (operator) key for the admin API after applying the migrations. The key
 /// is in the answer only; the log line names its prefix.
 pub async fn issue_platform_key(db: &shared::db::Db, event: &Value) -> Result<Value, String> {

@@ -33,7 +33,7 @@ use shared::turn::{
 };
 use tracing::{info, warn, Instrument};
 
-pub use config::{Config, Resolved};
+pub use config::Config;
 
 /// Routing lookups are cached this long (an admin change is visible within it).
 pub const ROUTE_TTL: Duration = Duration::from_secs(300);
@@ -206,6 +206,40 @@ struct Reach<'a> {
 }
 
 impl Processor {
+    /// The processor as its environment describes it (cold start): configuration, secrets,
+    /// clients.
+    pub async fn from_env(
+        start: shared::bootstrap::Start,
+    ) -> Result<Self, shared::bootstrap::StartError> {
+        let config = Config::from_env()?;
+        let secrets = start.secrets(config.common.secrets_ttl);
+        let db = config.database.connect(&secrets).await?;
+        let model = config.model.client(&secrets).await?;
+        Ok(Self::new(Deps {
+            db,
+            model,
+            graph: config.graph.client(),
+            tokens: config.graph.tokens(secrets).await?,
+            publisher: start.publisher(),
+            extraction_queue_url: config.extraction_queue_url,
+            dead_letter_queue_url: config.dead_letter_queue_url,
+            inbound_queue_url: config.inbound_queue_url,
+            max_retry_delay: config.max_retry_delay,
+            metrics: config.common.metrics(start.function),
+        }))
+    }
+
+    /// One Lambda invocation: its batch, answered 2 s before the invocation's deadline.
+    pub async fn invoke(
+        &self,
+        event: lambda_runtime::LambdaEvent<aws_lambda_events::sqs::SqsEvent>,
+    ) -> SqsBatchResponse {
+        crash::set_invocation(&event.context.request_id);
+        let deadline =
+            shared::invocation_deadline(event.context.deadline(), Duration::from_secs(2));
+        self.handle_batch(event.payload.records, deadline).await
+    }
+
     pub fn new(deps: Deps) -> Self {
         Self {
             deps,

@@ -1062,7 +1062,7 @@ async fn the_template_environment_configures_the_processor_from_its_secrets() {
         Duration::from_secs(300),
     );
     // As deployed: the secrets exist but hold no values yet.
-    let err = config.resolve(&secrets).await.err().unwrap();
+    let err = config.model.key(&secrets).await.err().unwrap();
     assert!(err.to_string().contains("openai_api_key"), "{err}");
     // The operator fills them in.
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
@@ -1084,14 +1084,20 @@ async fn the_template_environment_configures_the_processor_from_its_secrets() {
             .unwrap();
     }
     let fresh = SecretCache::new(sm, Duration::from_secs(300));
-    let resolved = config.resolve(&fresh).await.unwrap();
     use secrecy::ExposeSecret;
-    assert_eq!(resolved.openai_api_key.expose_secret(), "sk-live");
-    assert!(resolved
-        .database_url
+    assert_eq!(
+        config.model.key(&fresh).await.unwrap().expose_secret(),
+        "sk-live"
+    );
+    assert!(config
+        .database
+        .resolve(&fresh)
+        .await
+        .unwrap()
         .expose_secret()
         .starts_with("postgres://u:p@db"));
-    assert!(resolved.graph_access_token.is_none(), "empty means unset");
+    let tokens = config.graph.tokens(fresh).await.unwrap();
+    assert!(tokens.default.is_none(), "empty means unset");
 }
 
 /// `events/sqs-inbound.json` as the code makes it: the SQS event Lambda would deliver for the

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use shared::bootstrap::Common;
 use shared::config::{ConfigError, EnvReader};
 use shared::secrets::DatabaseSource;
 
@@ -13,8 +14,7 @@ pub struct Config {
     pub dead_letter_queue_url: String,
     /// The longest a failed record waits before its redelivery (`MAX_RETRY_DELAY_SECS`).
     pub max_retry_delay: Duration,
-    pub metrics_namespace: String,
-    pub secrets_ttl: Duration,
+    pub common: Common,
 }
 
 impl Config {
@@ -27,17 +27,13 @@ impl Config {
         let queue_url = env.required_url("STATUS_QUEUE_URL");
         let dead_letter_queue_url = env.required_url("STATUS_DLQ_URL");
         let max_retry_delay = Duration::from_secs(env.number("MAX_RETRY_DELAY_SECS", 180, 1, 900));
-        let metrics_namespace = env
-            .optional("METRICS_NAMESPACE")
-            .unwrap_or_else(|| "AiAgent".into());
-        let secrets_ttl = Duration::from_secs(env.number("SECRETS_CACHE_TTL_SECS", 300, 0, 3600));
+        let common = Common::read(&mut env);
         env.finish(Self {
             database,
             queue_url,
             dead_letter_queue_url,
             max_retry_delay,
-            metrics_namespace,
-            secrets_ttl,
+            common,
         })
     }
 }
@@ -62,7 +58,7 @@ mod tests {
             ("STATUS_DLQ_URL", "http://127.0.0.1:4566/1/agent-status-dlq"),
         ]))
         .unwrap();
-        assert_eq!(ok.metrics_namespace, "AiAgent");
+        assert_eq!(ok.common.metrics_namespace, "AiAgent");
         assert_eq!(ok.max_retry_delay, Duration::from_secs(180));
     }
 }

@@ -54,6 +54,30 @@ pub struct StatusProcessor {
 }
 
 impl StatusProcessor {
+    /// The function as its environment describes it (cold start).
+    pub async fn from_env(
+        start: shared::bootstrap::Start,
+    ) -> Result<Self, shared::bootstrap::StartError> {
+        let config = Config::from_env()?;
+        let secrets = start.secrets(config.common.secrets_ttl);
+        Ok(Self::new(Deps {
+            db: config.database.connect(&secrets).await?,
+            publisher: start.publisher(),
+            queue_url: config.queue_url,
+            dead_letter_queue_url: config.dead_letter_queue_url,
+            max_retry_delay: config.max_retry_delay,
+            metrics: config.common.metrics(start.function),
+        }))
+    }
+
+    /// One Lambda invocation.
+    pub async fn invoke(
+        &self,
+        event: lambda_runtime::LambdaEvent<aws_lambda_events::sqs::SqsEvent>,
+    ) -> SqsBatchResponse {
+        self.handle_batch(event.payload.records).await
+    }
+
     pub fn new(deps: Deps) -> Self {
         Self {
             deps,

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use secrecy::SecretString;
+use shared::bootstrap::Common;
 use shared::config::{ConfigError, EnvReader};
 use shared::ordering::OrderingScope;
 use shared::secrets::{app_value, DatabaseSource, SecretCache, SecretsError};
@@ -16,6 +17,7 @@ pub const KEY_SIGNING_KEY: &str = "signing_key";
 
 #[derive(Debug)]
 pub struct Config {
+    pub common: Common,
     pub database: DatabaseSource,
     pub signing_key: Option<SecretString>,
     pub webchat_secret_id: Option<String>,
@@ -41,8 +43,6 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How long a site lookup is cached.
     pub site_cache_ttl: Duration,
-    /// CloudWatch namespace of the EMF metrics.
-    pub metrics_namespace: String,
 }
 
 impl Default for Settings {
@@ -57,7 +57,6 @@ impl Default for Settings {
             max_wait: Duration::from_secs(20),
             max_body_bytes: 16 * 1024,
             site_cache_ttl: Duration::from_secs(60),
-            metrics_namespace: "AiAgent".to_owned(),
         }
     }
 }
@@ -113,12 +112,11 @@ impl Config {
                 0,
                 20,
             )),
-            metrics_namespace: env
-                .optional("METRICS_NAMESPACE")
-                .unwrap_or_else(|| defaults.metrics_namespace.clone()),
             ..defaults
         };
+        let common = Common::read(&mut env);
         env.finish(Self {
+            common,
             database,
             signing_key,
             webchat_secret_id,

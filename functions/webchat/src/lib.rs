@@ -88,6 +88,21 @@ struct MessageRequest {
 }
 
 impl App {
+    /// The function as its environment describes it (cold start).
+    pub async fn from_env(
+        start: shared::bootstrap::Start,
+    ) -> Result<Self, shared::bootstrap::StartError> {
+        let config = Config::from_env()?;
+        let secrets = start.secrets(config.common.secrets_ttl);
+        let (database_url, signing_key) = config.resolve(&secrets).await?;
+        let db = Db::new(shared::db::DbConfig::new(
+            secrecy::ExposeSecret::expose_secret(&database_url),
+        ));
+        let key = TokenKey::new(secrecy::ExposeSecret::expose_secret(&signing_key).as_bytes());
+        let metrics = config.common.metrics(start.function);
+        Ok(Self::new(config.settings, db, key, &start.sdk, metrics))
+    }
+
     pub fn new(
         settings: Settings,
         db: Db,

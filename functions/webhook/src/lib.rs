@@ -32,6 +32,13 @@ pub struct App {
 }
 
 impl App {
+    /// The function as its environment describes it (cold start).
+    pub async fn from_env(
+        start: shared::bootstrap::Start,
+    ) -> Result<Self, shared::bootstrap::StartError> {
+        Ok(Self::new(Config::from_env()?, &start.sdk)?)
+    }
+
     /// Builds the app from a validated config and an AWS SDK configuration.
     pub fn new(
         config: Config,
