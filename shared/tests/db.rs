@@ -4,9 +4,11 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use shared::db::store::StatusApplied;
+use shared::db::statuses::StatusApplied;
 use shared::db::testing::TestDb;
-use shared::db::{store, Db, DbConfig, TenantId};
+use shared::db::{
+    agents, channels, conversations, credits, messages, statuses, tenants, Db, DbConfig, TenantId,
+};
 use shared::envelope::{Channel, DeliveryState};
 use uuid::Uuid;
 
@@ -20,11 +22,11 @@ struct Fixture {
 }
 
 async fn fixture(db: &Db, name: &str, phone_number_id: &str) -> Fixture {
-    let tenant = store::create_tenant(db, name).await.unwrap();
-    let agent = store::create_agent(db, tenant, "sales", "gpt-4.1-mini", "Be brief.")
+    let tenant = tenants::create_tenant(db, name).await.unwrap();
+    let agent = agents::create_agent(db, tenant, "sales", "gpt-4.1-mini", "Be brief.")
         .await
         .unwrap();
-    let account = store::create_channel_account(
+    let account = channels::create_channel_account(
         db,
         tenant,
         Channel::Whatsapp,
@@ -34,7 +36,7 @@ async fn fixture(db: &Db, name: &str, phone_number_id: &str) -> Fixture {
     )
     .await
     .unwrap();
-    let contact = store::upsert_contact(
+    let contact = conversations::upsert_contact(
         db,
         tenant,
         account,
@@ -46,12 +48,12 @@ async fn fixture(db: &Db, name: &str, phone_number_id: &str) -> Fixture {
     .await
     .unwrap()
     .unwrap();
-    let conversation = store::conversation_for(db, tenant, account, contact)
+    let conversation = conversations::conversation_for(db, tenant, account, contact)
         .await
         .unwrap()
         .unwrap()
         .id;
-    let inserted = store::insert_inbound_message(
+    let inserted = messages::insert_inbound_message(
         db,
         tenant,
         conversation,
@@ -151,53 +153,53 @@ async fn another_tenants_ids_see_and_change_nothing() {
 
     // Reads
     assert_eq!(
-        store::get_conversation(db, b.tenant, a.conversation)
+        conversations::get_conversation(db, b.tenant, a.conversation)
             .await
             .unwrap(),
         None
     );
-    assert!(store::recent_messages(db, b.tenant, a.conversation, 10)
+    assert!(messages::recent_messages(db, b.tenant, a.conversation, 10)
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
-        store::message_status(db, b.tenant, a.account, "wamid.alpha")
+        messages::message_status(db, b.tenant, a.account, "wamid.alpha")
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        store::channel_account_channel(db, b.tenant, a.account)
+        channels::channel_account_channel(db, b.tenant, a.account)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        store::conversation_for(db, b.tenant, a.account, a.contact)
+        conversations::conversation_for(db, b.tenant, a.account, a.contact)
             .await
             .unwrap(),
         None
     );
     // Writes
     assert_eq!(
-        store::upsert_contact(db, b.tenant, a.account, "MX.9", None, Some("Eve"), None)
+        conversations::upsert_contact(db, b.tenant, a.account, "MX.9", None, Some("Eve"), None)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        store::upsert_contact(db, b.tenant, a.account, "MX.1", None, Some("Renamed"), None)
+        conversations::upsert_contact(db, b.tenant, a.account, "MX.1", None, Some("Renamed"), None)
             .await
             .unwrap(),
         None
     );
     assert!(
-        !store::set_conversation_mode(db, b.tenant, a.conversation, "human")
+        !conversations::set_conversation_mode(db, b.tenant, a.conversation, "human")
             .await
             .unwrap()
     );
     assert_eq!(
-        store::insert_inbound_message(
+        messages::insert_inbound_message(
             db,
             b.tenant,
             a.conversation,
@@ -211,7 +213,7 @@ async fn another_tenants_ids_see_and_change_nothing() {
         None
     );
     assert_eq!(
-        store::insert_inbound_message(
+        messages::insert_inbound_message(
             db,
             b.tenant,
             a.conversation,
@@ -226,7 +228,7 @@ async fn another_tenants_ids_see_and_change_nothing() {
         "not even told it is a duplicate"
     );
     assert_eq!(
-        store::insert_outbound_message(
+        messages::insert_outbound_message(
             db,
             b.tenant,
             a.conversation,
@@ -241,7 +243,7 @@ async fn another_tenants_ids_see_and_change_nothing() {
         None
     );
     assert_eq!(
-        store::apply_status(
+        statuses::apply_status(
             db,
             b.tenant,
             a.account,
@@ -255,38 +257,40 @@ async fn another_tenants_ids_see_and_change_nothing() {
         StatusApplied::NoAccount
     );
     assert!(
-        !store::set_channel_account_active(db, b.tenant, a.account, false)
+        !channels::set_channel_account_active(db, b.tenant, a.account, false)
             .await
             .unwrap()
     );
-    store::top_up(db, b.tenant, 100, "test", None)
+    credits::top_up(db, b.tenant, 100, "test", None)
         .await
         .unwrap();
-    store::charge(db, b.tenant, 40, "test", None).await.unwrap();
+    credits::charge(db, b.tenant, 40, "test", None)
+        .await
+        .unwrap();
 
     // A's rows are exactly as they were.
-    let conv = store::get_conversation(db, a.tenant, a.conversation)
+    let conv = conversations::get_conversation(db, a.tenant, a.conversation)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(conv.mode, "ai");
     assert_eq!(
-        store::message_status(db, a.tenant, a.account, "wamid.alpha")
+        messages::message_status(db, a.tenant, a.account, "wamid.alpha")
             .await
             .unwrap(),
         Some(("received".to_owned(), None))
     );
-    let route = store::resolve_channel_account(db, Channel::Whatsapp, "111")
+    let route = channels::resolve_channel_account(db, Channel::Whatsapp, "111")
         .await
         .unwrap()
         .unwrap();
     assert_eq!((route.tenant, route.is_active), (a.tenant, true));
     assert_eq!(
-        store::credit_state(db, a.tenant).await.unwrap(),
+        credits::credit_state(db, a.tenant).await.unwrap(),
         Some((0, 0))
     );
     assert_eq!(
-        store::credit_state(db, b.tenant).await.unwrap(),
+        credits::credit_state(db, b.tenant).await.unwrap(),
         Some((60, 60))
     );
     assert_eq!(count(db, "messages").await, messages_before);
@@ -305,7 +309,7 @@ async fn another_tenants_ids_see_and_change_nothing() {
     assert_eq!(name.as_deref(), Some("Ana"));
 
     // The database itself refuses cross-tenant links and a second owner of a number.
-    assert!(store::create_channel_account(
+    assert!(channels::create_channel_account(
         db,
         a.tenant,
         Channel::Instagram,
@@ -316,7 +320,7 @@ async fn another_tenants_ids_see_and_change_nothing() {
     .await
     .is_err());
     assert!(
-        store::create_channel_account(db, b.tenant, Channel::Whatsapp, "111", None, None)
+        channels::create_channel_account(db, b.tenant, Channel::Whatsapp, "111", None, None)
             .await
             .is_err()
     );
@@ -326,7 +330,7 @@ async fn another_tenants_ids_see_and_change_nothing() {
 async fn the_same_provider_message_id_is_stored_once() {
     let t = TestDb::new().await;
     let f = fixture(&t.db, "alpha", "111").await;
-    let first = store::insert_inbound_message(
+    let first = messages::insert_inbound_message(
         &t.db,
         f.tenant,
         f.conversation,
@@ -338,7 +342,7 @@ async fn the_same_provider_message_id_is_stored_once() {
     .await
     .unwrap()
     .unwrap();
-    let second = store::insert_inbound_message(
+    let second = messages::insert_inbound_message(
         &t.db,
         f.tenant,
         f.conversation,
@@ -371,7 +375,7 @@ async fn the_same_provider_message_id_is_stored_once() {
 async fn fifty_concurrent_charges_never_overdraw_and_the_ledger_adds_up() {
     let t = TestDb::new().await;
     let f = fixture(&t.db, "alpha", "111").await;
-    store::top_up(&t.db, f.tenant, 1000, "top_up", Some("invoice-1"))
+    credits::top_up(&t.db, f.tenant, 1000, "top_up", Some("invoice-1"))
         .await
         .unwrap();
     // Ten connections, five charges each, all at once: 50 × 30 = 1500 asked of 1000.
@@ -384,7 +388,7 @@ async fn fifty_concurrent_charges_never_overdraw_and_the_ledger_adds_up() {
                 let mut charges = Vec::new();
                 for i in 0..5 {
                     charges.push(
-                        store::charge(&db, tenant, 30, "reply", Some(&format!("m{i}")))
+                        credits::charge(&db, tenant, 30, "reply", Some(&format!("m{i}")))
                             .await
                             .unwrap()
                             .unwrap(),
@@ -413,7 +417,7 @@ async fn fifty_concurrent_charges_never_overdraw_and_the_ledger_adds_up() {
         1 - (1000 % 30 == 0) as usize
     );
     assert_eq!(
-        store::credit_state(&t.db, f.tenant).await.unwrap(),
+        credits::credit_state(&t.db, f.tenant).await.unwrap(),
         Some((0, 0))
     );
     let ledger_rows = count(&t.db, "credit_ledger").await;
@@ -448,7 +452,7 @@ async fn delivery_status_only_moves_forward() {
     let f = fixture(&t.db, "alpha", "111").await;
     let db = &t.db;
     for id in ["wamid.out1", "wamid.out2"] {
-        store::insert_outbound_message(
+        messages::insert_outbound_message(
             db,
             f.tenant,
             f.conversation,
@@ -463,12 +467,12 @@ async fn delivery_status_only_moves_forward() {
         .unwrap();
     }
     let apply = |id: &'static str, s: DeliveryState, code: Option<i32>| async move {
-        store::apply_status(db, f.tenant, f.account, id, s, code, false)
+        statuses::apply_status(db, f.tenant, f.account, id, s, code, false)
             .await
             .unwrap()
     };
     let status = |id: &'static str| async move {
-        store::message_status(db, f.tenant, f.account, id)
+        messages::message_status(db, f.tenant, f.account, id)
             .await
             .unwrap()
             .unwrap()
@@ -531,14 +535,14 @@ async fn a_status_before_its_message_is_kept_and_applied_when_the_message_appear
         DeliveryState::Delivered,
     ] {
         assert_eq!(
-            store::apply_status(db, f.tenant, f.account, "wamid.early", s, None, false)
+            statuses::apply_status(db, f.tenant, f.account, "wamid.early", s, None, false)
                 .await
                 .unwrap(),
             StatusApplied::Pending
         );
     }
     assert_eq!(count(db, "pending_statuses").await, 2, "one row per status");
-    store::insert_outbound_message(
+    messages::insert_outbound_message(
         db,
         f.tenant,
         f.conversation,
@@ -550,7 +554,7 @@ async fn a_status_before_its_message_is_kept_and_applied_when_the_message_appear
     )
     .await
     .unwrap();
-    let applied = store::apply_pending_statuses(db, f.tenant, f.account, &["wamid.early"])
+    let applied = statuses::apply_pending_statuses(db, f.tenant, f.account, &["wamid.early"])
         .await
         .unwrap();
     assert_eq!(
@@ -558,7 +562,7 @@ async fn a_status_before_its_message_is_kept_and_applied_when_the_message_appear
         "delivered moves it; the parked sent is older news"
     );
     assert_eq!(
-        store::message_status(db, f.tenant, f.account, "wamid.early")
+        messages::message_status(db, f.tenant, f.account, "wamid.early")
             .await
             .unwrap()
             .unwrap()
@@ -567,7 +571,7 @@ async fn a_status_before_its_message_is_kept_and_applied_when_the_message_appear
     );
     assert_eq!(count(db, "pending_statuses").await, 0);
     // Parked statuses whose message never appears expire.
-    store::apply_status(
+    statuses::apply_status(
         db,
         f.tenant,
         f.account,
@@ -578,8 +582,8 @@ async fn a_status_before_its_message_is_kept_and_applied_when_the_message_appear
     )
     .await
     .unwrap();
-    assert_eq!(store::expire_pending_statuses(db, 7).await.unwrap(), 0);
-    assert_eq!(store::expire_pending_statuses(db, 0).await.unwrap(), 1);
+    assert_eq!(statuses::expire_pending_statuses(db, 7).await.unwrap(), 0);
+    assert_eq!(statuses::expire_pending_statuses(db, 0).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -588,7 +592,7 @@ async fn an_instagram_read_covers_every_earlier_message_of_the_conversation() {
     let f = fixture(&t.db, "alpha", "111").await;
     let db = &t.db;
     for id in ["mid.1", "mid.2", "mid.3"] {
-        store::insert_outbound_message(
+        messages::insert_outbound_message(
             db,
             f.tenant,
             f.conversation,
@@ -602,7 +606,7 @@ async fn an_instagram_read_covers_every_earlier_message_of_the_conversation() {
         .unwrap();
     }
     assert_eq!(
-        store::apply_status(
+        statuses::apply_status(
             db,
             f.tenant,
             f.account,
@@ -618,7 +622,7 @@ async fn an_instagram_read_covers_every_earlier_message_of_the_conversation() {
     let mut seen = Vec::new();
     for id in ["mid.1", "mid.2", "mid.3"] {
         seen.push(
-            store::message_status(db, f.tenant, f.account, id)
+            messages::message_status(db, f.tenant, f.account, id)
                 .await
                 .unwrap()
                 .unwrap()
@@ -655,7 +659,7 @@ async fn a_dropped_connection_is_remade_on_the_next_call() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(client.is_closed());
-    let conv = store::get_conversation(&t.db, f.tenant, f.conversation)
+    let conv = conversations::get_conversation(&t.db, f.tenant, f.conversation)
         .await
         .unwrap();
     assert!(conv.is_some(), "the next call succeeds on a new connection");
@@ -722,7 +726,7 @@ async fn a_reply_is_recorded_atomically_with_its_charge() {
     let t = TestDb::new().await;
     let f = fixture(&t.db, "alpha", "111").await;
     let other = fixture(&t.db, "beta", "222").await;
-    store::top_up(&t.db, f.tenant, 50, "top_up", None)
+    credits::top_up(&t.db, f.tenant, 50, "top_up", None)
         .await
         .unwrap();
     let parts = vec![
@@ -735,7 +739,7 @@ async fn a_reply_is_recorded_atomically_with_its_charge() {
             json!({"type": "text", "body": "part two"}),
         ),
     ];
-    let charge = store::record_reply(
+    let charge = messages::record_reply(
         &t.db,
         f.tenant,
         f.conversation,
@@ -752,12 +756,12 @@ async fn a_reply_is_recorded_atomically_with_its_charge() {
         (charge.requested, charge.charged, charge.balance_after),
         (80, 50, 0)
     );
-    let conv = store::get_conversation(&t.db, f.tenant, f.conversation)
+    let conv = conversations::get_conversation(&t.db, f.tenant, f.conversation)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(conv.previous_response_id.as_deref(), Some("resp_9"));
-    let history = store::recent_messages(&t.db, f.tenant, f.conversation, 10)
+    let history = messages::recent_messages(&t.db, f.tenant, f.conversation, 10)
         .await
         .unwrap();
     let bodies: Vec<_> = history
@@ -766,14 +770,17 @@ async fn a_reply_is_recorded_atomically_with_its_charge() {
         .collect();
     assert_eq!(bodies, ["in:hola", "out:part one", "out:part two"]);
     assert_eq!(
-        store::credit_state(&t.db, f.tenant).await.unwrap(),
+        credits::credit_state(&t.db, f.tenant).await.unwrap(),
         Some((0, 0))
     );
-    assert_eq!(store::balance(&t.db, f.tenant).await.unwrap(), Some(0));
-    assert_eq!(store::balance(&t.db, other.tenant).await.unwrap(), Some(0));
+    assert_eq!(credits::balance(&t.db, f.tenant).await.unwrap(), Some(0));
+    assert_eq!(
+        credits::balance(&t.db, other.tenant).await.unwrap(),
+        Some(0)
+    );
     // Another tenant's conversation: nothing written, no charge.
     assert_eq!(
-        store::record_reply(
+        messages::record_reply(
             &t.db,
             other.tenant,
             f.conversation,
@@ -788,19 +795,19 @@ async fn a_reply_is_recorded_atomically_with_its_charge() {
         None
     );
     assert_eq!(
-        store::recent_messages(&t.db, f.tenant, f.conversation, 10)
+        messages::recent_messages(&t.db, f.tenant, f.conversation, 10)
             .await
             .unwrap()
             .len(),
         3
     );
-    let agent = store::agent(&t.db, f.tenant, f.agent)
+    let agent = agents::agent(&t.db, f.tenant, f.agent)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(agent.model, "gpt-4.1-mini");
     assert_eq!(
-        store::agent(&t.db, other.tenant, f.agent).await.unwrap(),
+        agents::agent(&t.db, other.tenant, f.agent).await.unwrap(),
         None
     );
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use shared::db::testing::TestDb;
 use shared::db::turns::{self, Claim, ClaimTerms, OpenTurn, OutRow, Recorded, Saved};
-use shared::db::{store, Db, DbConfig, TenantId};
+use shared::db::{
+    agents, channels, conversations, credits, messages, tenants, Db, DbConfig, TenantId,
+};
 use shared::envelope::Channel;
 use shared::turn::{apply, Event, Phase, Policy, Turn, Usage, Via};
 use uuid::Uuid;
@@ -17,11 +19,11 @@ struct Fx {
 }
 
 async fn tenant(db: &Db, credits: i64) -> Fx {
-    let tenant = store::create_tenant(db, "t").await.unwrap();
-    let agent = store::create_agent(db, tenant, "a", "gpt-4.1-mini", "Be brief.")
+    let tenant = tenants::create_tenant(db, "t").await.unwrap();
+    let agent = agents::create_agent(db, tenant, "a", "gpt-4.1-mini", "Be brief.")
         .await
         .unwrap();
-    let account = store::create_channel_account(
+    let account = channels::create_channel_account(
         db,
         tenant,
         Channel::Whatsapp,
@@ -32,7 +34,7 @@ async fn tenant(db: &Db, credits: i64) -> Fx {
     .await
     .unwrap();
     if credits > 0 {
-        store::top_up(db, tenant, credits, "test", None)
+        credits::top_up(db, tenant, credits, "test", None)
             .await
             .unwrap();
     }
@@ -40,11 +42,11 @@ async fn tenant(db: &Db, credits: i64) -> Fx {
 }
 
 async fn conversation(db: &Db, fx: &Fx, contact: &str) -> Uuid {
-    let c = store::upsert_contact(db, fx.tenant, fx.account, contact, None, None, None)
+    let c = conversations::upsert_contact(db, fx.tenant, fx.account, contact, None, None, None)
         .await
         .unwrap()
         .unwrap();
-    store::conversation_for(db, fx.tenant, fx.account, c)
+    conversations::conversation_for(db, fx.tenant, fx.account, c)
         .await
         .unwrap()
         .unwrap()
@@ -52,7 +54,7 @@ async fn conversation(db: &Db, fx: &Fx, contact: &str) -> Uuid {
 }
 
 async fn inbound(db: &Db, fx: &Fx, conv: Uuid, wamid: &str) -> i64 {
-    store::insert_inbound_message(
+    messages::insert_inbound_message(
         db,
         fx.tenant,
         conv,
@@ -479,7 +481,7 @@ async fn a_send_does_not_start_once_a_human_took_over() {
     );
     let state = answered(o.turn.clone(), &p);
     assert!(
-        store::set_conversation_mode(&t.db, fx.tenant, conv, "human")
+        conversations::set_conversation_mode(&t.db, fx.tenant, conv, "human")
             .await
             .unwrap()
     );

@@ -15,7 +15,7 @@ use lambda_http::http::HeaderValue;
 use lambda_http::Request;
 use serde_json::{json, Value};
 use shared::db::apikeys::Role;
-use shared::db::{store, Db, DbConfig};
+use shared::db::{agents, channels, conversations, credits, messages, Db, DbConfig};
 use uuid::Uuid;
 
 /// A response as (status, every header sorted by name, exact body text). Comparing the text
@@ -782,7 +782,7 @@ async fn channel_accounts() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["display_name"], "Front desk");
-    let route = store::resolve_channel_account(
+    let route = channels::resolve_channel_account(
         &h.t.db,
         shared::envelope::Channel::Whatsapp,
         common::WA_NUMBER,
@@ -796,7 +796,7 @@ async fn channel_accounts() {
     );
     let r = h.call("DELETE", &wa_path, &h.a.owner, Value::Null).await;
     assert_eq!((r.status, r.body["is_active"].clone()), (200, json!(false)));
-    let route = store::resolve_channel_account(
+    let route = channels::resolve_channel_account(
         &h.t.db,
         shared::envelope::Channel::Whatsapp,
         common::WA_NUMBER,
@@ -876,7 +876,7 @@ async fn agents_are_validated_as_a_whole() {
         .await;
     assert_eq!(made.status, 201, "{}", made.text);
     let id = id_of(&made.body);
-    let stored = store::agent(&h.t.db, h.a.id, id).await.unwrap().unwrap();
+    let stored = agents::agent(&h.t.db, h.a.id, id).await.unwrap().unwrap();
     assert_eq!(stored.reasoning_effort.as_deref(), Some("minimal"));
     assert_eq!(
         stored.base_url.as_deref(),
@@ -1109,7 +1109,7 @@ async fn pages_stay_stable_while_rows_are_inserted() {
     let tenant = h.a.id;
     let conv = h.fx.wa_conversation;
     for i in 0..5 {
-        store::insert_outbound_message(
+        messages::insert_outbound_message(
             db,
             tenant,
             conv,
@@ -1130,7 +1130,7 @@ async fn pages_stay_stable_while_rows_are_inserted() {
         &h.a.viewer,
         async |n| {
             if n < 2 {
-                store::insert_outbound_message(
+                messages::insert_outbound_message(
                     db,
                     tenant,
                     conv,
@@ -1155,10 +1155,12 @@ async fn pages_stay_stable_while_rows_are_inserted() {
 
     // ledger: newest first; top-ups during paging do not shift what follows
     for i in 1..=5 {
-        store::top_up(db, tenant, i, "top_up", None).await.unwrap();
+        credits::top_up(db, tenant, i, "top_up", None)
+            .await
+            .unwrap();
     }
     let seen = walk(&h, "/v1/credits/ledger", &h.a.viewer, async |_| {
-        store::top_up(db, tenant, 100, "top_up", None)
+        credits::top_up(db, tenant, 100, "top_up", None)
             .await
             .unwrap();
     })
@@ -1174,13 +1176,20 @@ async fn pages_stay_stable_while_rows_are_inserted() {
     let wa = h.fx.whatsapp;
     let mut originals = vec![h.fx.wa_conversation, h.fx.ig_conversation];
     for i in 0..4 {
-        let contact =
-            store::upsert_contact(db, tenant, wa, &format!("52155000000{i}"), None, None, None)
-                .await
-                .unwrap()
-                .unwrap();
+        let contact = conversations::upsert_contact(
+            db,
+            tenant,
+            wa,
+            &format!("52155000000{i}"),
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         originals.push(
-            store::conversation_for(db, tenant, wa, contact)
+            conversations::conversation_for(db, tenant, wa, contact)
                 .await
                 .unwrap()
                 .unwrap()
@@ -1189,7 +1198,7 @@ async fn pages_stay_stable_while_rows_are_inserted() {
     }
     let mut fresh = 0;
     let seen = walk(&h, "/v1/conversations", &h.a.viewer, async |_| {
-        let contact = store::upsert_contact(
+        let contact = conversations::upsert_contact(
             db,
             tenant,
             wa,
@@ -1201,7 +1210,7 @@ async fn pages_stay_stable_while_rows_are_inserted() {
         .await
         .unwrap()
         .unwrap();
-        store::conversation_for(db, tenant, wa, contact)
+        conversations::conversation_for(db, tenant, wa, contact)
             .await
             .unwrap()
             .unwrap();

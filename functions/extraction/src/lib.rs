@@ -21,8 +21,9 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::cache::TtlCache;
 use shared::credits::price;
+use shared::db::agents::Agent;
 use shared::db::leads::{self, ExtractionRecord};
-use shared::db::store::{self, Agent};
+use shared::db::{agents, credits};
 use shared::db::{Db, DbError, TenantId};
 use shared::envelope::Content;
 use shared::idempotency::{Claim, IdempotencyStore};
@@ -310,7 +311,7 @@ impl Extractor {
         };
         let agent = self
             .agents
-            .get_or_load((tenant, agent_id), || store::agent(db, tenant, agent_id))
+            .get_or_load((tenant, agent_id), || agents::agent(db, tenant, agent_id))
             .await?;
         let Some(agent) = agent else {
             info!(outcome = "no_agent", "agent missing; not extracted");
@@ -384,7 +385,7 @@ impl Extractor {
             leads::record_extraction(db, tenant, conversation, &rec).await?;
             return Ok(0);
         }
-        if store::balance(db, tenant).await?.unwrap_or(0) < 1 {
+        if credits::balance(db, tenant).await?.unwrap_or(0) < 1 {
             metrics.count("CreditsExhausted", 1);
             info!(
                 outcome = "credits_exhausted",

@@ -8,9 +8,9 @@ use extraction::{Deps, Extractor};
 use local_aws::testing::{drain, emulator_sdk, fresh_stack};
 use serde_json::{json, Value};
 use shared::db::leads;
-use shared::db::store;
 use shared::db::testing::TestDb;
 use shared::db::TenantId;
+use shared::db::{agents, channels, conversations, credits, messages, tenants};
 use shared::envelope::Channel;
 use shared::idempotency::IdempotencyStore;
 use shared::metrics::Metrics;
@@ -37,11 +37,11 @@ async fn harness() -> Harness {
     let (_, stack) = fresh_stack(&sdk).await;
     let openai = MockServer::start().await;
     let db = &t.db;
-    let tenant = store::create_tenant(db, "acme").await.unwrap();
-    let agent = store::create_agent(db, tenant, "sales", "gpt-test", "Sell flats.")
+    let tenant = tenants::create_tenant(db, "acme").await.unwrap();
+    let agent = agents::create_agent(db, tenant, "sales", "gpt-test", "Sell flats.")
         .await
         .unwrap();
-    store::set_agent_pricing(db, tenant, agent, 2, 4, 0)
+    agents::set_agent_pricing(db, tenant, agent, 2, 4, 0)
         .await
         .unwrap();
     db.client()
@@ -54,10 +54,10 @@ async fn harness() -> Harness {
         .await
         .unwrap();
     let account =
-        store::create_channel_account(db, tenant, Channel::Whatsapp, "1065", Some(agent), None)
+        channels::create_channel_account(db, tenant, Channel::Whatsapp, "1065", Some(agent), None)
             .await
             .unwrap();
-    let contact = store::upsert_contact(
+    let contact = conversations::upsert_contact(
         db,
         tenant,
         account,
@@ -69,12 +69,12 @@ async fn harness() -> Harness {
     .await
     .unwrap()
     .unwrap();
-    let conversation = store::conversation_for(db, tenant, account, contact)
+    let conversation = conversations::conversation_for(db, tenant, account, contact)
         .await
         .unwrap()
         .unwrap()
         .id;
-    store::top_up(db, tenant, 1000, "top_up", None)
+    credits::top_up(db, tenant, 1000, "top_up", None)
         .await
         .unwrap();
     let mut settings =
@@ -133,7 +133,7 @@ impl Harness {
         let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let content = json!({"type": "text", "body": text});
         if direction == "in" {
-            store::insert_inbound_message(
+            messages::insert_inbound_message(
                 &self.t.db,
                 self.tenant,
                 self.conversation,
@@ -145,7 +145,7 @@ impl Harness {
             .await
             .unwrap();
         } else {
-            store::insert_outbound_message(
+            messages::insert_outbound_message(
                 &self.t.db,
                 self.tenant,
                 self.conversation,

@@ -16,8 +16,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use local_aws::testing::{emulator_sdk, fresh_stack};
 use processor::{Deps, GraphTokens, Processor};
 use serde_json::json;
-use shared::db::store;
 use shared::db::testing::TestDb;
+use shared::db::{agents, channels, credits, tenants};
 use shared::envelope::Channel;
 use shared::graph::GraphClient;
 use shared::metrics::Metrics;
@@ -149,14 +149,14 @@ async fn main() {
         .respond_with(Wamids(0.into()))
         .mount(&graph)
         .await;
-    let tenant = store::create_tenant(&t.db, "bench").await.unwrap();
-    let agent = store::create_agent(&t.db, tenant, "a", "gpt-bench", "Be brief.")
+    let tenant = tenants::create_tenant(&t.db, "bench").await.unwrap();
+    let agent = agents::create_agent(&t.db, tenant, "a", "gpt-bench", "Be brief.")
         .await
         .unwrap();
-    store::create_channel_account(&t.db, tenant, Channel::Whatsapp, NUMBER, Some(agent), None)
+    channels::create_channel_account(&t.db, tenant, Channel::Whatsapp, NUMBER, Some(agent), None)
         .await
         .unwrap();
-    store::top_up(&t.db, tenant, 1_000_000, "top_up", None)
+    credits::top_up(&t.db, tenant, 1_000_000, "top_up", None)
         .await
         .unwrap();
     let mut settings = ClientSettings::new(format!("{}/v1", openai.uri()), "sk".to_owned().into());

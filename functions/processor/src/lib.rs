@@ -15,8 +15,10 @@ use secrecy::SecretString;
 use serde_json::json;
 use shared::cache::TtlCache;
 use shared::credits::{self, Prices};
-use shared::db::store::{self, Agent, ChannelAccountRoute};
+use shared::db::agents::Agent;
+use shared::db::channels::ChannelAccountRoute;
 use shared::db::turns::{self as turn_store, Claim, ClaimTerms, OpenTurn, OutRow, Recorded, Saved};
+use shared::db::{agents, channels, conversations, messages, statuses};
 use shared::db::{Db, DbError, TenantId};
 use shared::envelope::{Channel, Content, InboundEnvelope, ENVELOPE_VERSION};
 use shared::fifo::{run_batch_coalesced, Outcome};
@@ -496,7 +498,7 @@ impl Processor {
             Some(cached) => cached,
             None => {
                 let loaded =
-                    store::resolve_channel_account(db, first.channel, &first.channel_account_id)
+                    channels::resolve_channel_account(db, first.channel, &first.channel_account_id)
                         .await?;
                 if loaded.is_some() {
                     self.routes.put(route_key, loaded.clone());
@@ -513,7 +515,7 @@ impl Processor {
         let tenant: TenantId = route.tenant;
         tracing::Span::current().record("tenant", tracing::field::display(tenant.uuid()));
         // 4. Store the inbound messages.
-        let contact = store::upsert_contact(
+        let contact = conversations::upsert_contact(
             db,
             tenant,
             route.channel_account_id,
@@ -524,7 +526,7 @@ impl Processor {
         )
         .await?
         .ok_or_else(|| Fail::permanent("db_rejected", "contact not writable"))?;
-        let conv = store::conversation_for(db, tenant, route.channel_account_id, contact)
+        let conv = conversations::conversation_for(db, tenant, route.channel_account_id, contact)
             .await?
             .ok_or_else(|| Fail::permanent("db_rejected", "conversation not writable"))?;
         tracing::Span::current().record("conversation", tracing::field::display(conv.id));
@@ -538,7 +540,7 @@ impl Processor {
                 .and_then(|r| serde_json::from_str(r.get()).ok());
             let at = std::time::UNIX_EPOCH
                 + Duration::from_millis(env.provider_timestamp_ms.max(0) as u64);
-            if let Some(ins) = store::insert_inbound_message(
+            if let Some(ins) = messages::insert_inbound_message(
                 db,
                 tenant,
                 conv.id,
@@ -576,7 +578,7 @@ impl Processor {
                 .iter()
                 .map(|(_, e)| e.provider_message_id.as_str())
                 .collect();
-            if let Err(e) = store::set_outcome(db, tenant, conv.id, &ids, outcome).await {
+            if let Err(e) = messages::set_outcome(db, tenant, conv.id, &ids, outcome).await {
                 warn!(error = %e, outcome, "outcome not recorded on the inbound messages");
             }
         }
@@ -589,7 +591,7 @@ impl Processor {
         &self,
         msgs: &[(String, InboundEnvelope)],
         route: &ChannelAccountRoute,
-        conv: &store::Conversation,
+        conv: &conversations::Conversation,
         deadline: Instant,
     ) -> Result<Option<&'static str>, Fail> {
         let first = &msgs[0].1;
@@ -626,7 +628,7 @@ impl Processor {
         };
         let agent = self
             .agents
-            .get_or_load((tenant, agent_id), || store::agent(db, tenant, agent_id))
+            .get_or_load((tenant, agent_id), || agents::agent(db, tenant, agent_id))
             .await?
             .filter(|a| a.is_active);
         let Some(agent) = agent else {
@@ -1078,7 +1080,7 @@ impl Processor {
     /// (parked by the status function). Best effort: parked rows expire on their own.
     async fn apply_parked(&self, to: &Reach<'_>, ids: &[&str]) {
         if let Err(e) =
-            store::apply_pending_statuses(&self.deps.db, to.tenant, to.channel_account_id, ids)
+            statuses::apply_pending_statuses(&self.deps.db, to.tenant, to.channel_account_id, ids)
                 .await
         {
             warn!(error = %e, "parked statuses not applied; they expire in 7 days");
@@ -1261,7 +1263,7 @@ impl Processor {
     /// the notice is out and must not be sent again.
     async fn record(&self, to: &Reach<'_>, parts: &[(Option<String>, serde_json::Value)]) {
         for attempt in 0..3u64 {
-            match store::record_reply(
+            match messages::record_reply(
                 &self.deps.db,
                 to.tenant,
                 to.conversation,
@@ -1297,7 +1299,7 @@ impl Processor {
         let Some(text) = text.as_deref().filter(|t| !t.trim().is_empty()) else {
             return;
         };
-        match store::last_outbound_fallback(&self.deps.db, to.tenant, to.conversation).await {
+        match messages::last_outbound_fallback(&self.deps.db, to.tenant, to.conversation).await {
             Ok(Some(m)) if m == marker => return,
             Ok(_) => {}
             Err(e) => {
@@ -1384,7 +1386,7 @@ impl Processor {
         conversation: uuid::Uuid,
         texts: &[String],
     ) -> Result<Vec<InputMessage>, Fail> {
-        let rows = store::recent_messages(
+        let rows = messages::recent_messages(
             &self.deps.db,
             tenant,
             conversation,

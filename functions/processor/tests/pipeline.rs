@@ -10,7 +10,7 @@ use local_aws::testing::{drain, emulator_sdk, fresh_stack, receive_records};
 use processor::{Deps, GraphTokens, Processor, Tuning};
 use serde_json::{json, Value};
 use shared::db::testing::TestDb;
-use shared::db::{store, TenantId};
+use shared::db::{agents, channels, conversations, credits, messages, statuses, tenants, TenantId};
 use shared::envelope::Channel;
 use shared::graph::GraphClient;
 use shared::metrics::Metrics;
@@ -77,8 +77,8 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
         .mount(&graph)
         .await;
     let db = &t.db;
-    let tenant = store::create_tenant(db, "acme").await.unwrap();
-    let agent = store::create_agent(db, tenant, "sales", "gpt-test", "You sell flats. Be brief.")
+    let tenant = tenants::create_tenant(db, "acme").await.unwrap();
+    let agent = agents::create_agent(db, tenant, "sales", "gpt-test", "You sell flats. Be brief.")
         .await
         .unwrap();
     for (channel, id) in [
@@ -86,7 +86,7 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
         (Channel::Whatsapp, WA_B),
         (Channel::Instagram, IG),
     ] {
-        store::create_channel_account(db, tenant, channel, id, Some(agent), None)
+        channels::create_channel_account(db, tenant, channel, id, Some(agent), None)
             .await
             .unwrap();
     }
@@ -100,7 +100,7 @@ async fn harness_with(tune: impl FnOnce(&mut ClientSettings)) -> Harness {
         )
         .await
         .unwrap();
-    store::top_up(db, tenant, 1000, "top_up", None)
+    credits::top_up(db, tenant, 1000, "top_up", None)
         .await
         .unwrap();
 
@@ -366,7 +366,7 @@ async fn whatsapp_message_gets_one_reply_stored_and_charged() {
     );
     // 1000 input tokens × 2/1k + 500 output × 4/1k = 4 credits.
     assert_eq!(
-        store::credit_state(&h.t.db, h.tenant).await.unwrap(),
+        credits::credit_state(&h.t.db, h.tenant).await.unwrap(),
         Some((996, 996))
     );
     assert_eq!(h.outcomes().await, [Some("replied".to_owned())]);
@@ -479,11 +479,11 @@ async fn human_mode_and_exhausted_credits_store_without_calling_the_model() {
     let h = harness().await;
     answer_with(&h.openai, "unused").await;
     // Human mode on the conversation of contact "7".
-    let route = store::resolve_channel_account(&h.t.db, Channel::Whatsapp, WA_A)
+    let route = channels::resolve_channel_account(&h.t.db, Channel::Whatsapp, WA_A)
         .await
         .unwrap()
         .unwrap();
-    let contact = store::upsert_contact(
+    let contact = conversations::upsert_contact(
         &h.t.db,
         h.tenant,
         route.channel_account_id,
@@ -495,11 +495,12 @@ async fn human_mode_and_exhausted_credits_store_without_calling_the_model() {
     .await
     .unwrap()
     .unwrap();
-    let conv = store::conversation_for(&h.t.db, h.tenant, route.channel_account_id, contact)
-        .await
-        .unwrap()
-        .unwrap();
-    store::set_conversation_mode(&h.t.db, h.tenant, conv.id, "human")
+    let conv =
+        conversations::conversation_for(&h.t.db, h.tenant, route.channel_account_id, contact)
+            .await
+            .unwrap()
+            .unwrap();
+    conversations::set_conversation_mode(&h.t.db, h.tenant, conv.id, "human")
         .await
         .unwrap();
     assert!(h
@@ -514,7 +515,7 @@ async fn human_mode_and_exhausted_credits_store_without_calling_the_model() {
     );
 
     // No credits left: stored, no model call, acknowledged.
-    store::charge(&h.t.db, h.tenant, 1000, "test", None)
+    credits::charge(&h.t.db, h.tenant, 1000, "test", None)
         .await
         .unwrap();
     assert!(h
@@ -883,7 +884,7 @@ async fn the_no_credits_fallback_is_sent_once_per_episode() {
     let h = harness().await;
     h.sql("UPDATE agents SET fallback_no_credits = 'We will answer shortly.', min_balance = 10")
         .await;
-    store::charge(&h.t.db, h.tenant, 995, "test", None)
+    credits::charge(&h.t.db, h.tenant, 995, "test", None)
         .await
         .unwrap();
     answer_with(&h.openai, "unused").await;
@@ -908,7 +909,7 @@ async fn the_no_credits_fallback_is_sent_once_per_episode() {
         1
     );
     assert_eq!(
-        store::credit_state(&h.t.db, h.tenant).await.unwrap(),
+        credits::credit_state(&h.t.db, h.tenant).await.unwrap(),
         Some((5, 5)),
         "a fallback costs nothing"
     );
@@ -1024,7 +1025,7 @@ async fn a_fallback_that_could_not_be_delivered_is_tried_again() {
     let h = harness().await;
     h.sql("UPDATE agents SET fallback_no_credits = 'Back soon.'")
         .await;
-    store::charge(&h.t.db, h.tenant, 1000, "test", None)
+    credits::charge(&h.t.db, h.tenant, 1000, "test", None)
         .await
         .unwrap();
     Mock::given(method("POST"))
@@ -1218,14 +1219,14 @@ async fn an_openai_500_then_200_gives_exactly_one_reply() {
 async fn a_status_that_overtook_the_reply_is_applied_when_the_reply_is_recorded() {
     let h = harness().await;
     answer_with(&h.openai, "hi").await;
-    let route = store::resolve_channel_account(&h.t.db, Channel::Whatsapp, WA_A)
+    let route = channels::resolve_channel_account(&h.t.db, Channel::Whatsapp, WA_A)
         .await
         .unwrap()
         .unwrap();
     // The Graph stub numbers its answers from 0 (the mark-as-read call takes 0, the reply 1):
     // Meta's `delivered` for the reply arrives before the reply is recorded.
     assert_eq!(
-        store::apply_status(
+        statuses::apply_status(
             &h.t.db,
             h.tenant,
             route.channel_account_id,
@@ -1236,14 +1237,14 @@ async fn a_status_that_overtook_the_reply_is_applied_when_the_reply_is_recorded(
         )
         .await
         .unwrap(),
-        store::StatusApplied::Pending
+        statuses::StatusApplied::Pending
     );
     assert!(h
         .run(vec![wa_record(WA_A, "1", "wamid.s1", "hello")])
         .await
         .is_empty());
     assert_eq!(
-        store::message_status(&h.t.db, h.tenant, route.channel_account_id, "wamid.OUT1")
+        messages::message_status(&h.t.db, h.tenant, route.channel_account_id, "wamid.OUT1")
             .await
             .unwrap()
             .unwrap()
@@ -1272,11 +1273,11 @@ impl Harness {
     /// What the status function stores for a status WhatsApp sent before its message was
     /// recorded, echoing the send's tag.
     async fn echo(&self, account: &str, wamid: &str, tag: &str) {
-        let route = store::resolve_channel_account(&self.t.db, Channel::Whatsapp, account)
+        let route = channels::resolve_channel_account(&self.t.db, Channel::Whatsapp, account)
             .await
             .unwrap()
             .unwrap();
-        store::apply_status_tagged(
+        statuses::apply_status_tagged(
             &self.t.db,
             self.tenant,
             route.channel_account_id,
@@ -1709,7 +1710,7 @@ async fn a_just_registered_account_is_answered_at_once() {
             .await
             .unwrap()
             .get(0);
-    store::create_channel_account(&h.t.db, h.tenant, Channel::Whatsapp, NEW, Some(agent), None)
+    channels::create_channel_account(&h.t.db, h.tenant, Channel::Whatsapp, NEW, Some(agent), None)
         .await
         .unwrap();
     assert!(h

@@ -3,7 +3,7 @@
 //! errors are logged and counted. Standard queue: records are independent and run
 //! concurrently; applying a status twice changes nothing, so no idempotency record is needed.
 //!
-//! Per record: parse → route the channel account (cached) → `store::apply_status`:
+//! Per record: parse → route the channel account (cached) → `statuses::apply_status`:
 //! updated, stale (already at or past it), or parked in `pending_statuses` when the message is
 //! not recorded yet (the processor applies it when it records the message). A body that does not
 //! parse is sent to the status DLQ and acknowledged; a database outage fails the record, which
@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsMessage};
 use futures_util::future::join_all;
 use shared::cache::TtlCache;
-use shared::db::store::{self, ChannelAccountRoute, StatusApplied};
+use shared::db::channels::ChannelAccountRoute;
+use shared::db::statuses::StatusApplied;
 use shared::db::Db;
+use shared::db::{channels, statuses};
 use shared::envelope::{Channel, DeliveryState, StatusEvent};
 use shared::fifo::Outcome;
 use shared::metrics::Metrics;
@@ -177,7 +179,7 @@ impl StatusProcessor {
         let route = match self
             .routes
             .get_or_load((s.channel, s.channel_account_id.clone()), || {
-                store::resolve_channel_account(db, s.channel, &s.channel_account_id)
+                channels::resolve_channel_account(db, s.channel, &s.channel_account_id)
             })
             .await
         {
@@ -192,7 +194,7 @@ impl StatusProcessor {
         let code = s.errors.first().and_then(|e| i32::try_from(e.code).ok());
         // Instagram reports `read` once, for the newest message read: the earlier ones count too.
         let up_to = s.channel == Channel::Instagram && s.status == DeliveryState::Read;
-        let applied = match store::apply_status_tagged(
+        let applied = match statuses::apply_status_tagged(
             db,
             route.tenant,
             route.channel_account_id,
@@ -241,7 +243,7 @@ impl StatusProcessor {
             }
             *last = Some(Instant::now());
         }
-        match store::expire_pending_statuses(&self.deps.db, PENDING_DAYS).await {
+        match statuses::expire_pending_statuses(&self.deps.db, PENDING_DAYS).await {
             Ok(0) => {}
             Ok(n) => info!(
                 expired = n,

@@ -3,9 +3,9 @@
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use local_aws::testing::{drain, emulator_sdk, fresh_stack, receive_records};
 use serde_json::{json, Value};
-use shared::db::store;
 use shared::db::testing::TestDb;
 use shared::db::TenantId;
+use shared::db::{channels, conversations, messages, statuses, tenants};
 use shared::envelope::Channel;
 use shared::metrics::Metrics;
 use shared::queue::{QueuePublisher, RetryPolicy};
@@ -32,14 +32,14 @@ async fn harness() -> Harness {
     let sdk = emulator_sdk().await;
     let (_, stack) = fresh_stack(&sdk).await;
     let db = &t.db;
-    let tenant = store::create_tenant(db, "acme").await.unwrap();
-    let wa = store::create_channel_account(db, tenant, Channel::Whatsapp, WA, None, None)
+    let tenant = tenants::create_tenant(db, "acme").await.unwrap();
+    let wa = channels::create_channel_account(db, tenant, Channel::Whatsapp, WA, None, None)
         .await
         .unwrap();
-    let ig = store::create_channel_account(db, tenant, Channel::Instagram, IG, None, None)
+    let ig = channels::create_channel_account(db, tenant, Channel::Instagram, IG, None, None)
         .await
         .unwrap();
-    let contact = store::upsert_contact(
+    let contact = conversations::upsert_contact(
         db,
         tenant,
         wa,
@@ -51,7 +51,7 @@ async fn harness() -> Harness {
     .await
     .unwrap()
     .unwrap();
-    let conversation = store::conversation_for(db, tenant, wa, contact)
+    let conversation = conversations::conversation_for(db, tenant, wa, contact)
         .await
         .unwrap()
         .unwrap()
@@ -78,7 +78,7 @@ async fn harness() -> Harness {
 
 impl Harness {
     async fn outbound(&self, id: &str) {
-        store::insert_outbound_message(
+        messages::insert_outbound_message(
             &self.t.db,
             self.tenant,
             self.conversation,
@@ -94,7 +94,7 @@ impl Harness {
     }
 
     async fn status_of(&self, account: uuid::Uuid, id: &str) -> Option<(String, Option<i32>)> {
-        store::message_status(&self.t.db, self.tenant, account, id)
+        messages::message_status(&self.t.db, self.tenant, account, id)
             .await
             .unwrap()
     }
@@ -212,7 +212,7 @@ async fn the_sample_event_marks_one_message_delivered_and_one_failed_closing_the
         h.status_of(h.wa, FAILED).await,
         Some(("failed".into(), Some(131047)))
     );
-    let conv = store::get_conversation(&h.t.db, h.tenant, h.conversation)
+    let conv = conversations::get_conversation(&h.t.db, h.tenant, h.conversation)
         .await
         .unwrap()
         .unwrap();
@@ -274,7 +274,7 @@ async fn a_status_before_its_message_is_parked_and_applied_when_the_message_is_r
     // The processor records the reply and applies what was parked for it.
     h.outbound("wamid.late").await;
     assert_eq!(
-        store::apply_pending_statuses(&h.t.db, h.tenant, h.wa, &["wamid.late"])
+        statuses::apply_pending_statuses(&h.t.db, h.tenant, h.wa, &["wamid.late"])
             .await
             .unwrap(),
         1
@@ -288,16 +288,17 @@ async fn a_status_before_its_message_is_parked_and_applied_when_the_message_is_r
 #[tokio::test]
 async fn an_instagram_read_marks_the_earlier_replies_read() {
     let h = harness().await;
-    let contact = store::upsert_contact(&h.t.db, h.tenant, h.ig, "6543", None, None, Some("ana"))
-        .await
-        .unwrap()
-        .unwrap();
-    let conv = store::conversation_for(&h.t.db, h.tenant, h.ig, contact)
+    let contact =
+        conversations::upsert_contact(&h.t.db, h.tenant, h.ig, "6543", None, None, Some("ana"))
+            .await
+            .unwrap()
+            .unwrap();
+    let conv = conversations::conversation_for(&h.t.db, h.tenant, h.ig, contact)
         .await
         .unwrap()
         .unwrap();
     for id in ["mid.a", "mid.b"] {
-        store::insert_outbound_message(
+        messages::insert_outbound_message(
             &h.t.db,
             h.tenant,
             conv.id,

@@ -11,7 +11,7 @@ use local_aws::testing::{drain, emulator_sdk, fresh_stack};
 use serde_json::{json, Value};
 use shared::db::testing::TestDb;
 use shared::db::webchat::{create_site, NewSite};
-use shared::db::{store, Db, DbConfig, TenantId};
+use shared::db::{conversations, tenants, Db, DbConfig, TenantId};
 use shared::envelope::{Channel, InboundEnvelope};
 use shared::webchat::{identifier_hash, TokenKey, VisitorClaims, TOKEN_VERSION};
 use webchat::{App, Settings};
@@ -32,7 +32,7 @@ async fn harness(visitor_per_minute: u32) -> Harness {
     let t = TestDb::new().await;
     let sdk = emulator_sdk().await;
     let (_, stack) = fresh_stack(&sdk).await;
-    let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
+    let tenant = tenants::create_tenant(&t.db, "Shop").await.unwrap();
     let origins = vec![ORIGIN.to_owned()];
     for (key, secret, require) in [
         ("site_shop", Some(IDENTITY_SECRET), false),
@@ -640,7 +640,7 @@ async fn the_visitor_reads_history_and_a_long_poll_returns_the_reply_when_it_is_
         .await
         .unwrap()
         .unwrap();
-    let contact = store::upsert_contact(
+    let contact = conversations::upsert_contact(
         &h.t.db,
         h.tenant,
         site.channel_account_id,
@@ -652,7 +652,7 @@ async fn the_visitor_reads_history_and_a_long_poll_returns_the_reply_when_it_is_
     .await
     .unwrap()
     .unwrap();
-    let conv = store::conversation_for(&h.t.db, h.tenant, site.channel_account_id, contact)
+    let conv = conversations::conversation_for(&h.t.db, h.tenant, site.channel_account_id, contact)
         .await
         .unwrap()
         .unwrap();

@@ -338,7 +338,7 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
         }
     };
     // The demo tenant pays for the whole run.
-    let route = shared::db::store::resolve_channel_account(
+    let route = shared::db::channels::resolve_channel_account(
         db,
         shared::envelope::Channel::Whatsapp,
         DEMO_WHATSAPP_NUMBER,
@@ -346,7 +346,7 @@ pub async fn run(cfg: &LoadConfig, db: &Db) -> Result<Report, LoadError> {
     .await?
     .ok_or_else(|| LoadError::Setup("no demo tenant: run devstack seed first".into()))?;
     let need = (cfg.conversations * cfg.messages) as i64 * 1_000;
-    shared::db::store::top_up(
+    shared::db::credits::top_up(
         db,
         route.tenant,
         need.max(1),

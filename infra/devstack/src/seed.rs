@@ -3,7 +3,7 @@
 //! tenant through its WhatsApp number and changes nothing.
 
 use shared::db::apikeys::{self, Role};
-use shared::db::{store, webchat, Db, DbError, TenantId};
+use shared::db::{agents, channels, credits, tenants, webchat, Db, DbError, TenantId};
 use shared::envelope::Channel;
 
 /// `phone_number_id` of the sample WhatsApp events.
@@ -28,7 +28,7 @@ pub struct Seeded {
 pub async fn seed(db: &Db, model: &str, webchat_origins: &[String]) -> Result<Seeded, DbError> {
     db.migrate().await?;
     if let Some(route) =
-        store::resolve_channel_account(db, Channel::Whatsapp, DEMO_WHATSAPP_NUMBER).await?
+        channels::resolve_channel_account(db, Channel::Whatsapp, DEMO_WHATSAPP_NUMBER).await?
     {
         ensure_site(db, route.tenant, route.agent_id, webchat_origins).await?;
         return Ok(Seeded {
@@ -36,10 +36,11 @@ pub async fn seed(db: &Db, model: &str, webchat_origins: &[String]) -> Result<Se
             created: false,
         });
     }
-    let tenant = store::create_tenant(db, "Demo Realty").await?;
-    let agent = store::create_agent(db, tenant, "Demo assistant", model, DEMO_INSTRUCTIONS).await?;
-    store::set_agent_pricing(db, tenant, agent, 1, 4, 10).await?;
-    store::create_channel_account(
+    let tenant = tenants::create_tenant(db, "Demo Realty").await?;
+    let agent =
+        agents::create_agent(db, tenant, "Demo assistant", model, DEMO_INSTRUCTIONS).await?;
+    agents::set_agent_pricing(db, tenant, agent, 1, 4, 10).await?;
+    channels::create_channel_account(
         db,
         tenant,
         Channel::Whatsapp,
@@ -48,7 +49,7 @@ pub async fn seed(db: &Db, model: &str, webchat_origins: &[String]) -> Result<Se
         None,
     )
     .await?;
-    store::create_channel_account(
+    channels::create_channel_account(
         db,
         tenant,
         Channel::Instagram,
@@ -58,7 +59,7 @@ pub async fn seed(db: &Db, model: &str, webchat_origins: &[String]) -> Result<Se
     )
     .await?;
     ensure_site(db, tenant, Some(agent), webchat_origins).await?;
-    store::top_up(db, tenant, DEMO_CREDITS, "top_up", Some("demo seed")).await?;
+    credits::top_up(db, tenant, DEMO_CREDITS, "top_up", Some("demo seed")).await?;
     Ok(Seeded {
         tenant,
         created: true,

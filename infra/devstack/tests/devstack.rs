@@ -3,8 +3,8 @@
 use devstack::seed::{seed, DEMO_CREDITS, DEMO_INSTAGRAM_ACCOUNT, DEMO_WHATSAPP_NUMBER};
 use devstack::stubs::{serve, Stubs, STUB_MODEL_PREFIX};
 use secrecy::SecretString;
-use shared::db::store;
 use shared::db::testing::TestDb;
+use shared::db::{agents, channels, credits};
 use shared::envelope::Channel;
 use shared::graph::{GraphClient, WaRecipient};
 use shared::openai::{ClientSettings, InputMessage, ResponseRequest, ResponsesClient};
@@ -112,19 +112,19 @@ async fn seeding_twice_creates_the_demo_tenant_once() {
     assert_eq!(site.allowed_origins, ["http://127.0.0.1:9200"]);
     assert_eq!(first.tenant, again.tenant);
     assert_eq!(
-        store::credit_state(&t.db, first.tenant).await.unwrap(),
+        credits::credit_state(&t.db, first.tenant).await.unwrap(),
         Some((DEMO_CREDITS, DEMO_CREDITS))
     );
     for (channel, id) in [
         (Channel::Whatsapp, DEMO_WHATSAPP_NUMBER),
         (Channel::Instagram, DEMO_INSTAGRAM_ACCOUNT),
     ] {
-        let route = store::resolve_channel_account(&t.db, channel, id)
+        let route = channels::resolve_channel_account(&t.db, channel, id)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(route.tenant, first.tenant);
-        let agent = store::agent(&t.db, route.tenant, route.agent_id.unwrap())
+        let agent = agents::agent(&t.db, route.tenant, route.agent_id.unwrap())
             .await
             .unwrap()
             .unwrap();

@@ -194,7 +194,7 @@ pub async fn revoke(db: &Db, tenant: Option<TenantId>, key_id: Uuid) -> Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::store;
+    use crate::db::tenants;
     use crate::db::testing::TestDb;
 
     #[test]
@@ -220,7 +220,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_authenticates_until_revoked_and_only_as_itself() {
         let t = TestDb::new().await;
-        let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
+        let tenant = tenants::create_tenant(&t.db, "Shop").await.unwrap();
         let k = issue(&t.db, Some(tenant), Role::Agent, "support desk")
             .await
             .unwrap();
@@ -267,7 +267,7 @@ mod tests {
         }
 
         // Revocation is immediate, and scoped: another tenant cannot revoke it.
-        let stranger = store::create_tenant(&t.db, "Other").await.unwrap();
+        let stranger = tenants::create_tenant(&t.db, "Other").await.unwrap();
         assert!(!revoke(&t.db, Some(stranger), k.id).await.unwrap());
         assert!(authenticate(&t.db, &k.key).await.unwrap().is_some());
         assert!(revoke(&t.db, Some(tenant), k.id).await.unwrap());
@@ -296,7 +296,7 @@ mod tests {
         let who = authenticate(&t.db, &p.key).await.unwrap().unwrap();
         assert_eq!((who.tenant, who.role), (None, Role::Platform));
         assert!(issue(&t.db, None, Role::Owner, "x").await.is_err());
-        let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
+        let tenant = tenants::create_tenant(&t.db, "Shop").await.unwrap();
         assert!(issue(&t.db, Some(tenant), Role::Platform, "x")
             .await
             .is_err());

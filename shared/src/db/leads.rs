@@ -5,7 +5,7 @@
 use serde_json::Value as Json;
 use uuid::Uuid;
 
-use super::store::Charge;
+use super::credits::{charge_ctes, Charge, ChargeSql};
 use super::{Db, DbError, TenantId};
 
 /// Lead columns the extraction fills (the `leads` table's own columns).
@@ -144,9 +144,8 @@ pub async fn record_extraction(
         });
     }
     let extra = Json::Object(rec.extra.clone());
-    let c = db.client().await?;
-    let row = c
-        .query_one(
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
             "WITH ext AS (
                INSERT INTO extractions (user_id, conversation_id, from_message_id, through_message_id,
                                         status, response_id, input_tokens, output_tokens, cost)
@@ -203,19 +202,24 @@ pub async fn record_extraction(
                  FROM up, tenants t
                 WHERE t.id = $1 AND t.webhook_url IS NOT NULL
                RETURNING id),
-             cur AS (
-               SELECT a.user_id, LEAST(a.balance, $9) AS take
-                 FROM credit_accounts a WHERE a.user_id = $1 AND EXISTS (SELECT 1 FROM ext) FOR UPDATE OF a),
-             acc AS (
-               UPDATE credit_accounts a SET balance = a.balance - cur.take
-                 FROM cur WHERE a.user_id = cur.user_id RETURNING a.balance, cur.take),
-             led AS (
-               INSERT INTO credit_ledger (user_id, delta, balance_after, reason, reference)
-               SELECT $1, -take, balance, 'extraction', $6 FROM acc WHERE take > 0)
+             {}
              SELECT EXISTS (SELECT 1 FROM ext),
-                    COALESCE((SELECT array_agg(field) FROM hist), '{}'),
+                    COALESCE((SELECT array_agg(field) FROM hist), '{{}}'),
                     (SELECT balance FROM acc), (SELECT take FROM acc),
                     (SELECT count(*) FROM outbox)",
+            charge_ctes(&ChargeSql {
+                amount: "$9",
+                when: "EXISTS (SELECT 1 FROM ext)",
+                release_held: None,
+                reason: "'extraction'",
+                reference: "$6",
+            })
+        )
+    });
+    let c = db.client().await?;
+    let row = c
+        .query_one(
+            SQL.as_str(),
             &[
                 &tenant.0,
                 &conversation_id,

@@ -1,14 +1,20 @@
 //! Postgres access: one lazily made connection per container (re-made when it closes), connect
 //! and statement timeouts, TLS when the URL asks for it, the migration runner, and the typed
-//! queries of [`store`].
+//! queries, one module per table group.
 //!
 //! Every query of tenant data takes a [`TenantId`] and filters on it; the one lookup that does
-//! not ([`store::resolve_channel_account`]) is how a webhook's provider account id is turned into
+//! not ([`channels::resolve_channel_account`]) is how a webhook's provider account id is turned into
 //! a tenant in the first place.
 
+pub mod agents;
 pub mod apikeys;
+pub mod channels;
+pub mod conversations;
+pub mod credits;
 pub mod leads;
-pub mod store;
+pub mod messages;
+pub mod statuses;
+pub mod tenants;
 pub mod turns;
 pub mod webchat;
 

@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
+use super::credits::{charge_ctes, ChargeSql};
 use super::{Db, DbError, TenantId};
 use crate::turn::{Phase, Turn};
 
@@ -325,9 +326,8 @@ pub async fn record(
     let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
     let input = turn.usage.input_tokens.min(i32::MAX as u64) as i32;
     let output = turn.usage.output_tokens.min(i32::MAX as u64) as i32;
-    let c = db.client().await?;
-    let row = c
-        .query_one(
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
             "WITH t AS (
                SELECT id, conversation_id, hold FROM turns
                 WHERE user_id = $1 AND id = $2 AND lease_token = $3 AND phase <> 'done'
@@ -354,16 +354,7 @@ pub async fn record(
                ON CONFLICT (channel_account_id, provider_message_id)
                   WHERE provider_message_id IS NOT NULL DO NOTHING
                RETURNING id),
-             cur AS (
-               SELECT a.user_id, LEAST(a.balance, GREATEST($10::bigint, 0)) AS take
-                 FROM credit_accounts a, t WHERE a.user_id = $1 FOR UPDATE OF a),
-             acc AS (
-               UPDATE credit_accounts a SET balance = a.balance - cur.take,
-                      held = GREATEST(a.held - (SELECT hold FROM t), 0)
-                 FROM cur WHERE a.user_id = cur.user_id RETURNING a.balance, cur.take),
-             led AS (
-               INSERT INTO credit_ledger (user_id, delta, balance_after, reason, reference)
-               SELECT $1, -take, balance, 'reply', $4 FROM acc WHERE take > 0),
+             {},
              inbound AS (
                UPDATE messages m SET outcome = $11::text
                 WHERE m.user_id = $1 AND m.turn_id = (SELECT id FROM t) AND m.direction = 'in'
@@ -374,6 +365,19 @@ pub async fn record(
                RETURNING id)
              SELECT EXISTS (SELECT 1 FROM done), (SELECT take FROM acc), (SELECT balance FROM acc),
                     (SELECT count(*) FROM msgs), (SELECT count(*) FROM inbound)",
+            charge_ctes(&ChargeSql {
+                amount: "GREATEST($10::bigint, 0)",
+                when: "EXISTS (SELECT 1 FROM t)",
+                release_held: Some("SELECT hold FROM t"),
+                reason: "'reply'",
+                reference: "$4",
+            })
+        )
+    });
+    let c = db.client().await?;
+    let row = c
+        .query_one(
+            SQL.as_str(),
             &[
                 &tenant.0,
                 &open.id,

@@ -186,14 +186,14 @@ pub async fn visitor_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::store;
     use crate::db::testing::TestDb;
+    use crate::db::{agents, channels, conversations, tenants};
 
     #[tokio::test]
     async fn a_site_is_found_by_its_key_only_while_active() {
         let t = TestDb::new().await;
-        let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
-        let agent = store::create_agent(&t.db, tenant, "a", "gpt-test", "")
+        let tenant = tenants::create_tenant(&t.db, "Shop").await.unwrap();
+        let agent = agents::create_agent(&t.db, tenant, "a", "gpt-test", "")
             .await
             .unwrap();
         let origins = vec!["https://shop.example.com".to_owned()];
@@ -223,11 +223,14 @@ mod tests {
         assert!(site_by_key(&t.db, "site_other").await.unwrap().is_none());
 
         // The same routing as other channels: the account is a channel account of the tenant.
-        let route =
-            store::resolve_channel_account(&t.db, crate::envelope::Channel::Webchat, "site_shop")
-                .await
-                .unwrap()
-                .unwrap();
+        let route = channels::resolve_channel_account(
+            &t.db,
+            crate::envelope::Channel::Webchat,
+            "site_shop",
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(route.channel_account_id, id);
 
         let more = vec![
@@ -237,7 +240,7 @@ mod tests {
         assert!(set_allowed_origins(&t.db, tenant, "site_shop", &more)
             .await
             .unwrap());
-        let other = store::create_tenant(&t.db, "Other").await.unwrap();
+        let other = tenants::create_tenant(&t.db, "Other").await.unwrap();
         assert!(
             !set_allowed_origins(&t.db, other, "site_shop", &[])
                 .await
@@ -263,7 +266,7 @@ mod tests {
     #[tokio::test]
     async fn a_visitor_sees_only_their_own_conversation_with_the_pending_flag() {
         let t = TestDb::new().await;
-        let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
+        let tenant = tenants::create_tenant(&t.db, "Shop").await.unwrap();
         let none: Vec<String> = vec![];
         create_site(
             &t.db,
@@ -283,7 +286,7 @@ mod tests {
         let c = t.db.client().await.unwrap();
         let mut conv = std::collections::HashMap::new();
         for vid in ["v1", "v2"] {
-            let contact_id = store::upsert_contact(
+            let contact_id = conversations::upsert_contact(
                 &t.db,
                 tenant,
                 site.channel_account_id,
@@ -295,10 +298,11 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-            let cv = store::conversation_for(&t.db, tenant, site.channel_account_id, contact_id)
-                .await
-                .unwrap()
-                .unwrap();
+            let cv =
+                conversations::conversation_for(&t.db, tenant, site.channel_account_id, contact_id)
+                    .await
+                    .unwrap()
+                    .unwrap();
             conv.insert(vid, cv.id);
         }
         for (vid, dir, body, outcome, provider_id) in [
@@ -359,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn requiring_identity_needs_a_secret_and_a_key_is_taken_once() {
         let t = TestDb::new().await;
-        let tenant = store::create_tenant(&t.db, "Shop").await.unwrap();
+        let tenant = tenants::create_tenant(&t.db, "Shop").await.unwrap();
         let none: Vec<String> = vec![];
         let refused = create_site(
             &t.db,
@@ -391,7 +395,7 @@ mod tests {
             ..NewSite::default()
         };
         create_site(&t.db, tenant, &ok).await.unwrap();
-        let other = store::create_tenant(&t.db, "Other").await.unwrap();
+        let other = tenants::create_tenant(&t.db, "Other").await.unwrap();
         assert!(
             create_site(&t.db, other, &ok).await.is_err(),
             "a site key routes to one tenant"

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value as Json};
 use shared::db::webchat::{create_site, NewSite};
-use shared::db::{store, TenantId};
+use shared::db::{channels, TenantId};
 use shared::envelope::Channel;
 use uuid::Uuid;
 
@@ -184,7 +184,7 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
         }
         other => {
             let ch = other.and_then(Channel::parse).expect("validated channel");
-            store::create_channel_account(
+            channels::create_channel_account(
                 db,
                 tenant,
                 ch,

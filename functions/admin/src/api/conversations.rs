@@ -6,7 +6,7 @@
 //! `human_mode` and does not reply.
 
 use serde_json::{json, Value as Json};
-use shared::db::store;
+use shared::db::{messages, statuses};
 use shared::envelope::Channel;
 use shared::graph::Recipient;
 use shared::split::split_for;
@@ -307,7 +307,7 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         }
         match result {
             Ok(provider_id) => {
-                let row = store::insert_outbound_message(
+                let row = messages::insert_outbound_message(
                     ctx.app.db(),
                     tenant,
                     id,
@@ -328,7 +328,7 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                         sent.push(json!({"id": null, "provider_message_id": provider_id}));
                     }
                 }
-                let _ = store::apply_pending_statuses(
+                let _ = statuses::apply_pending_statuses(
                     ctx.app.db(),
                     tenant,
                     account_row,

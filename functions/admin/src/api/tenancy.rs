@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value as Json};
 use shared::db::apikeys::{self, Role};
-use shared::db::{store, TenantId};
+use shared::db::{credits, tenants, TenantId};
 
 use super::{json_one, json_rows, keyset, path_tenant};
 use crate::input::{is_public_https_url, Input};
@@ -71,7 +71,7 @@ pub async fn create_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let key_name = i.str("owner_key_name", 1, 100);
     i.finish()?;
     let name = name.expect("validated");
-    let tenant = store::create_tenant(ctx.app.db(), &name).await?;
+    let tenant = tenants::create_tenant(ctx.app.db(), &name).await?;
     let key_name = key_name.unwrap_or_else(|| "owner".to_owned());
     let key = apikeys::issue(ctx.app.db(), Some(tenant), Role::Owner, &key_name).await?;
     tracing::info!(tenant = %tenant, "tenant created");
@@ -111,7 +111,7 @@ pub async fn top_up(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let reference = i.str("reference", 1, 200);
     i.finish()?;
     let tenant = TenantId::from_trusted(id);
-    match store::top_up(
+    match credits::top_up(
         ctx.app.db(),
         tenant,
         amount.expect("validated"),

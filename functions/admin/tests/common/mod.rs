@@ -13,7 +13,7 @@ use local_aws::testing::{emulator_sdk, fresh_stack};
 use serde_json::{json, Value};
 use shared::db::apikeys::{self, Role};
 use shared::db::testing::TestDb;
-use shared::db::{store, Db, DbConfig, TenantId};
+use shared::db::{conversations, messages, Db, DbConfig, TenantId};
 use shared::graph::GraphTokens;
 use shared::secrets::SecretCache;
 use uuid::Uuid;
@@ -234,7 +234,7 @@ impl Harness {
         assert_eq!(ig.status, 201, "{}", ig.text);
         let (whatsapp, instagram) = (id_of(&wa.body), id_of(&ig.body));
         let tenant = self.a.id;
-        let wa_contact = store::upsert_contact(
+        let wa_contact = conversations::upsert_contact(
             db,
             tenant,
             whatsapp,
@@ -246,23 +246,30 @@ impl Harness {
         .await
         .unwrap()
         .unwrap();
-        let wa_conversation = store::conversation_for(db, tenant, whatsapp, wa_contact)
+        let wa_conversation = conversations::conversation_for(db, tenant, whatsapp, wa_contact)
             .await
             .unwrap()
             .unwrap()
             .id;
-        let ig_contact =
-            store::upsert_contact(db, tenant, instagram, "6543", None, None, Some("ana.ig"))
-                .await
-                .unwrap()
-                .unwrap();
-        let ig_conversation = store::conversation_for(db, tenant, instagram, ig_contact)
+        let ig_contact = conversations::upsert_contact(
+            db,
+            tenant,
+            instagram,
+            "6543",
+            None,
+            None,
+            Some("ana.ig"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let ig_conversation = conversations::conversation_for(db, tenant, instagram, ig_contact)
             .await
             .unwrap()
             .unwrap()
             .id;
         for (conv, pid) in [(wa_conversation, "wamid.IN1"), (ig_conversation, "mid.IN1")] {
-            store::insert_inbound_message(
+            messages::insert_inbound_message(
                 db,
                 tenant,
                 conv,
