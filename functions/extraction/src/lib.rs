@@ -23,6 +23,7 @@ use shared::cache::TtlCache;
 use shared::credits::price;
 use shared::db::agents::Agent;
 use shared::db::leads::{self, ExtractionRecord};
+use shared::db::outbox;
 use shared::db::{agents, credits};
 use shared::db::{Db, DbError, TenantId};
 use shared::envelope::Content;
@@ -252,7 +253,7 @@ impl Extractor {
     async fn deliver(&self, tenant: TenantId, conversation: Uuid) -> Result<bool, Fail> {
         let db = &self.deps.db;
         let mut pending = false;
-        for d in leads::pending_deliveries(db, tenant, conversation).await? {
+        for d in outbox::pending_deliveries(db, tenant, conversation).await? {
             let (status, error) = match self.deps.webhooks.send(&d).await {
                 Ok(()) => {
                     self.deps.metrics.count("WebhooksDelivered", 1);
@@ -270,7 +271,7 @@ impl Extractor {
             if let Some(reason) = &error {
                 warn!(delivery = d.id, status, reason = %reason, "webhook not delivered");
             }
-            leads::mark_delivery(db, tenant, d.id, status, error.as_deref()).await?;
+            outbox::mark_delivery(db, tenant, d.id, status, error.as_deref()).await?;
         }
         Ok(pending)
     }

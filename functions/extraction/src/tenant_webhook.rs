@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use shared::db::leads::Delivery;
+use shared::db::outbox::Delivery;
 use shared::signature::SignatureKey;
 
 /// Attempts before an event is given up.

@@ -495,7 +495,7 @@ async fn a_lead_change_is_posted_signed_to_the_tenants_webhook_and_retried_until
         .respond_with(ResponseTemplate::new(204))
         .mount(&receiver)
         .await;
-    leads::set_tenant_webhook(
+    tenants::set_tenant_webhook(
         &h.t.db,
         h.tenant,
         Some(&format!("{}/hook", receiver.uri())),
@@ -550,7 +550,7 @@ async fn a_webhook_that_rejects_the_event_is_not_retried() {
         .respond_with(ResponseTemplate::new(410))
         .mount(&receiver)
         .await;
-    leads::set_tenant_webhook(&h.t.db, h.tenant, Some(&receiver.uri()), None)
+    tenants::set_tenant_webhook(&h.t.db, h.tenant, Some(&receiver.uri()), None)
         .await
         .unwrap();
     h.say("in", "soy Ana").await;

@@ -6,7 +6,134 @@
 use serde_json::Value as Json;
 use uuid::Uuid;
 
-use super::{Db, DbError, TenantId};
+use super::{json_row, json_rows, Db, DbError, TenantId};
+
+/// The columns the admin API shows of an agent.
+const COLUMNS: &str = "id, name, instructions, model, base_url, max_output_tokens, temperature,
+    reasoning_effort, store, history_messages, price_input_per_1k, price_output_per_1k,
+    min_balance, fallback_no_credits, fallback_error, extra_lead_fields, is_active,
+    created_at, updated_at";
+
+/// Every editable field of an agent, as written by the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentFields {
+    pub name: String,
+    pub instructions: String,
+    pub model: String,
+    pub base_url: Option<String>,
+    pub max_output_tokens: i32,
+    pub temperature: Option<f32>,
+    pub reasoning_effort: Option<String>,
+    pub store: bool,
+    pub history_messages: i32,
+    pub price_input_per_1k: i64,
+    pub price_output_per_1k: i64,
+    pub min_balance: i64,
+    pub fallback_no_credits: Option<String>,
+    pub fallback_error: Option<String>,
+    pub extra_lead_fields: Json,
+}
+
+/// The tenant's agents as the admin API lists them (oldest first).
+pub async fn list_json(db: &Db, tenant: TenantId) -> Result<Vec<Json>, DbError> {
+    json_rows(
+        db,
+        &format!(
+            "SELECT to_jsonb(x) FROM (SELECT {COLUMNS} FROM agents
+              WHERE user_id = $1 ORDER BY created_at, id) x"
+        ),
+        &[&tenant.0],
+    )
+    .await
+}
+
+/// One agent as the admin API shows it.
+pub async fn get_json(db: &Db, tenant: TenantId, id: Uuid) -> Result<Option<Json>, DbError> {
+    json_row(
+        db,
+        &format!(
+            "SELECT to_jsonb(x) FROM (SELECT {COLUMNS} FROM agents WHERE user_id = $1 AND id = $2) x"
+        ),
+        &[&tenant.0, &id],
+    )
+    .await
+}
+
+/// Writes every field of agent `id`: inserts it when `seen` is `None`, else updates it only if
+/// its `updated_at` is still `seen` (its text as [`get_json`] showed it). False when nothing
+/// was written (another change came in between, or no such agent).
+pub async fn save(
+    db: &Db,
+    tenant: TenantId,
+    id: Uuid,
+    f: &AgentFields,
+    seen: Option<&str>,
+) -> Result<bool, DbError> {
+    let sql = if seen.is_none() {
+        "INSERT INTO agents (user_id, id, name, instructions, model, base_url, max_output_tokens,
+                temperature, reasoning_effort, store, history_messages, price_input_per_1k,
+                price_output_per_1k, min_balance, fallback_no_credits, fallback_error, extra_lead_fields)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    } else {
+        "UPDATE agents SET name = $3, instructions = $4, model = $5, base_url = $6,
+                max_output_tokens = $7, temperature = $8, reasoning_effort = $9, store = $10,
+                history_messages = $11, price_input_per_1k = $12, price_output_per_1k = $13,
+                min_balance = $14, fallback_no_credits = $15, fallback_error = $16,
+                extra_lead_fields = $17
+          WHERE user_id = $1 AND id = $2 AND updated_at = $18::text::timestamptz"
+    };
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &tenant.0,
+        &id,
+        &f.name,
+        &f.instructions,
+        &f.model,
+        &f.base_url,
+        &f.max_output_tokens,
+        &f.temperature,
+        &f.reasoning_effort,
+        &f.store,
+        &f.history_messages,
+        &f.price_input_per_1k,
+        &f.price_output_per_1k,
+        &f.min_balance,
+        &f.fallback_no_credits,
+        &f.fallback_error,
+        &f.extra_lead_fields,
+    ];
+    if let Some(seen) = &seen {
+        params.push(seen);
+    }
+    let c = db.client().await?;
+    Ok(c.execute(sql, &params).await? > 0)
+}
+
+/// Activates or deactivates (soft delete) an agent.
+pub async fn set_active(db: &Db, tenant: TenantId, id: Uuid, active: bool) -> Result<(), DbError> {
+    let c = db.client().await?;
+    c.execute(
+        "UPDATE agents SET is_active = $3 WHERE user_id = $1 AND id = $2",
+        &[&tenant.0, &id, &active],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The active channel accounts that answer with agent `id`.
+pub async fn active_channels_using(
+    db: &Db,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Vec<Uuid>, DbError> {
+    let c = db.client().await?;
+    let rows = c
+        .query(
+            "SELECT id FROM channel_accounts WHERE user_id = $1 AND agent_id = $2 AND is_active",
+            &[&tenant.0, &id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
 
 /// New agent of a tenant with the given model and instructions; the rest keeps its defaults.
 pub async fn create_agent(

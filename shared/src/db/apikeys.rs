@@ -191,6 +191,18 @@ pub async fn revoke(db: &Db, tenant: Option<TenantId>, key_id: Uuid) -> Result<b
     Ok(n == 1)
 }
 
+/// The tenant's keys as the admin API lists them (newest first; never a hash).
+pub async fn list_json(db: &Db, tenant: TenantId) -> Result<Vec<serde_json::Value>, DbError> {
+    super::json_rows(
+        db,
+        "SELECT to_jsonb(x) FROM (
+           SELECT id, name, role, prefix, created_at, last_used_at, revoked_at
+             FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id) x",
+        &[&tenant.0],
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

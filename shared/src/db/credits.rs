@@ -142,3 +142,34 @@ pub async fn balance(db: &Db, tenant: TenantId) -> Result<Option<i64>, DbError> 
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// The balance as the admin API shows it.
+pub async fn account_json(db: &Db, tenant: TenantId) -> Result<Option<serde_json::Value>, DbError> {
+    super::json_row(
+        db,
+        "SELECT jsonb_build_object('balance', balance, 'updated_at', updated_at)
+           FROM credit_accounts WHERE user_id = $1",
+        &[&tenant.0],
+    )
+    .await
+}
+
+/// Ledger rows, newest first, before ledger id `before` (text), at most `limit`, each with its
+/// keyset `_k`.
+pub async fn ledger_json(
+    db: &Db,
+    tenant: TenantId,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, DbError> {
+    super::json_rows(
+        db,
+        "SELECT to_jsonb(x) FROM (
+           SELECT id, delta, balance_after, reason, reference, created_at, jsonb_build_array(id) AS _k
+             FROM credit_ledger
+            WHERE user_id = $1 AND ($2::text IS NULL OR id < $2::bigint)
+            ORDER BY id DESC LIMIT $3) x",
+        &[&tenant.0, &before, &limit],
+    )
+    .await
+}

@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 
 use super::credits::{charge_ctes, Charge, ChargeSql};
-use super::{Db, DbError, TenantId};
+use super::{json_row, json_rows, Db, DbError, TenantId};
 
 /// Lead columns the extraction fills (the `leads` table's own columns).
 pub const LEAD_FIELDS: [&str; 10] = [
@@ -188,9 +188,16 @@ pub async fn record_extraction(
                INSERT INTO lead_history (user_id, lead_id, extraction_id, field, old_value, new_value)
                SELECT $1, up.id, ext.id, real.field, real.before, real.val FROM up, ext, real
                RETURNING field),
-             outbox AS (
-               INSERT INTO webhook_deliveries (user_id, conversation_id, event_type, payload)
-               SELECT $1, $2, 'lead.updated', jsonb_build_object(
+             outbox AS ({}),
+             {}
+             SELECT EXISTS (SELECT 1 FROM ext),
+                    COALESCE((SELECT array_agg(field) FROM hist), '{{}}'),
+                    (SELECT balance FROM acc), (SELECT take FROM acc),
+                    (SELECT count(*) FROM outbox)",
+            super::outbox::event_insert(
+                "lead.updated",
+                "$2",
+                "jsonb_build_object(
                         'type', 'lead.updated',
                         'tenant_id', $1,
                         'conversation_id', $2,
@@ -198,15 +205,9 @@ pub async fn record_extraction(
                         'lead', to_jsonb(up) - 'user_id' - 'is_active' - 'created_at',
                         'changes', (SELECT jsonb_agg(jsonb_build_object('field', field, 'old', before, 'new', val))
                                       FROM real),
-                        'occurred_at', now())
-                 FROM up, tenants t
-                WHERE t.id = $1 AND t.webhook_url IS NOT NULL
-               RETURNING id),
-             {}
-             SELECT EXISTS (SELECT 1 FROM ext),
-                    COALESCE((SELECT array_agg(field) FROM hist), '{{}}'),
-                    (SELECT balance FROM acc), (SELECT take FROM acc),
-                    (SELECT count(*) FROM outbox)",
+                        'occurred_at', now())",
+                "up",
+            ),
             charge_ctes(&ChargeSql {
                 amount: "$9",
                 when: "EXISTS (SELECT 1 FROM ext)",
@@ -300,78 +301,50 @@ pub async fn lead_history(
         .collect())
 }
 
-/// A queued webhook event with where it goes.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub id: i64,
-    pub url: String,
-    pub secret: Option<String>,
-    pub payload: Json,
-    pub attempts: i32,
-}
+/// A lead as the admin API shows it, with its keyset `_k` ([updated_at, id]).
+const VIEW: &str = "SELECT to_jsonb(x) FROM (
+    SELECT l.id, l.contact_id,
+           (SELECT c.id FROM conversations c WHERE c.contact_id = l.contact_id LIMIT 1) AS conversation_id,
+           ca.channel, l.name, l.email, l.phone, l.company, l.intent, l.product_interest, l.budget,
+           l.timeline, l.language, l.summary, l.extra, l.confidence, l.created_at, l.updated_at,
+           jsonb_build_array(l.updated_at::text, l.id) AS _k
+      FROM leads l
+      JOIN contacts ct ON ct.id = l.contact_id
+      JOIN channel_accounts ca ON ca.id = ct.channel_account_id
+     WHERE l.user_id = $1 AND l.is_active";
 
-/// The conversation's pending webhook events, oldest first (the tenant's current URL).
-pub async fn pending_deliveries(
+/// The tenant's leads, newest change first, before the keyset `before` ((updated_at, id) as
+/// text), at most `limit`.
+pub async fn list_json(
     db: &Db,
     tenant: TenantId,
-    conversation_id: Uuid,
-) -> Result<Vec<Delivery>, DbError> {
-    let c = db.client().await?;
-    let rows = c
-        .query(
-            "SELECT d.id, t.webhook_url, t.webhook_secret, d.payload, d.attempts
-               FROM webhook_deliveries d JOIN tenants t ON t.id = d.user_id
-              WHERE d.user_id = $1 AND d.conversation_id = $2 AND d.status = 'pending'
-                AND t.webhook_url IS NOT NULL
-              ORDER BY d.id LIMIT 20",
-            &[&tenant.0, &conversation_id],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Delivery {
-            id: r.get(0),
-            url: r.get(1),
-            secret: r.get(2),
-            payload: r.get(3),
-            attempts: r.get(4),
-        })
-        .collect())
-}
-
-/// Records a delivery attempt: `delivered`, still `pending` (will be retried) or `failed`.
-pub async fn mark_delivery(
-    db: &Db,
-    tenant: TenantId,
-    id: i64,
-    status: &str,
-    error: Option<&str>,
-) -> Result<(), DbError> {
-    let c = db.client().await?;
-    c.execute(
-        "UPDATE webhook_deliveries
-            SET status = $3, attempts = attempts + 1, last_error = $4,
-                delivered_at = CASE WHEN $3 = 'delivered' THEN now() END
-          WHERE user_id = $1 AND id = $2",
-        &[&tenant.0, &id, &status, &error],
+    before: (Option<String>, Option<String>),
+    limit: i64,
+) -> Result<Vec<Json>, DbError> {
+    json_rows(
+        db,
+        &format!(
+            "{VIEW} AND ($2::text IS NULL OR (l.updated_at, l.id) < ($2::timestamptz, $3::text::uuid))
+             ORDER BY l.updated_at DESC, l.id DESC LIMIT $4) x"
+        ),
+        &[&tenant.0, &before.0, &before.1, &limit],
     )
-    .await?;
-    Ok(())
+    .await
 }
 
-/// Sets (or clears, with `None`) the tenant's outbound webhook.
-pub async fn set_tenant_webhook(
-    db: &Db,
-    tenant: TenantId,
-    url: Option<&str>,
-    secret: Option<&str>,
-) -> Result<bool, DbError> {
-    let c = db.client().await?;
-    let n = c
-        .execute(
-            "UPDATE tenants SET webhook_url = $2, webhook_secret = $3 WHERE id = $1",
-            &[&tenant.0, &url, &secret],
-        )
-        .await?;
-    Ok(n == 1)
+/// One lead as the admin API shows it (with its keyset `_k`).
+pub async fn get_json(db: &Db, tenant: TenantId, id: Uuid) -> Result<Option<Json>, DbError> {
+    json_row(db, &format!("{VIEW} AND l.id = $2) x"), &[&tenant.0, &id]).await
+}
+
+/// A lead's field changes, oldest first.
+pub async fn history_json(db: &Db, tenant: TenantId, lead: Uuid) -> Result<Vec<Json>, DbError> {
+    json_rows(
+        db,
+        "SELECT to_jsonb(x) FROM (
+           SELECT field, old_value, new_value, extraction_id, created_at
+             FROM lead_history WHERE user_id = $1 AND lead_id = $2 ORDER BY id) x",
+        &[&tenant.0, &lead],
+    )
+    .await
 }

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 
 use super::credits::{charge_ctes, Charge, ChargeSql};
-use super::{Db, DbError, TenantId};
+use super::{json_rows, Db, DbError, TenantId};
 
 /// What inserting a message did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,4 +254,27 @@ pub async fn record_reply(
         balance_after: row.get::<_, Option<i64>>(0).unwrap_or(0),
         charged: row.get::<_, Option<i64>>(1).unwrap_or(0),
     }))
+}
+
+/// A conversation's messages as the admin API shows them, oldest first, after message id
+/// `after` (text; the keyset of the previous page), at most `limit`.
+pub async fn page_json(
+    db: &Db,
+    tenant: TenantId,
+    conversation_id: Uuid,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Json>, DbError> {
+    json_rows(
+        db,
+        "SELECT to_jsonb(x) FROM (
+           SELECT id, direction, content, status, error_code, outcome, provider_message_id,
+                  input_tokens, output_tokens, cost, created_at, updated_at,
+                  jsonb_build_array(id) AS _k
+             FROM messages
+            WHERE user_id = $1 AND conversation_id = $2 AND ($3::text IS NULL OR id > $3::bigint)
+            ORDER BY id LIMIT $4) x",
+        &[&tenant.0, &conversation_id, &after, &limit],
+    )
+    .await
 }

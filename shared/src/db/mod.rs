@@ -13,6 +13,7 @@ pub mod conversations;
 pub mod credits;
 pub mod leads;
 pub mod messages;
+pub mod outbox;
 pub mod statuses;
 pub mod tenants;
 pub mod turns;
@@ -274,6 +275,30 @@ pub fn url_with_database(url: &str, dbname: &str) -> String {
         out.push_str(q);
     }
     out
+}
+
+/// The first column (jsonb) of every row of `sql`: the admin API's views are built in
+/// Postgres (`to_jsonb`), so an answer is exactly the selected columns.
+pub(crate) async fn json_rows(
+    db: &Db,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<serde_json::Value>, DbError> {
+    let c = db.client().await?;
+    let rows = c.query(sql, params).await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, serde_json::Value>(0))
+        .collect())
+}
+
+/// The first column (jsonb) of the first row of `sql`, if any.
+pub(crate) async fn json_row(
+    db: &Db,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<serde_json::Value>, DbError> {
+    Ok(json_rows(db, sql, params).await?.into_iter().next())
 }
 
 /// Helpers for tests against a real server (`DATABASE_URL`, set by `make test`).

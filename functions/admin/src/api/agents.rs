@@ -6,14 +6,10 @@
 use serde_json::{json, Value as Json};
 use uuid::Uuid;
 
-use super::{json_one, json_rows};
+use shared::db::agents::{self, AgentFields};
+
 use crate::input::Input;
 use crate::{ApiError, Ctx, Reply};
-
-const COLUMNS: &str = "id, name, instructions, model, base_url, max_output_tokens, temperature,
-    reasoning_effort, store, history_messages, price_input_per_1k, price_output_per_1k,
-    min_balance, fallback_no_credits, fallback_error, extra_lead_fields, is_active,
-    created_at, updated_at";
 
 const EFFORTS: &[&str] = &["none", "minimal", "low", "medium", "high", "xhigh"];
 
@@ -154,28 +150,37 @@ impl Fields {
     }
 }
 
+impl Fields {
+    fn stored(&self) -> AgentFields {
+        AgentFields {
+            name: self.name.clone(),
+            instructions: self.instructions.clone(),
+            model: self.model.clone(),
+            base_url: self.base_url.clone(),
+            max_output_tokens: self.max_output_tokens as i32,
+            temperature: self.temperature.map(|t| t as f32),
+            reasoning_effort: self.reasoning_effort.clone(),
+            store: self.store,
+            history_messages: self.history_messages as i32,
+            price_input_per_1k: self.price_input_per_1k,
+            price_output_per_1k: self.price_output_per_1k,
+            min_balance: self.min_balance,
+            fallback_no_credits: self.fallback_no_credits.clone(),
+            fallback_error: self.fallback_error.clone(),
+            extra_lead_fields: self.extra_lead_fields.clone(),
+        }
+    }
+}
+
 pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let rows = json_rows(
-        ctx,
-        &format!(
-            "SELECT to_jsonb(x) FROM (SELECT {COLUMNS} FROM agents
-              WHERE user_id = $1 ORDER BY created_at, id) x"
-        ),
-        &[&ctx.tenant().uuid()],
-    )
-    .await?;
+    let rows = agents::list_json(ctx.app.db(), ctx.tenant()).await?;
     Ok(Reply::ok(json!({"data": rows})))
 }
 
 async fn one(ctx: &Ctx<'_>, id: Uuid) -> Result<Json, ApiError> {
-    json_one(
-        ctx,
-        &format!(
-            "SELECT to_jsonb(x) FROM (SELECT {COLUMNS} FROM agents WHERE user_id = $1 AND id = $2) x"
-        ),
-        &[&ctx.tenant().uuid(), &id],
-    )
-    .await
+    agents::get_json(ctx.app.db(), ctx.tenant(), id)
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
@@ -185,50 +190,7 @@ pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// Writes every field of `f` to agent `id`: inserts it when `seen` is `None`, else updates it
 /// only if its `updated_at` is still `seen` (409 otherwise: another change came in between).
 async fn save(ctx: &Ctx<'_>, id: Uuid, f: &Fields, seen: Option<&str>) -> Result<(), ApiError> {
-    let sql = if seen.is_none() {
-        "INSERT INTO agents (user_id, id, name, instructions, model, base_url, max_output_tokens,
-                temperature, reasoning_effort, store, history_messages, price_input_per_1k,
-                price_output_per_1k, min_balance, fallback_no_credits, fallback_error, extra_lead_fields)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    } else {
-        "UPDATE agents SET name = $3, instructions = $4, model = $5, base_url = $6,
-                max_output_tokens = $7, temperature = $8, reasoning_effort = $9, store = $10,
-                history_messages = $11, price_input_per_1k = $12, price_output_per_1k = $13,
-                min_balance = $14, fallback_no_credits = $15, fallback_error = $16,
-                extra_lead_fields = $17
-          WHERE user_id = $1 AND id = $2 AND updated_at = $18::text::timestamptz"
-    };
-    let c = ctx.app.db().client().await?;
-    let tenant = ctx.tenant().uuid();
-    let (max_output, history) = (f.max_output_tokens as i32, f.history_messages as i32);
-    let temperature = f.temperature.map(|t| t as f32);
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-        &tenant,
-        &id,
-        &f.name,
-        &f.instructions,
-        &f.model,
-        &f.base_url,
-        &max_output,
-        &temperature,
-        &f.reasoning_effort,
-        &f.store,
-        &history,
-        &f.price_input_per_1k,
-        &f.price_output_per_1k,
-        &f.min_balance,
-        &f.fallback_no_credits,
-        &f.fallback_error,
-        &f.extra_lead_fields,
-    ];
-    if let Some(seen) = &seen {
-        params.push(seen);
-    }
-    let n = c
-        .execute(sql, &params)
-        .await
-        .map_err(shared::db::DbError::from)?;
-    if n == 0 {
+    if !agents::save(ctx.app.db(), ctx.tenant(), id, &f.stored(), seen).await? {
         return Err(super::concurrent());
     }
     Ok(())
@@ -270,13 +232,7 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let seen = cur["updated_at"].as_str().unwrap_or_default();
     save(ctx, id, &f, Some(seen)).await?;
     if reactivate {
-        let c = ctx.app.db().client().await?;
-        c.execute(
-            "UPDATE agents SET is_active = true WHERE user_id = $1 AND id = $2",
-            &[&ctx.tenant().uuid(), &id],
-        )
-        .await
-        .map_err(shared::db::DbError::from)?;
+        agents::set_active(ctx.app.db(), ctx.tenant(), id, true).await?;
     }
     tracing::info!(agent = %id, "agent updated");
     Ok(Reply::ok(one(ctx, id).await?))
@@ -287,12 +243,7 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn deactivate(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
     one(ctx, id).await?;
-    let users = json_rows(
-        ctx,
-        "SELECT to_jsonb(id) FROM channel_accounts WHERE user_id = $1 AND agent_id = $2 AND is_active",
-        &[&ctx.tenant().uuid(), &id],
-    )
-    .await?;
+    let users = agents::active_channels_using(ctx.app.db(), ctx.tenant(), id).await?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(
             "agent_in_use",
@@ -300,19 +251,13 @@ pub async fn deactivate(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 "active channel accounts use this agent: {}; move or deactivate them first",
                 users
                     .iter()
-                    .filter_map(Json::as_str)
+                    .map(Uuid::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
         ));
     }
-    let c = ctx.app.db().client().await?;
-    c.execute(
-        "UPDATE agents SET is_active = false WHERE user_id = $1 AND id = $2",
-        &[&ctx.tenant().uuid(), &id],
-    )
-    .await
-    .map_err(shared::db::DbError::from)?;
+    agents::set_active(ctx.app.db(), ctx.tenant(), id, false).await?;
     tracing::info!(agent = %id, "agent deactivated");
     Ok(Reply::ok(one(ctx, id).await?))
 }

@@ -10,41 +10,21 @@ use shared::db::{channels, TenantId};
 use shared::envelope::Channel;
 use uuid::Uuid;
 
-use super::{concurrent, json_one, json_rows, path_tenant};
+use super::{concurrent, path_tenant};
 use shared::webchat::is_origin;
 
 use crate::input::Input;
 use crate::{ApiError, Ctx, Reply};
 
-const SELECT: &str = "SELECT to_jsonb(x) FROM (
-    SELECT ca.id, ca.channel, ca.provider_account_id, ca.waba_id, ca.display_name,
-           ca.access_token_secret, ca.agent_id, ca.is_active, ca.created_at, ca.updated_at,
-           CASE WHEN ws.channel_account_id IS NULL THEN NULL ELSE jsonb_build_object(
-             'site_key', ca.provider_account_id,
-             'allowed_origins', ws.allowed_origins,
-             'identity_verification', ws.identity_secret IS NOT NULL,
-             'require_identity', ws.require_identity) END AS webchat
-      FROM channel_accounts ca
-      LEFT JOIN webchat_sites ws ON ws.channel_account_id = ca.id
-     WHERE ca.user_id = $1";
-
 pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let rows = json_rows(
-        ctx,
-        &format!("{SELECT} ORDER BY ca.created_at, ca.id) x"),
-        &[&ctx.tenant().uuid()],
-    )
-    .await?;
+    let rows = channels::list_json(ctx.app.db(), ctx.tenant()).await?;
     Ok(Reply::ok(json!({"data": rows})))
 }
 
 async fn one(ctx: &Ctx<'_>, tenant: TenantId, id: Uuid) -> Result<Json, ApiError> {
-    json_one(
-        ctx,
-        &format!("{SELECT} AND ca.id = $2) x"),
-        &[&tenant.uuid(), &id],
-    )
-    .await
+    channels::get_json(ctx.app.db(), tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
@@ -74,13 +54,7 @@ fn check_secret_name(ctx: &Ctx<'_>, i: &mut Input, secret: Option<&str>, account
 
 /// Whether `agent` is an active agent of the tenant.
 async fn agent_usable(ctx: &Ctx<'_>, tenant: TenantId, agent: Uuid) -> Result<bool, ApiError> {
-    Ok(!json_rows(
-        ctx,
-        "SELECT to_jsonb(id) FROM agents WHERE user_id = $1 AND id = $2 AND is_active",
-        &[&tenant.uuid(), &agent],
-    )
-    .await?
-    .is_empty())
+    Ok(channels::agent_usable(ctx.app.db(), tenant, agent).await?)
 }
 
 fn origins_ok(i: &mut Input, origins: &Option<Vec<String>>) {
@@ -196,13 +170,7 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
             .map_err(|e| conflict(e.into()))?
         }
     };
-    let c = db.client().await?;
-    c.execute(
-        "UPDATE channel_accounts SET display_name = $3, waba_id = $4 WHERE user_id = $1 AND id = $2",
-        &[&tenant.uuid(), &id, &display_name, &waba],
-    )
-    .await
-    .map_err(shared::db::DbError::from)?;
+    channels::set_names(db, tenant, id, display_name.as_deref(), waba.as_deref()).await?;
     tracing::info!(channel_account = %id, channel = channel.as_deref().unwrap_or(""), "channel account created");
     Ok(Reply::created(one(ctx, tenant, id).await?))
 }
@@ -283,46 +251,21 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     }
     i.finish()?;
     let seen = text(&cur["updated_at"]).unwrap_or_default();
-    let c = ctx.app.db().client().await?;
+    let account = channels::AccountUpdate {
+        display_name,
+        agent_id,
+        is_active,
+        access_token_secret: secret,
+        waba_id: waba,
+    };
+    let site = (channel == "webchat").then_some(channels::SiteUpdate {
+        allowed_origins: origins,
+        identity_secret,
+        require_identity,
+    });
     // Written only if nobody changed the row since it was read (else 409, read again).
-    let n = c
-        .execute(
-            "UPDATE channel_accounts SET display_name = $3, agent_id = $4, is_active = $5,
-                access_token_secret = $6, waba_id = $7
-          WHERE user_id = $1 AND id = $2 AND updated_at = $8::text::timestamptz",
-            &[
-                &tenant.uuid(),
-                &id,
-                &display_name,
-                &agent_id,
-                &is_active,
-                &secret,
-                &waba,
-                &seen,
-            ],
-        )
-        .await
-        .map_err(shared::db::DbError::from)?;
-    if n == 0 {
+    if !channels::update(ctx.app.db(), tenant, id, &seen, &account, site.as_ref()).await? {
         return Err(concurrent());
-    }
-    if channel == "webchat" {
-        c.execute(
-            "UPDATE webchat_sites SET allowed_origins = $3, is_active = $4, require_identity = $6,
-                    identity_secret = CASE WHEN $7 THEN $5 ELSE identity_secret END
-              WHERE user_id = $1 AND channel_account_id = $2",
-            &[
-                &tenant.uuid(),
-                &id,
-                &origins,
-                &is_active,
-                &identity_secret.clone().flatten(),
-                &require_identity,
-                &identity_secret.is_some(),
-            ],
-        )
-        .await
-        .map_err(shared::db::DbError::from)?;
     }
     tracing::info!(channel_account = %id, "channel account updated");
     Ok(Reply::ok(one(ctx, tenant, id).await?))
@@ -333,17 +276,7 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn deactivate(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let tenant = ctx.tenant();
     let id = ctx.id(0)?;
-    let c = ctx.app.db().client().await?;
-    let n = c
-        .execute(
-            "WITH s AS (UPDATE webchat_sites SET is_active = false
-                         WHERE user_id = $1 AND channel_account_id = $2)
-             UPDATE channel_accounts SET is_active = false WHERE user_id = $1 AND id = $2",
-            &[&tenant.uuid(), &id],
-        )
-        .await
-        .map_err(shared::db::DbError::from)?;
-    if n == 0 {
+    if !channels::deactivate(ctx.app.db(), tenant, id).await? {
         return Err(ApiError::NotFound);
     }
     tracing::info!(channel_account = %id, "channel account deactivated");

@@ -6,14 +6,14 @@
 //! `human_mode` and does not reply.
 
 use serde_json::{json, Value as Json};
-use shared::db::{messages, statuses};
+use shared::db::{conversations, messages, statuses};
 use shared::envelope::Channel;
 use shared::graph::Recipient;
 use shared::split::split_for;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{json_one, json_rows, keyset};
+use super::keyset;
 use crate::input::Input;
 use crate::{page, ApiError, Ctx, Reply};
 
@@ -21,17 +21,6 @@ use crate::{page, ApiError, Ctx, Reply};
 const DAY_SECS: f64 = 86_400.0;
 /// Instagram's `HUMAN_AGENT` tag window.
 const HUMAN_AGENT_SECS: f64 = 7.0 * DAY_SECS;
-
-const SELECT: &str = "SELECT to_jsonb(x) FROM (
-    SELECT c.id, ca.channel, c.channel_account_id, c.mode, c.mode_changed_at, c.last_inbound_at,
-           c.created_at, c.updated_at,
-           jsonb_build_object('id', ct.id, 'external_id', ct.external_id, 'wa_id', ct.wa_id,
-                              'display_name', ct.display_name, 'username', ct.username) AS contact,
-           jsonb_build_array(c.updated_at::text, c.id) AS _k
-      FROM conversations c
-      JOIN channel_accounts ca ON ca.id = c.channel_account_id
-      JOIN contacts ct ON ct.id = c.contact_id
-     WHERE c.user_id = $1";
 
 /// Newest activity first; filters `channel`, `mode`, `updated_since` (RFC 3339). A
 /// conversation that gets a new message while a client pages may show again on page one;
@@ -64,27 +53,13 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     if !bad.is_empty() {
         return Err(ApiError::Invalid(bad));
     }
-    let rows = json_rows(
-        ctx,
-        &format!(
-            "{SELECT}
-               AND ($2::text IS NULL OR ca.channel = $2)
-               AND ($3::text IS NULL OR c.mode = $3)
-               AND ($4::text IS NULL OR c.updated_at >= $4::timestamptz)
-               AND ($5::text IS NULL OR (c.updated_at, c.id) < ($5::timestamptz, $6::text::uuid))
-             ORDER BY c.updated_at DESC, c.id DESC LIMIT $7) x"
-        ),
-        &[
-            &ctx.tenant().uuid(),
-            &channel,
-            &mode,
-            &since,
-            &k1,
-            &k2,
-            &(limit + 1),
-        ],
-    )
-    .await?;
+    let filter = conversations::ListFilter {
+        channel,
+        mode,
+        updated_since: since,
+        before: (k1, k2),
+    };
+    let rows = conversations::list_json(ctx.app.db(), ctx.tenant(), &filter, limit + 1).await?;
     Ok(Reply::ok(page(rows, limit)))
 }
 
@@ -104,12 +79,9 @@ fn looks_like_rfc3339(s: &str) -> bool {
 }
 
 async fn one(ctx: &Ctx<'_>, id: Uuid) -> Result<Json, ApiError> {
-    let mut v = json_one(
-        ctx,
-        &format!("{SELECT} AND c.id = $2) x"),
-        &[&ctx.tenant().uuid(), &id],
-    )
-    .await?;
+    let mut v = conversations::get_json(ctx.app.db(), ctx.tenant(), id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if let Some(o) = v.as_object_mut() {
         o.remove("_k");
     }
@@ -126,18 +98,8 @@ pub async fn messages(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let limit = ctx.limit()?;
     let (k1, _) = keyset(ctx)?;
     one(ctx, id).await?;
-    let rows = json_rows(
-        ctx,
-        "SELECT to_jsonb(x) FROM (
-           SELECT id, direction, content, status, error_code, outcome, provider_message_id,
-                  input_tokens, output_tokens, cost, created_at, updated_at,
-                  jsonb_build_array(id) AS _k
-             FROM messages
-            WHERE user_id = $1 AND conversation_id = $2 AND ($3::text IS NULL OR id > $3::bigint)
-            ORDER BY id LIMIT $4) x",
-        &[&ctx.tenant().uuid(), &id, &k1, &(limit + 1)],
-    )
-    .await?;
+    let rows =
+        messages::page_json(ctx.app.db(), ctx.tenant(), id, k1.as_deref(), limit + 1).await?;
     Ok(Reply::ok(page(rows, limit)))
 }
 
@@ -153,37 +115,18 @@ pub async fn set_mode(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     i.finish()?;
     let mode = mode.expect("validated");
     let tenant = ctx.tenant();
-    let c = ctx.app.db().client().await?;
-    let row = c
-        .query_one(
-            "WITH old AS (
-               SELECT id, mode FROM conversations WHERE user_id = $1 AND id = $2 FOR UPDATE),
-             upd AS (
-               UPDATE conversations c SET mode = $3, mode_changed_at = now(), mode_changed_by = $4
-                 FROM old WHERE c.id = old.id AND old.mode <> $3 RETURNING c.id),
-             ev AS (
-               INSERT INTO webhook_deliveries (user_id, conversation_id, event_type, payload)
-               SELECT $1, upd.id, 'conversation.mode_changed', jsonb_build_object(
-                        'type', 'conversation.mode_changed', 'tenant_id', $1,
-                        'conversation_id', upd.id, 'mode', $3::text, 'previous_mode', old.mode,
-                        'changed_at', now())
-                 FROM upd, old, tenants t WHERE t.id = $1 AND t.webhook_url IS NOT NULL
-               RETURNING id)
-             SELECT (SELECT count(*) FROM old), (SELECT count(*) FROM upd), (SELECT count(*) FROM ev)",
-            &[&tenant.uuid(), &id, &mode, &ctx.who.key_id],
-        )
-        .await
-        .map_err(shared::db::DbError::from)?;
-    let (found, changed, events): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    if found == 0 {
+    let Some(switch) =
+        conversations::switch_mode(ctx.app.db(), tenant, id, &mode, ctx.who.key_id).await?
+    else {
         // Unknown, or another tenant's: the same answer.
         return Err(ApiError::NotFound);
-    }
-    if changed > 0 {
+    };
+    let (changed, events) = (switch.changed, switch.event);
+    if changed {
         ctx.metrics().count_by("Handoffs", "Mode", mode.clone(), 1);
         info!(conversation = %id, mode = %mode, "conversation mode changed");
     }
-    if events > 0 {
+    if events {
         // The extraction function delivers a conversation's pending webhook events first
         // thing in a job; queue one so the event goes out without waiting for a message.
         if let Err(e) = ctx
@@ -211,31 +154,19 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let mut i = Input::parse(ctx.body)?;
     let text = i.required_str("text", 1, 4096);
     let tenant = ctx.tenant();
-    let c = ctx.app.db().client().await?;
-    let target = c
-        .query_opt(
-            "SELECT ca.channel, ca.provider_account_id, ca.access_token_secret, ca.is_active,
-                    ct.external_id, ct.wa_id,
-                    EXTRACT(EPOCH FROM now() - c.last_inbound_at)::float8, ca.id
-               FROM conversations c
-               JOIN channel_accounts ca ON ca.id = c.channel_account_id
-               JOIN contacts ct ON ct.id = c.contact_id
-              WHERE c.user_id = $1 AND c.id = $2",
-            &[&tenant.uuid(), &id],
-        )
-        .await
-        .map_err(shared::db::DbError::from)?
+    let target = conversations::reply_target(ctx.app.db(), tenant, id)
+        .await?
         .ok_or(ApiError::NotFound)?;
     i.finish()?;
     let text = text.expect("validated");
-    let channel = Channel::parse(target.get(0)).ok_or(ApiError::Internal)?;
-    let account: String = target.get(1);
-    let secret: Option<String> = target.get(2);
-    let active: bool = target.get(3);
-    let external_id: String = target.get(4);
-    let wa_id: Option<String> = target.get(5);
-    let age: Option<f64> = target.get(6);
-    let account_row: Uuid = target.get(7);
+    let channel = Channel::parse(&target.channel).ok_or(ApiError::Internal)?;
+    let account = target.provider_account_id;
+    let secret = target.access_token_secret;
+    let active = target.account_active;
+    let external_id = target.contact_external_id;
+    let wa_id = target.contact_wa_id;
+    let age = target.since_last_inbound_secs;
+    let account_row = target.channel_account_id;
     if !active {
         return Err(ApiError::Conflict(
             "channel_inactive",

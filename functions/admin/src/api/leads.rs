@@ -2,9 +2,9 @@
 
 use serde_json::{json, Value as Json};
 
-use shared::db::leads::LEAD_FIELDS;
+use shared::db::leads::{self, LEAD_FIELDS};
 
-use super::{json_one, json_rows, keyset};
+use super::keyset;
 use crate::{cursor, page, ApiError, Ctx, Reply};
 
 /// Columns of a lead as the API shows them, in CSV order: ids, channel, the extracted fields
@@ -17,33 +17,14 @@ fn columns() -> Vec<&'static str> {
         .collect()
 }
 
-const SELECT: &str = "SELECT to_jsonb(x) FROM (
-    SELECT l.id, l.contact_id,
-           (SELECT c.id FROM conversations c WHERE c.contact_id = l.contact_id LIMIT 1) AS conversation_id,
-           ca.channel, l.name, l.email, l.phone, l.company, l.intent, l.product_interest, l.budget,
-           l.timeline, l.language, l.summary, l.extra, l.confidence, l.created_at, l.updated_at,
-           jsonb_build_array(l.updated_at::text, l.id) AS _k
-      FROM leads l
-      JOIN contacts ct ON ct.id = l.contact_id
-      JOIN channel_accounts ca ON ca.id = ct.channel_account_id
-     WHERE l.user_id = $1 AND l.is_active";
-
 /// Export pages are larger than API pages.
 const MAX_EXPORT: i64 = 5000;
 /// A page stops growing past this many bytes (Lambda's response limit is 6 MB).
 const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 
 async fn rows(ctx: &Ctx<'_>, limit: i64) -> Result<Vec<Json>, ApiError> {
-    let (k1, k2) = keyset(ctx)?;
-    json_rows(
-        ctx,
-        &format!(
-            "{SELECT} AND ($2::text IS NULL OR (l.updated_at, l.id) < ($2::timestamptz, $3::text::uuid))
-             ORDER BY l.updated_at DESC, l.id DESC LIMIT $4) x"
-        ),
-        &[&ctx.tenant().uuid(), &k1, &k2, &(limit + 1)],
-    )
-    .await
+    let before = keyset(ctx)?;
+    Ok(leads::list_json(ctx.app.db(), ctx.tenant(), before, limit + 1).await?)
 }
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
@@ -53,20 +34,10 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
-    let mut lead = json_one(
-        ctx,
-        &format!("{SELECT} AND l.id = $2) x"),
-        &[&ctx.tenant().uuid(), &id],
-    )
-    .await?;
-    let history = json_rows(
-        ctx,
-        "SELECT to_jsonb(x) FROM (
-           SELECT field, old_value, new_value, extraction_id, created_at
-             FROM lead_history WHERE user_id = $1 AND lead_id = $2 ORDER BY id) x",
-        &[&ctx.tenant().uuid(), &id],
-    )
-    .await?;
+    let mut lead = leads::get_json(ctx.app.db(), ctx.tenant(), id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let history = leads::history_json(ctx.app.db(), ctx.tenant(), id).await?;
     if let Some(o) = lead.as_object_mut() {
         o.remove("_k");
         o.insert("history".into(), json!(history));

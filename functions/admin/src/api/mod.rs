@@ -9,7 +9,6 @@ mod leads;
 mod tenancy;
 
 use serde_json::Value as Json;
-use tokio_postgres::types::ToSql;
 
 use crate::routes::Op;
 use crate::{ApiError, Ctx, Reply};
@@ -54,33 +53,6 @@ pub async fn dispatch(op: Op, ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     }
 }
 
-/// The first column (jsonb) of every row.
-async fn json_rows(
-    ctx: &Ctx<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Json>, ApiError> {
-    let c = ctx.app.db().client().await?;
-    let rows = c
-        .query(sql, params)
-        .await
-        .map_err(shared::db::DbError::from)?;
-    Ok(rows.iter().map(|r| r.get::<_, Json>(0)).collect())
-}
-
-/// The first column (jsonb) of the one row, or 404.
-async fn json_one(
-    ctx: &Ctx<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Json, ApiError> {
-    json_rows(ctx, sql, params)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or(ApiError::NotFound)
-}
-
 /// The parts of a keyset cursor as text (Postgres casts them back), `None`s without one.
 fn keyset(ctx: &Ctx<'_>) -> Result<(Option<String>, Option<String>), ApiError> {
     let Some(Json::Array(parts)) = ctx.cursor()? else {
@@ -98,13 +70,9 @@ fn keyset(ctx: &Ctx<'_>) -> Result<(Option<String>, Option<String>), ApiError> {
 /// The tenant named by path parameter 0 (platform routes), or 404.
 async fn path_tenant(ctx: &Ctx<'_>) -> Result<shared::db::TenantId, ApiError> {
     let id = ctx.id(0)?;
-    json_one(
-        ctx,
-        "SELECT to_jsonb(id) FROM tenants WHERE id = $1",
-        &[&id],
-    )
-    .await?;
-    Ok(shared::db::TenantId::from_trusted(id))
+    shared::db::tenants::existing(ctx.app.db(), id)
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
 /// A PATCH that lost a race with another change of the same row.

@@ -4,23 +4,15 @@ use serde_json::{json, Value as Json};
 use shared::db::apikeys::{self, Role};
 use shared::db::{credits, tenants, TenantId};
 
-use super::{json_one, json_rows, keyset, path_tenant};
+use super::{keyset, path_tenant};
 use crate::input::{is_public_https_url, Input};
 use crate::{page, ApiError, Ctx, Reply};
 
-const TENANT_COLUMNS: &str = "t.id, t.name, t.is_active, t.created_at, t.updated_at,
-    ca.balance, t.webhook_url IS NOT NULL AS webhook_configured";
-
 pub async fn me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let tenant = match ctx.who.tenant {
-        Some(t) => {
-            json_one(
-                ctx,
-                "SELECT jsonb_build_object('id', id, 'name', name) FROM tenants WHERE id = $1",
-                &[&t.uuid()],
-            )
+        Some(t) => tenants::name_json(ctx.app.db(), t)
             .await?
-        }
+            .ok_or(ApiError::NotFound)?,
         None => Json::Null,
     };
     Ok(Reply::ok(json!({
@@ -32,32 +24,14 @@ pub async fn me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 
 pub async fn list_tenants(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let limit = ctx.limit()?;
-    let (k1, k2) = keyset(ctx)?;
-    let rows = json_rows(
-        ctx,
-        &format!(
-            "SELECT to_jsonb(x) FROM (
-               SELECT {TENANT_COLUMNS}, jsonb_build_array(t.created_at::text, t.id) AS _k
-                 FROM tenants t LEFT JOIN credit_accounts ca ON ca.user_id = t.id
-                WHERE $1::text IS NULL OR (t.created_at, t.id) > ($1::timestamptz, $2::text::uuid)
-                ORDER BY t.created_at, t.id LIMIT $3) x"
-        ),
-        &[&k1, &k2, &(limit + 1)],
-    )
-    .await?;
+    let rows = tenants::list_json(ctx.app.db(), keyset(ctx)?, limit + 1).await?;
     Ok(Reply::ok(page(rows, limit)))
 }
 
 async fn tenant_json(ctx: &Ctx<'_>, id: uuid::Uuid) -> Result<Json, ApiError> {
-    json_one(
-        ctx,
-        &format!(
-            "SELECT to_jsonb(x) FROM (SELECT {TENANT_COLUMNS}
-               FROM tenants t LEFT JOIN credit_accounts ca ON ca.user_id = t.id WHERE t.id = $1) x"
-        ),
-        &[&id],
-    )
-    .await
+    tenants::get_json(ctx.app.db(), id)
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
 fn key_json(k: &apikeys::IssuedKey, role: Role, name: &str) -> Json {
@@ -89,12 +63,7 @@ pub async fn get_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// within the processor's routing cache TTL (5 min).
 pub async fn deactivate_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
-    let c = ctx.app.db().client().await?;
-    let n = c
-        .execute("UPDATE tenants SET is_active = false WHERE id = $1", &[&id])
-        .await
-        .map_err(shared::db::DbError::from)?;
-    if n == 0 {
+    if !tenants::deactivate(ctx.app.db(), id).await? {
         return Err(ApiError::NotFound);
     }
     tracing::info!(tenant = %id, "tenant deactivated");
@@ -158,14 +127,7 @@ async fn new_key(ctx: &Ctx<'_>, tenant: TenantId) -> Result<Reply, ApiError> {
 }
 
 pub async fn list_keys(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let rows = json_rows(
-        ctx,
-        "SELECT to_jsonb(x) FROM (
-           SELECT id, name, role, prefix, created_at, last_used_at, revoked_at
-             FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id) x",
-        &[&ctx.tenant().uuid()],
-    )
-    .await?;
+    let rows = apikeys::list_json(ctx.app.db(), ctx.tenant()).await?;
     Ok(Reply::ok(json!({"data": rows})))
 }
 
@@ -184,13 +146,9 @@ pub async fn revoke_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 }
 
 pub async fn credits(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let row = json_one(
-        ctx,
-        "SELECT jsonb_build_object('balance', balance, 'updated_at', updated_at)
-           FROM credit_accounts WHERE user_id = $1",
-        &[&ctx.tenant().uuid()],
-    )
-    .await?;
+    let row = credits::account_json(ctx.app.db(), ctx.tenant())
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(Reply::ok(row))
 }
 
@@ -198,32 +156,14 @@ pub async fn credits(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn ledger(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let limit = ctx.limit()?;
     let (k1, _) = keyset(ctx)?;
-    let rows = json_rows(
-        ctx,
-        "SELECT to_jsonb(x) FROM (
-           SELECT id, delta, balance_after, reason, reference, created_at, jsonb_build_array(id) AS _k
-             FROM credit_ledger
-            WHERE user_id = $1 AND ($2::text IS NULL OR id < $2::bigint)
-            ORDER BY id DESC LIMIT $3) x",
-        &[&ctx.tenant().uuid(), &k1, &(limit + 1)],
-    )
-    .await?;
+    let rows = credits::ledger_json(ctx.app.db(), ctx.tenant(), k1.as_deref(), limit + 1).await?;
     Ok(Reply::ok(page(rows, limit)))
 }
 
 pub async fn get_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let row = json_one(
-        ctx,
-        "SELECT jsonb_build_object(
-                  'url', t.webhook_url,
-                  'pending_deliveries', (SELECT count(*) FROM webhook_deliveries d
-                                          WHERE d.user_id = t.id AND d.status = 'pending'),
-                  'failed_deliveries', (SELECT count(*) FROM webhook_deliveries d
-                                         WHERE d.user_id = t.id AND d.status = 'failed'))
-           FROM tenants t WHERE t.id = $1",
-        &[&ctx.tenant().uuid()],
-    )
-    .await?;
+    let row = tenants::webhook_json(ctx.app.db(), ctx.tenant())
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(Reply::ok(row))
 }
 
@@ -238,22 +178,17 @@ pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let rotate = i.bool("rotate_secret").unwrap_or(false);
     i.finish()?;
     let candidate = format!("whsec_{}", hex::encode(shared::random_bytes::<32>()));
-    let c = ctx.app.db().client().await?;
-    // One statement: two first PUTs at once cannot each be shown a secret only one of them
-    // stored.
-    let row = c
-        .query_opt(
-            "UPDATE tenants SET webhook_url = $2,
-                    webhook_secret = CASE WHEN $3 OR webhook_secret IS NULL THEN $4 ELSE webhook_secret END
-              WHERE id = $1
-              RETURNING webhook_secret = $4",
-            &[&ctx.tenant().uuid(), &url, &rotate, &candidate],
-        )
-        .await
-        .map_err(shared::db::DbError::from)?
-        .ok_or(ApiError::NotFound)?;
+    let shown = tenants::set_webhook_url(
+        ctx.app.db(),
+        ctx.tenant(),
+        url.as_deref().unwrap_or_default(),
+        rotate,
+        &candidate,
+    )
+    .await?
+    .ok_or(ApiError::NotFound)?;
     let mut out = json!({"url": url});
-    if row.get::<_, bool>(0) {
+    if shown {
         out["secret"] = json!(candidate);
         out["note"] = json!("the signing secret is shown once: store it now");
     }
@@ -261,6 +196,6 @@ pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 }
 
 pub async fn delete_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    shared::db::leads::set_tenant_webhook(ctx.app.db(), ctx.tenant(), None, None).await?;
+    tenants::set_tenant_webhook(ctx.app.db(), ctx.tenant(), None, None).await?;
     Ok(Reply::ok(json!({"url": null})))
 }
