@@ -89,7 +89,7 @@ async fn run() -> Result<(), String> {
     }
     let flags = Flags(flags);
     let webhook = flags.get("webhook", &default_webhook());
-    let secret = flags.get("app-secret", local_aws::testing::DEV_APP_SECRET);
+    let secret = flags.get("app-secret", local_aws::DEV_APP_SECRET);
     match command.as_str() {
         "stubs" => {
             let port: u16 = flags

@@ -921,14 +921,19 @@ pub async fn receive_records(
         .collect())
 }
 
-/// Helpers for integration tests that run against the emulator.
+/// The app secret value tests and the local stack use.
+pub const DEV_APP_SECRET: &str = "dev-app-secret";
+/// The webhook verify token tests and the local stack use.
+pub const DEV_VERIFY_TOKEN: &str = "dev-verify-token";
+
+/// Helpers for integration tests that run against the emulator (feature `testing`, which
+/// dev-dependencies turn on).
+#[cfg(feature = "testing")]
 pub mod testing {
     use super::*;
     use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 
-    /// The app secret value tests and the local stack use.
-    pub const DEV_APP_SECRET: &str = "dev-app-secret";
-    pub const DEV_VERIFY_TOKEN: &str = "dev-verify-token";
+    pub use super::{DEV_APP_SECRET, DEV_VERIFY_TOKEN};
 
     /// SDK configuration for the emulator. Refuses to run unless `AWS_ENDPOINT_URL` points at
     /// this machine, so a test can never reach a real AWS account.

@@ -22,6 +22,7 @@ pub struct ChannelAccountRoute {
     pub tenant_active: bool,
 }
 
+#[cfg(any(test, feature = "testing"))]
 fn as_channel(s: &str) -> &'static str {
     match s {
         "whatsapp" => "whatsapp",
@@ -78,6 +79,8 @@ pub async fn resolve_channel_account(
 }
 
 /// Soft-deletes (or re-activates) a channel account of the tenant. Returns whether a row changed.
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn set_channel_account_active(
     db: &Db,
     tenant: TenantId,
@@ -95,6 +98,8 @@ pub async fn set_channel_account_active(
 }
 
 /// Channel of a stored channel account row (tests, admin).
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn channel_account_channel(
     db: &Db,
     tenant: TenantId,

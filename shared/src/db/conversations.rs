@@ -91,6 +91,8 @@ pub async fn conversation_for(
     Ok(row.as_ref().map(conversation_from))
 }
 
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn get_conversation(
     db: &Db,
     tenant: TenantId,
@@ -104,6 +106,8 @@ pub async fn get_conversation(
 }
 
 /// Switches a conversation between `ai` and `human`. Returns whether a row changed.
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn set_conversation_mode(
     db: &Db,
     tenant: TenantId,

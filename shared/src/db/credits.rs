@@ -84,6 +84,8 @@ pub async fn top_up(
 /// Takes up to `amount` credits: all of it when the balance allows, else what is left, never
 /// going below zero. The balance change and its ledger row are one statement, so one
 /// transaction; concurrent charges serialise on the account row.
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn charge(
     db: &Db,
     tenant: TenantId,
@@ -118,6 +120,8 @@ pub async fn charge(
 }
 
 /// Balance and ledger sum of a tenant (they are always equal).
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn credit_state(db: &Db, tenant: TenantId) -> Result<Option<(i64, i64)>, DbError> {
     let c = db.client().await?;
     let row = c

@@ -264,6 +264,8 @@ pub async fn record_extraction(
 }
 
 /// A contact's lead as stored: the lead columns by name (null when unknown) plus `extra`.
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn lead_of_contact(
     db: &Db,
     tenant: TenantId,

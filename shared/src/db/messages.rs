@@ -108,6 +108,8 @@ pub async fn insert_outbound_message(
 }
 
 /// Status and error code of a message (tests, admin).
+/// (Tests only: feature `testing`.)
+#[cfg(any(test, feature = "testing"))]
 pub async fn message_status(
     db: &Db,
     tenant: TenantId,

@@ -301,7 +301,9 @@ pub(crate) async fn json_row(
     Ok(json_rows(db, sql, params).await?.into_iter().next())
 }
 
-/// Helpers for tests against a real server (`DATABASE_URL`, set by `make test`).
+/// Helpers for tests against a real server (`DATABASE_URL`, set by `make test`); feature
+/// `testing`, which only dev-dependencies turn on, so no function binary carries them.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
     use super::*;
 
