@@ -10,10 +10,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
-use shared::ingest::inbound_message;
 use shared::meta::parse_webhook;
 use shared::ordering::OrderingScope;
 use shared::signature::SignatureKey;
+use shared::wire::inbound_message;
 
 /// A realistic single-message WhatsApp webhook padded to about 2 KB with a referral block and
 /// a long text, as Meta would send it (compact JSON, non-ASCII escaped).

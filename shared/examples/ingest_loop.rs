@@ -29,7 +29,7 @@ fn main() {
                 shared::meta::parse_webhook(&body, "c0ffee00-0000-4000-8000-000000000000", 0)
                     .expect("parses");
             for e in parsed.inbound {
-                let m = shared::ingest::inbound_message(
+                let m = shared::wire::inbound_message(
                     e,
                     shared::ordering::OrderingScope::ChannelAccount,
                 );

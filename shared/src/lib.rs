@@ -3,7 +3,9 @@
 //! - [`envelope`]: the versioned queue contract;
 //! - [`meta`]: WhatsApp and Instagram webhook normalisation;
 //! - [`signature`]: `X-Hub-Signature-256` and verify-token checks;
-//! - [`ordering`], [`ingest`], [`queue`]: FIFO keys and publishing to SQS;
+//! - [`wire`]: everything that crosses a queue (envelope, status events, extraction job)
+//!   and the one parser consumers read it with;
+//! - [`ordering`], [`queue`]: FIFO keys and publishing to SQS;
 //! - [`openai`], [`breaker`]: the Responses API client with retries and a circuit breaker;
 //! - [`graph`], [`split`]: Meta Graph API sends and channel-sized message splitting;
 //! - [`fifo`]: running a FIFO batch with the skip-group failure rule;
@@ -26,7 +28,6 @@ pub mod envelope;
 pub mod fifo;
 pub mod graph;
 pub mod idempotency;
-pub mod ingest;
 pub mod lead;
 pub mod meta;
 pub mod metrics;
@@ -41,6 +42,7 @@ pub mod split;
 pub mod telemetry;
 pub mod turn;
 pub mod webchat;
+pub mod wire;
 
 /// `N` bytes from the system's secure random generator (keys, secrets, public ids).
 pub fn random_bytes<const N: usize>() -> [u8; N] {

@@ -54,21 +54,6 @@ pub enum QueueError {
     },
 }
 
-/// An extraction job for a conversation (`{"v":1,"kind":"extract","tenant_id","conversation_id"}`),
-/// as the extraction queue takes it: the processor queues one per answered turn, the admin API
-/// one to deliver a handoff event (a job first delivers the conversation's pending webhook
-/// events).
-pub fn extraction_job(tenant: crate::db::TenantId, conversation: uuid::Uuid) -> OutgoingMessage {
-    let body = serde_json::json!({"v": 1, "kind": "extract", "tenant_id": tenant.uuid().to_string(),
-                                  "conversation_id": conversation.to_string()});
-    OutgoingMessage {
-        body: body.to_string(),
-        group_id: None,
-        dedup_id: None,
-        attributes: vec![],
-    }
-}
-
 /// Retry policy for failed entries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {

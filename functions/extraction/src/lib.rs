@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsMessage};
 use futures_util::future::join_all;
-use serde::Deserialize;
 use serde_json::json;
 use shared::cache::TtlCache;
 use shared::credits::price;
@@ -65,15 +64,6 @@ pub struct Extractor {
     agents: TtlCache<(TenantId, Uuid), Option<Agent>>,
 }
 
-/// The job the processor queues.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Job {
-    pub v: u8,
-    pub kind: String,
-    pub tenant_id: Uuid,
-    pub conversation_id: Uuid,
-}
-
 enum Fail {
     Retry(String),
     Park(String),
@@ -93,12 +83,6 @@ impl From<shared::idempotency::IdempotencyError> for Fail {
     fn from(e: shared::idempotency::IdempotencyError) -> Self {
         Fail::Retry(e.to_string())
     }
-}
-
-fn parse_job(m: &SqsMessage) -> Option<Job> {
-    serde_json::from_str::<Job>(m.body.as_deref()?)
-        .ok()
-        .filter(|j| j.v == 1 && j.kind == "extract")
 }
 
 /// One line of the transcript the model reads.
@@ -171,16 +155,16 @@ impl Extractor {
         let mut parked = Vec::new();
         for m in &records {
             let id = m.message_id.clone().unwrap_or_default();
-            match parse_job(m) {
-                Some(j) => jobs
+            match shared::wire::parse_extraction_job(m.body.as_deref().unwrap_or("")) {
+                Ok(j) => jobs
                     .entry((j.tenant_id, j.conversation_id))
                     .or_default()
                     .push(id),
-                None => parked.push(ParkedRecord {
+                Err(e) => parked.push(ParkedRecord {
                     message_id: id,
                     body: m.body.clone().unwrap_or_default(),
                     group_id: None,
-                    reason: "body is not an extraction job".to_owned(),
+                    reason: e.to_string(),
                 }),
             }
         }

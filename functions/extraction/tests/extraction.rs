@@ -456,8 +456,8 @@ fn events_sqs_extraction_json_is_a_job_as_the_processor_queues_it() {
         "regenerate with UPDATE_EVENTS=1 cargo test -p extraction events_sqs"
     );
     let event: aws_lambda_events::sqs::SqsEvent = serde_json::from_value(on_disk).unwrap();
-    let job: extraction::Job =
-        serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
+    let job =
+        shared::wire::parse_extraction_job(event.records[0].body.as_deref().unwrap()).unwrap();
     assert_eq!(job.kind, "extract");
 }
 

@@ -20,7 +20,7 @@ use shared::db::channels::ChannelAccountRoute;
 use shared::db::turns::{self as turn_store, Claim, ClaimTerms, OpenTurn, OutRow, Recorded, Saved};
 use shared::db::{agents, channels, conversations, messages, statuses};
 use shared::db::{Db, DbError, TenantId};
-use shared::envelope::{Channel, Content, InboundEnvelope, ENVELOPE_VERSION};
+use shared::envelope::{Channel, Content, InboundEnvelope};
 use shared::fifo::{run_batch_coalesced, Outcome};
 pub use shared::graph::GraphTokens;
 use shared::graph::{GraphClient, Recipient};
@@ -143,15 +143,8 @@ impl From<DbError> for Fail {
 
 /// A record's envelope, or why it can never be processed.
 fn parse_envelope(m: &SqsMessage) -> Result<InboundEnvelope, Fail> {
-    let env: InboundEnvelope = serde_json::from_str(m.body.as_deref().unwrap_or(""))
-        .map_err(|_| Fail::permanent("unreadable", "body is not an inbound envelope"))?;
-    if env.v != ENVELOPE_VERSION {
-        return Err(Fail::permanent(
-            "unreadable",
-            format!("unknown envelope version {}", env.v),
-        ));
-    }
-    Ok(env)
+    shared::wire::parse(m.body.as_deref().unwrap_or(""))
+        .map_err(|e| Fail::permanent("unreadable", e.to_string()))
 }
 
 /// Key of the conversation an envelope belongs to (its lane).
@@ -1037,10 +1030,10 @@ impl Processor {
                         .publisher
                         .send_all(
                             &self.deps.extraction_queue_url,
-                            vec![shared::queue::extraction_job(
-                                tenant,
-                                ctx.reach.conversation,
-                            )],
+                            vec![
+                                shared::wire::ExtractionJob::new(tenant, ctx.reach.conversation)
+                                    .message(),
+                            ],
                         )
                         .await
                     {

@@ -222,8 +222,7 @@ impl Harness {
         };
         let env = shared::webchat::visitor_message(&claims, "c-1", text, 1_767_225_600_000, "corr")
             .unwrap();
-        let out =
-            shared::ingest::inbound_message(env, shared::ordering::OrderingScope::Conversation);
+        let out = shared::wire::inbound_message(env, shared::ordering::OrderingScope::Conversation);
         let mut record = SqsMessage::default();
         record.message_id = Some("sqs-wc-1".into());
         record.body = Some(out.body.clone());
@@ -1115,7 +1114,7 @@ fn sqs_inbound_event() -> Value {
     )
     .unwrap();
     let env = parsed.inbound.into_iter().next().unwrap();
-    let out = shared::ingest::inbound_message(env, shared::ordering::OrderingScope::default());
+    let out = shared::wire::inbound_message(env, shared::ordering::OrderingScope::default());
     let attributes: serde_json::Map<String, Value> = out
         .attributes
         .iter()

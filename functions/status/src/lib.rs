@@ -143,8 +143,9 @@ impl StatusProcessor {
     }
 
     async fn record(&self, m: &SqsMessage) -> Outcome {
-        let Ok(event) = serde_json::from_str::<StatusEvent>(m.body.as_deref().unwrap_or("")) else {
-            return Outcome::Permanent("body is not a status event".into());
+        let event = match shared::wire::parse::<StatusEvent>(m.body.as_deref().unwrap_or("")) {
+            Ok(event) => event,
+            Err(e) => return Outcome::Permanent(e.to_string()),
         };
         let span = tracing::info_span!("status", correlation_id = %event.correlation_id());
         async {

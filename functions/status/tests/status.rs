@@ -118,7 +118,7 @@ fn records_of(webhook: &Value) -> Vec<SqsMessage> {
         .iter()
         .enumerate()
         .map(|(i, ev)| {
-            let out = shared::ingest::status_message(ev);
+            let out = shared::wire::status_message(ev);
             let mut m = SqsMessage::default();
             m.message_id = Some(format!("sqs-{i}-{}", ev.dedup_key()));
             m.body = Some(out.body);
@@ -156,7 +156,7 @@ fn sqs_status_event() -> Value {
         )
         .unwrap();
         for ev in &parsed.statuses {
-            let out = shared::ingest::status_message(ev);
+            let out = shared::wire::status_message(ev);
             let attributes: serde_json::Map<String, Value> = out
                 .attributes
                 .iter()
@@ -343,6 +343,29 @@ async fn bad_bodies_are_parked_and_unknown_accounts_and_channel_errors_acknowled
     assert_eq!(m.total("UnknownAccount"), 1.0);
     assert_eq!(m.total("ChannelErrors.ErrorCode=131056"), 1.0);
     assert_eq!(m.total("RecordsParked"), 1.0);
+}
+
+#[tokio::test]
+async fn a_status_event_of_a_version_this_build_does_not_read_is_parked() {
+    let h = harness().await;
+    let mut batch = records_of(&wa_status("wamid.v9", "delivered", 1_767_312_000, None));
+    assert_eq!(batch.len(), 1);
+    let body = batch[0].body.clone().unwrap();
+    assert!(body.contains("\"v\":1"), "{body}");
+    batch[0].body = Some(body.replace("\"v\":1", "\"v\":9"));
+    assert!(
+        h.run(batch).await.is_empty(),
+        "acknowledged: retrying reads the same bytes"
+    );
+    let parked = drain(&h.sdk, &h.stack.queue("StatusDLQ").url).await;
+    assert_eq!(
+        parked.len(),
+        1,
+        "kept for an operator, not applied or dropped"
+    );
+    assert!(parked[0].body.contains("\"v\":9"));
+    assert_eq!(h.processor.metrics().total("RecordsParked"), 1.0);
+    assert_eq!(h.processor.metrics().total("UnknownAccount"), 0.0);
 }
 
 #[tokio::test]

@@ -26,10 +26,10 @@ use serde_json::{json, Value};
 use shared::cache::TtlCache;
 use shared::db::webchat::{site_by_key, visitor_messages, WebchatSite};
 use shared::db::Db;
-use shared::ingest::inbound_message;
 use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
 use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKey, VisitorClaims};
+use shared::wire::inbound_message;
 use tracing::{info, warn, Instrument};
 
 pub use config::{Config, Settings};

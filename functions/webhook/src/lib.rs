@@ -13,11 +13,11 @@ use lambda_http::http::{header, Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 use secrecy::ExposeSecret;
 use shared::envelope::InboundEnvelope;
-use shared::ingest::{inbound_message, status_message};
 use shared::meta::{parse_webhook, Parsed};
 use shared::queue::{QueuePublisher, RetryPolicy};
 use shared::secrets::{MetaSecretSource, MetaSecrets};
 use shared::signature::{verify_token_matches, SIGNATURE_HEADER};
+use shared::wire::{inbound_message, status_message};
 use tracing::{info, warn, Instrument};
 
 pub use config::{Config, SecretsConfig};

@@ -134,7 +134,7 @@ pub async fn set_mode(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             .publisher()
             .send_all(
                 &ctx.app.settings().extraction_queue_url,
-                vec![shared::queue::extraction_job(tenant, id)],
+                vec![shared::wire::ExtractionJob::new(tenant, id).message()],
             )
             .await
         {
