@@ -5,7 +5,7 @@ SCRIPTS := infra/scripts
 # The local stack's state (make dev's DEV_STATE_DIR).
 STATE := $(or $(DEV_STATE_DIR),.local)
 
-.PHONY: help dev send redrive load test tools crates fmt clippy unit lint-template migrate bench bench-ordering coldstart invoke build build-check deploy clean
+.PHONY: help dev send redrive load test tools crates fmt clippy checks unit lint-template migrate bench bench-ordering coldstart invoke build build-check deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ load: ## The fault harness on a stack of its own: 500 conversations x 20 message
 	@$(SCRIPTS)/ensure-tools.sh load
 	@$(SCRIPTS)/load.sh
 
-test: tools fmt clippy unit lint-template ## Every check CI runs: fmt, clippy, all tests (against the emulator), template lint
+test: tools fmt clippy checks unit lint-template ## Every check CI runs: fmt, clippy, the code-shape checks, all tests (against the emulator), template lint
 	@source $(SCRIPTS)/env.sh && log "make test: all checks passed"
 
 tools: ## Install what the tests need and is missing (crates, Python venvs with moto, cfn-lint, SAM CLI)
@@ -42,6 +42,11 @@ fmt:
 
 clippy: crates
 	@source $(SCRIPTS)/env.sh && log "cargo clippy -D warnings" && cargo clippy --workspace --all-targets --locked -- -D warnings
+	@# Once more as the functions are built (no test features): what only tests use shows up here.
+	@source $(SCRIPTS)/env.sh && log "cargo clippy -D warnings (libraries and binaries only)" && cargo clippy --workspace --lib --bins --locked -- -D warnings
+
+checks: ## The code-shape rules: main.rs wiring only, SQL only in shared/src/db/
+	@$(SCRIPTS)/checks.sh
 
 unit: crates ## cargo test for the whole workspace, with a throwaway Postgres (unless DATABASE_URL is set) and AWS emulator
 	@$(SCRIPTS)/with-postgres.sh $(SCRIPTS)/with-emulator.sh cargo test --workspace --locked
