@@ -24,6 +24,7 @@ pub mod cache;
 pub mod config;
 pub mod credits;
 pub mod db;
+pub mod digest;
 pub mod envelope;
 pub mod fifo;
 pub mod graph;

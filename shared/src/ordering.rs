@@ -3,6 +3,8 @@
 
 use aws_lc_rs::digest;
 
+use crate::digest::sha256_hex;
+
 use crate::envelope::Channel;
 
 /// SQS limit for `MessageGroupId` and `MessageDeduplicationId`.
@@ -71,11 +73,6 @@ pub fn dedup_id(channel: Channel, channel_account_id: &str, provider_message_id:
     h.update(b":");
     h.update(provider_message_id.as_bytes());
     hex::encode(h.finish())
-}
-
-/// Hex SHA-256 (aws-lc's assembly implementation: this runs for every message).
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, data))
 }
 
 /// SQS accepts alphanumerics and ASCII punctuation in group and dedup ids.
@@ -152,14 +149,6 @@ mod tests {
                 "1",
                 &long_bsuid
             )
-        );
-    }
-
-    #[test]
-    fn sha256_hex_matches_a_known_vector() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

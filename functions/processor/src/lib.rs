@@ -20,6 +20,7 @@ use shared::db::channels::ChannelAccountRoute;
 use shared::db::turns::{self as turn_store, Claim, ClaimTerms, OpenTurn, OutRow, Recorded, Saved};
 use shared::db::{agents, channels, conversations, messages, statuses};
 use shared::db::{Db, DbError, TenantId};
+use shared::digest::sha256_hex;
 use shared::envelope::{Channel, Content, InboundEnvelope};
 use shared::fifo::{run_batch_coalesced, Outcome};
 pub use shared::graph::GraphTokens;
@@ -27,7 +28,7 @@ use shared::graph::{GraphClient, Recipient};
 use shared::graph::{PartOpts, SEND_TIMEOUT};
 use shared::metrics::Metrics;
 use shared::openai::{InputMessage, ModelError, ResponseRequest, ResponsesClient};
-use shared::ordering::{dedup_id, sha256_hex};
+use shared::ordering::dedup_id;
 use shared::queue::{ParkedRecord, QueuePublisher, ReturnedRecord};
 use shared::split::split_for;
 use shared::turn::{

@@ -1134,7 +1134,7 @@ fn sqs_inbound_event() -> Value {
             "ApproximateFirstReceiveTimestamp": "1767225600700"
         },
         "messageAttributes": attributes,
-        "md5OfBody": shared::ordering::sha256_hex(b"not checked by the processor")[..32],
+        "md5OfBody": shared::digest::sha256_hex(b"not checked by the processor")[..32],
         "eventSource": "aws:sqs",
         "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:agent-local-inbound.fifo",
         "awsRegion": "us-east-1"

@@ -123,6 +123,6 @@ fn de_lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Err
 fn synthetic_id(prefix: &str, raw: &RawValue) -> String {
     format!(
         "{prefix}:{}",
-        &crate::ordering::sha256_hex(raw.get().as_bytes())[..32]
+        &crate::digest::sha256_hex(raw.get().as_bytes())[..32]
     )
 }
