@@ -28,6 +28,8 @@ pub mod digest;
 pub mod envelope;
 pub mod fifo;
 pub mod graph;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod idempotency;
 pub mod lead;
 pub mod meta;

@@ -9,23 +9,31 @@ pub mod config;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lambda_http::http::{header, Method, StatusCode};
-use lambda_http::{Body, Request, RequestExt, Response};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Extension, Router};
 use secrecy::ExposeSecret;
 use shared::envelope::InboundEnvelope;
+use shared::http::{first_query_value, CorrelationId};
 use shared::meta::{parse_webhook, Parsed};
 use shared::queue::{QueuePublisher, RetryPolicy};
 use shared::secrets::{MetaSecretSource, MetaSecrets};
 use shared::signature::{verify_token_matches, SIGNATURE_HEADER};
 use shared::wire::{inbound_message, status_message};
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 pub use config::{Config, SecretsConfig};
+pub use shared::http::CORRELATION_HEADER;
 
-/// Header carrying a caller-supplied correlation id.
-pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// The function: its configuration, the Meta secrets and the queue publisher, shared by every
+/// request its [`App::router`] serves.
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
 
-pub struct App {
+struct Inner {
     config: Config,
     secrets: MetaSecretSource,
     publisher: QueuePublisher,
@@ -66,46 +74,44 @@ impl App {
                 *ttl,
             ),
         };
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             publisher: QueuePublisher::new(aws_sdk_sqs::Client::new(sdk), retry),
             secrets,
             config,
-        })
+        })))
     }
 
-    /// Handles one HTTP request. Never fails: every outcome is a response.
-    pub async fn handle(&self, req: Request) -> Response<Body> {
-        let correlation_id = shared::telemetry::correlation_id(
-            req.headers()
-                .get(CORRELATION_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
-        let span = tracing::info_span!("webhook", correlation_id = %correlation_id);
-        let mut resp = async {
-            match *req.method() {
-                Method::GET => self.verify(&req).await,
-                Method::POST => self.deliver(&req, &correlation_id).await,
-                _ => {
-                    warn!(method = %req.method(), outcome = "rejected", reason = "method_not_allowed", "webhook rejected");
-                    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-                }
-            }
-        }
-        .instrument(span)
-        .await;
-        if let Ok(v) = correlation_id.parse() {
-            resp.headers_mut().insert(CORRELATION_HEADER, v);
-        }
-        resp
+    /// The routes: `GET` (Meta's verification) and `POST` (deliveries) on any path (the
+    /// Function URL's root, or whatever path the operator gave Meta); any other method,
+    /// `HEAD` included, gets 405 with no `Allow` header (what [`dispatch`] decides, rather than
+    /// axum's method routing, which would answer `HEAD` as a `GET`).
+    /// Bodies are limited by the handler itself (`MAX_BODY_BYTES`, Meta's 3 MiB by default),
+    /// not by axum's default limit.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", any(dispatch))
+            .route("/{*path}", any(dispatch))
+            .layer(DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn(shared::http::correlate_and_echo))
+            .with_state(self.clone())
+    }
+
+    /// Handles one request as Lambda does (tests call this). Never fails: every outcome is a
+    /// response.
+    pub async fn handle(
+        &self,
+        req: lambda_http::Request,
+    ) -> lambda_http::Response<lambda_http::Body> {
+        shared::http::call(self.router(), req).await
     }
 
     /// Meta's subscription handshake.
-    async fn verify(&self, req: &Request) -> Response<Body> {
-        let params = req.query_string_parameters();
-        let mode = params.first("hub.mode");
-        let token = params.first("hub.verify_token");
-        let challenge = params.first("hub.challenge");
-        let secrets = match self.secrets.get().await {
+    async fn verify(&self, query: Option<&str>) -> Response {
+        let mode = first_query_value(query, "hub.mode");
+        let token = first_query_value(query, "hub.verify_token");
+        let challenge = first_query_value(query, "hub.challenge");
+        let (mode, token, challenge) = (mode.as_deref(), token.as_deref(), challenge.as_deref());
+        let secrets = match self.0.secrets.get().await {
             Ok(s) => s,
             Err(e) => return secrets_failure(&e),
         };
@@ -114,11 +120,12 @@ impl App {
         match (mode, token_ok, challenge) {
             (Some("subscribe"), true, Some(challenge)) => {
                 info!(outcome = "verified", "webhook subscription verified");
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, "text/plain")
-                    .body(Body::Text(challenge.to_owned()))
-                    .expect("valid response")
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/plain")],
+                    challenge.to_owned(),
+                )
+                    .into_response()
             }
             (mode, token_ok, challenge) => {
                 let reason = if mode != Some("subscribe") {
@@ -136,10 +143,9 @@ impl App {
         }
     }
 
-    async fn deliver(&self, req: &Request, correlation_id: &str) -> Response<Body> {
+    async fn deliver(&self, headers: &HeaderMap, body: &[u8], correlation_id: &str) -> Response {
         let started = Instant::now();
-        let body: &[u8] = req.body().as_ref();
-        if body.len() > self.config.max_body_bytes {
+        if body.len() > self.0.config.max_body_bytes {
             return rejected(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -147,12 +153,11 @@ impl App {
                 "body too large",
             );
         }
-        let secrets = match self.secrets.get().await {
+        let secrets = match self.0.secrets.get().await {
             Ok(s) => s,
             Err(e) => return secrets_failure(&e),
         };
-        let signature = req
-            .headers()
+        let signature = headers
             .get(SIGNATURE_HEADER)
             .map(|v| v.to_str().unwrap_or(""));
         if let Err(e) = secrets.signature_key.verify(body, signature) {
@@ -187,14 +192,15 @@ impl App {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "webhook accepted"
                 );
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::Text(format!(
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    format!(
                         r#"{{"received":{},"statuses":{}}}"#,
                         counts.inbound, counts.statuses
-                    )))
-                    .expect("valid response")
+                    ),
+                )
+                    .into_response()
             }
             Err(e) => {
                 // 500 makes Meta retry the delivery; entries already queued are deduplicated
@@ -224,7 +230,7 @@ impl App {
             unsupported,
             sqs_calls: 0,
         };
-        let scope = self.config.ordering_scope;
+        let scope = self.0.config.ordering_scope;
         let inbound_msgs: Vec<_> = inbound
             .into_iter()
             .map(|e| inbound_message(e, scope))
@@ -232,10 +238,12 @@ impl App {
         let status_msgs: Vec<_> = statuses.iter().map(status_message).collect();
         // The two queues are independent; send to both at once (an empty list costs no call).
         let (a, b) = tokio::join!(
-            self.publisher
-                .send_all(&self.config.inbound_queue_url, inbound_msgs),
-            self.publisher
-                .send_all(&self.config.status_queue_url, status_msgs)
+            self.0
+                .publisher
+                .send_all(&self.0.config.inbound_queue_url, inbound_msgs),
+            self.0
+                .publisher
+                .send_all(&self.0.config.status_queue_url, status_msgs)
         );
         Ok(Counts {
             sqs_calls: a? + b?,
@@ -256,7 +264,27 @@ fn is_unsupported(e: &InboundEnvelope) -> bool {
     matches!(e.content, shared::envelope::Content::Unsupported { .. })
 }
 
-fn rejected(status: StatusCode, reason: &str, bytes: usize, message: &str) -> Response<Body> {
+/// `GET` is the verification (from the query string the URI carries), `POST` a delivery (over
+/// its raw bytes: the signature covers exactly those); anything else 405.
+async fn dispatch(
+    State(app): State<App>,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match method {
+        Method::GET => app.verify(query.as_deref()).await,
+        Method::POST => app.deliver(&headers, &body, &correlation_id).await,
+        method => {
+            warn!(method = %method, outcome = "rejected", reason = "method_not_allowed", "webhook rejected");
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+    }
+}
+
+fn rejected(status: StatusCode, reason: &str, bytes: usize, message: &str) -> Response {
     warn!(
         outcome = "rejected",
         status = status.as_u16(),
@@ -267,17 +295,17 @@ fn rejected(status: StatusCode, reason: &str, bytes: usize, message: &str) -> Re
     text(status, message)
 }
 
-fn secrets_failure(e: &shared::secrets::SecretsError) -> Response<Body> {
+fn secrets_failure(e: &shared::secrets::SecretsError) -> Response {
     tracing::error!(outcome = "failed", reason = "secrets_unavailable", error = %e, "app secret unavailable; answering 500");
     text(StatusCode::INTERNAL_SERVER_ERROR, "temporarily unavailable")
 }
 
-fn text(status: StatusCode, message: &str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::Text(
-            serde_json::json!({ "error": message }).to_string(),
-        ))
-        .expect("valid response")
+/// A refusal: `{"error": message}` as JSON.
+fn text(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
 }

@@ -1,8 +1,6 @@
 //! Lambda wiring only: `webhook::App` as the Function URL's handler.
 
-use std::sync::Arc;
-
-use lambda_http::{run, service_fn, Error, Request};
+use lambda_http::{run, Error};
 
 // Many small allocations per request (envelope strings); mimalloc is faster than glibc's here.
 #[global_allocator]
@@ -10,10 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let app = Arc::new(shared::bootstrap::start("webhook", webhook::App::from_env).await?);
-    run(service_fn(move |req: Request| {
-        let app = app.clone();
-        async move { Ok::<_, Error>(app.handle(req).await) }
-    }))
-    .await
+    let app = shared::bootstrap::start("webhook", webhook::App::from_env).await?;
+    run(app.router()).await
 }

@@ -1,7 +1,7 @@
 //! The webhook handler against real SQS FIFO/standard queues and Secrets Manager on the local
 //! emulator, with queues created from template.yaml. Run through `make test`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use lambda_http::aws_lambda_events::query_map::QueryMap;
 use lambda_http::http::{HeaderValue, StatusCode};
@@ -121,17 +121,13 @@ fn signed(body: Vec<u8>) -> Request {
     post(body, Some(sig))
 }
 
+/// A verification GET with `params` in its query string (URI and lambda_http's query
+/// extension alike, as Lambda builds both from `rawQueryString`).
 fn verify_request(params: &[(&str, &str)]) -> Request {
-    let map: HashMap<String, String> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    lambda_http::http::Request::builder()
-        .method("GET")
-        .uri("https://example.lambda-url.us-east-1.on.aws/")
-        .body(Body::Empty)
-        .unwrap()
-        .with_query_string_parameters(map)
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    get_with_query(&query)
 }
 
 /// A GET whose URI carries `query` verbatim, with the query extension lambda_http derives from
@@ -158,10 +154,19 @@ fn answer(resp: &Response<Body>) -> (StatusCode, Vec<(String, String)>, String) 
         resp.headers().contains_key(webhook::CORRELATION_HEADER),
         "every response carries x-correlation-id"
     );
+    // The Function URL puts Content-Length on every answer itself, so whether the function
+    // sets it is not something a caller can see; when it does, it must be the body's length.
+    if let Some(len) = resp.headers().get("content-length") {
+        assert_eq!(
+            len.to_str().unwrap(),
+            resp.body().as_ref().len().to_string(),
+            "content-length is the body's length"
+        );
+    }
     let mut headers: Vec<(String, String)> = resp
         .headers()
         .iter()
-        .filter(|(name, _)| *name != webhook::CORRELATION_HEADER)
+        .filter(|(name, _)| *name != webhook::CORRELATION_HEADER && *name != "content-length")
         .map(|(name, v)| (name.to_string(), v.to_str().unwrap().to_owned()))
         .collect();
     headers.sort();
@@ -694,6 +699,12 @@ async fn webhook_error_responses_keep_their_exact_bodies_and_headers() {
     for (name, req, expected) in cases {
         assert_eq!(answer(&app.handle(req).await), expected, "{name}");
     }
+    // HEAD is not answered as a GET (what a method router would do): 405, no Allow header,
+    // and no body, as HTTP has it for HEAD.
+    let head = app.handle(method("HEAD")).await;
+    assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(!head.headers().contains_key("allow"));
+    assert!(head.body().is_empty(), "a HEAD answer has no body");
     env.assert_nothing_queued().await;
 }
 

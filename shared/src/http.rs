@@ -1,0 +1,127 @@
+//! The HTTP edge the Function URL functions (webhook, web chat, admin) share: each is an axum
+//! `Router` that `lambda_http::run` serves in Lambda and that tests call with `oneshot`.
+//!
+//! - [`correlate`]: the middleware every router runs first: it takes the caller's
+//!   `x-correlation-id` when it is a sane token (else makes one), puts it in the request's
+//!   extensions ([`CorrelationId`]) and in a span around everything the request logs
+//!   (`span.correlation_id`); [`correlate_and_echo`] also echoes it on the response,
+//!   whatever the response is (the webhook does, so Meta's retries can be traced);
+//! - [`first_query_value`]: a query parameter as Meta and browsers send it (percent- and
+//!   plus-decoded, the first of repeated names wins);
+//! - [`call`]: runs a router on a `lambda_http` request and gives back a `lambda_http`
+//!   response, what the functions' `handle` (and so every test) goes through.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+/// Header carrying a caller-supplied correlation id (echoed on every response).
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The request's correlation id, as [`correlate`] settled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationId(pub String);
+
+/// Middleware: settles the correlation id and runs the rest inside a span that carries it.
+pub async fn correlate(req: Request, next: Next) -> Response {
+    correlated(req, next).await.1
+}
+
+/// [`correlate`], and the id echoed on the response.
+pub async fn correlate_and_echo(req: Request, next: Next) -> Response {
+    let (id, mut resp) = correlated(req, next).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(CORRELATION_HEADER, v);
+    }
+    resp
+}
+
+async fn correlated(mut req: Request, next: Next) -> (String, Response) {
+    let id = crate::telemetry::correlation_id(
+        req.headers()
+            .get(CORRELATION_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    req.extensions_mut().insert(CorrelationId(id.clone()));
+    let span = tracing::info_span!("request", correlation_id = %id);
+    let resp = next.run(req).instrument(span).await;
+    (id, resp)
+}
+
+/// The first value of query parameter `name` in `query` (percent- and plus-decoded).
+pub fn first_query_value(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Runs `router` on one `lambda_http` request (as `lambda_http::run` does in Lambda) and
+/// collects the response into a `lambda_http` one: text for text content types, bytes else.
+pub async fn call(
+    router: axum::Router,
+    req: lambda_http::Request,
+) -> lambda_http::Response<lambda_http::Body> {
+    let (parts, body) = req.into_parts();
+    let bytes: Vec<u8> = body.as_ref().to_vec();
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let resp = match router.oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    };
+    let (parts, body) = resp.into_parts();
+    // Our handlers build every body in memory, so this never meets a limit.
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let body = match String::from_utf8(bytes.to_vec()) {
+        Ok(text) if !text.is_empty() => lambda_http::Body::Text(text),
+        Ok(_) => lambda_http::Body::Empty,
+        Err(e) => lambda_http::Body::Binary(e.into_bytes()),
+    };
+    lambda_http::Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_of_repeated_parameters_wins_and_values_are_decoded() {
+        let q = Some("a=1&b=x%20y&a=2&c=p+q&d=");
+        assert_eq!(first_query_value(q, "a").as_deref(), Some("1"));
+        assert_eq!(first_query_value(q, "b").as_deref(), Some("x y"));
+        assert_eq!(first_query_value(q, "c").as_deref(), Some("p q"));
+        assert_eq!(first_query_value(q, "d").as_deref(), Some(""));
+        assert_eq!(first_query_value(q, "e"), None);
+        assert_eq!(first_query_value(None, "a"), None);
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_correlation_id() {
+        let router = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(|axum::Extension(CorrelationId(id)): axum::Extension<CorrelationId>| async move { id }),
+            )
+            .layer(axum::middleware::from_fn(correlate_and_echo));
+        let req = lambda_http::http::Request::builder()
+            .uri("/")
+            .header(CORRELATION_HEADER, "trace-1")
+            .body(lambda_http::Body::Empty)
+            .unwrap();
+        let resp = call(router.clone(), req).await;
+        assert_eq!(resp.headers()[CORRELATION_HEADER], "trace-1");
+        assert_eq!(resp.body().as_ref(), b"trace-1");
+        let missing = lambda_http::http::Request::builder()
+            .uri("/nowhere")
+            .body(lambda_http::Body::Empty)
+            .unwrap();
+        let resp = call(router, missing).await;
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()[CORRELATION_HEADER].len(), 36, "a new id");
+    }
+}
