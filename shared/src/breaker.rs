@@ -38,7 +38,7 @@ impl CircuitBreaker {
 
     /// `None` while open: fail fast without calling.
     pub fn allow(&self) -> Option<Permit> {
-        let mut s = self.state.lock().expect("breaker lock");
+        let mut s = crate::lock(&self.state);
         match s.opened_at {
             None => Some(Permit::Closed),
             Some(at) if at.elapsed() >= self.cool_down && !s.trial_in_flight => {
@@ -52,7 +52,7 @@ impl CircuitBreaker {
     /// Records the result of a permitted call. Only upstream failures (timeouts, 5xx, 429
     /// rate limits, connection errors) count; a 400 is the caller's fault, not the upstream's.
     pub fn record(&self, permit: Permit, upstream_ok: bool) {
-        let mut s = self.state.lock().expect("breaker lock");
+        let mut s = crate::lock(&self.state);
         if permit == Permit::Trial {
             s.trial_in_flight = false;
         }
@@ -70,7 +70,7 @@ impl CircuitBreaker {
     }
 
     pub fn is_open(&self) -> bool {
-        self.state.lock().expect("breaker lock").opened_at.is_some()
+        crate::lock(&self.state).opened_at.is_some()
     }
 }
 

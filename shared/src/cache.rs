@@ -22,7 +22,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 
     /// The cached value if it is fresh.
     pub fn get(&self, key: &K) -> Option<V> {
-        let entries = self.entries.lock().expect("cache lock");
+        let entries = crate::lock(&self.entries);
         entries
             .get(key)
             .filter(|(at, _)| at.elapsed() < self.ttl)
@@ -30,7 +30,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     }
 
     pub fn put(&self, key: K, value: V) {
-        let mut entries = self.entries.lock().expect("cache lock");
+        let mut entries = crate::lock(&self.entries);
         if entries.len() > 10_000 {
             let ttl = self.ttl;
             entries.retain(|_, (at, _)| at.elapsed() < ttl);

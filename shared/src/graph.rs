@@ -112,6 +112,10 @@ impl GraphClient {
 
     /// The client on a builder of the caller's (the network guard's test passes its own) with
     /// a request timeout of `timeout`.
+    #[allow(
+        clippy::expect_used,
+        reason = "built once at start-up; fails only when the TLS backend cannot start"
+    )]
     pub fn with_http(
         builder: reqwest::ClientBuilder,
         facebook_base: impl Into<String>,

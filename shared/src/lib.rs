@@ -17,6 +17,10 @@
 //! - [`turn`], [`credits`]: the turn engine's decisions (states, sends, retry delays, holds);
 //! - [`netguard`]: keeps local runs on loopback.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 pub mod aws;
 pub mod bootstrap;
 pub mod breaker;
@@ -39,6 +43,7 @@ pub mod openai;
 pub mod ordering;
 pub mod queue;
 pub mod ratelimit;
+pub mod response;
 pub mod secrets;
 pub mod signature;
 pub mod split;
@@ -47,7 +52,18 @@ pub mod turn;
 pub mod webchat;
 pub mod wire;
 
+/// Locks `m`, also when a thread panicked while holding it: every value kept behind these
+/// mutexes (caches, counters, sets of ids) stays valid whatever a panicking holder did, and with
+/// `panic = "abort"` in release builds a panic ends the process anyway.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `N` bytes from the system's secure random generator (keys, secrets, public ids).
+#[allow(
+    clippy::expect_used,
+    reason = "a system without a working random generator cannot issue keys at all"
+)]
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     use aws_lc_rs::rand::SecureRandom;
     let mut b = [0u8; N];
@@ -107,4 +123,25 @@ pub fn deadline_before(
         .duration_since(std::time::SystemTime::now())
         .unwrap_or(std::time::Duration::from_secs(30));
     std::time::Instant::now() + remaining.saturating_sub(margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_lock_a_panicking_thread_held_still_serves_its_value() {
+        let m = Arc::new(Mutex::new(vec![1]));
+        let held = Arc::clone(&m);
+        let crashed = std::thread::spawn(move || {
+            let mut v = held.lock().unwrap();
+            v.push(2);
+            panic!("a holder panics");
+        })
+        .join();
+        assert!(crashed.is_err());
+        assert!(m.is_poisoned());
+        super::lock(&m).push(3);
+        assert_eq!(*super::lock(&m), vec![1, 2, 3]);
+    }
 }

@@ -83,7 +83,7 @@ impl Metrics {
     }
 
     fn add(&self, dim: Dim, name: &'static str, unit: Unit, v: f64) {
-        let mut b = self.inner.lock().expect("metrics lock");
+        let mut b = crate::lock(&self.inner);
         let total_key = match &dim {
             Some((d, value)) => format!("{name}.{d}={value}"),
             None => name.to_owned(),
@@ -99,13 +99,13 @@ impl Metrics {
     /// Running total since the container started: `name`, or `name.Dim=value` for a
     /// dimensioned count (sum of the samples for timings).
     pub fn total(&self, key: &str) -> f64 {
-        let b = self.inner.lock().expect("metrics lock");
+        let b = crate::lock(&self.inner);
         b.totals.get(key).copied().unwrap_or(0.0)
     }
 
     /// The EMF documents for everything recorded since the last flush, and clears it.
     pub fn take_documents(&self, timestamp_ms: i64) -> Vec<String> {
-        let pending = std::mem::take(&mut self.inner.lock().expect("metrics lock").pending);
+        let pending = std::mem::take(&mut crate::lock(&self.inner).pending);
         let mut by_dim: BTreeMap<Dim, Vec<Series>> = BTreeMap::new();
         for ((dim, name), (unit, values)) in pending {
             by_dim.entry(dim).or_default().push((name, unit, values));

@@ -281,6 +281,10 @@ enum Attempt {
 }
 
 impl ResponsesClient {
+    #[allow(
+        clippy::expect_used,
+        reason = "built once at start-up; fails only when the TLS backend cannot start"
+    )]
     pub fn new(settings: ClientSettings) -> Self {
         let http = crate::netguard::http_client()
             .timeout(settings.timeout)

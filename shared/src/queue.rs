@@ -441,6 +441,10 @@ impl QueuePublisher {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "the builders fail only when a required field is unset, and each is set here"
+)]
 fn entry(id: usize, m: &OutgoingMessage) -> SendMessageBatchRequestEntry {
     let mut b = SendMessageBatchRequestEntry::builder()
         .id(id.to_string())
@@ -466,15 +470,18 @@ pub fn pack(messages: Vec<OutgoingMessage>) -> Vec<Vec<OutgoingMessage>> {
     let mut bytes = 0;
     for m in messages {
         let size = m.size();
-        let full = batches
-            .last()
-            .is_none_or(|b| b.len() >= MAX_BATCH_ENTRIES || bytes + size > MAX_BATCH_BYTES);
-        if full {
-            batches.push(Vec::with_capacity(MAX_BATCH_ENTRIES));
-            bytes = 0;
+        match batches.last_mut() {
+            Some(b) if b.len() < MAX_BATCH_ENTRIES && bytes + size <= MAX_BATCH_BYTES => {
+                bytes += size;
+                b.push(m);
+            }
+            _ => {
+                let mut b = Vec::with_capacity(MAX_BATCH_ENTRIES);
+                b.push(m);
+                batches.push(b);
+                bytes = size;
+            }
         }
-        bytes += size;
-        batches.last_mut().expect("pushed above").push(m);
     }
     batches
 }

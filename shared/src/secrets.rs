@@ -117,7 +117,7 @@ impl MetaSecretSource {
             } => (secrets, secret_id, parsed),
         };
         let text = secrets.get(secret_id).await?;
-        let mut slot = parsed.lock().expect("meta secrets lock");
+        let mut slot = crate::lock(parsed);
         if let Some((seen, s)) = slot.as_ref() {
             if seen.expose_secret() == text.expose_secret() {
                 return Ok(s.clone());
@@ -283,12 +283,7 @@ impl SecretCache {
     }
 
     pub async fn get(&self, secret_id: &str) -> Result<SecretString, SecretsError> {
-        let cached = self
-            .entries
-            .lock()
-            .expect("secret cache lock")
-            .get(secret_id)
-            .cloned();
+        let cached = crate::lock(&self.entries).get(secret_id).cloned();
         if let Some((at, v)) = &cached {
             if at.elapsed() < self.ttl {
                 return Ok(v.clone());
@@ -296,9 +291,7 @@ impl SecretCache {
         }
         match fetch_string(&self.client, secret_id).await {
             Ok(v) => {
-                self.entries
-                    .lock()
-                    .expect("secret cache lock")
+                crate::lock(&self.entries)
                     .insert(secret_id.to_owned(), (Instant::now(), v.clone()));
                 Ok(v)
             }

@@ -102,7 +102,7 @@ impl ExtractionJob {
     /// The SQS message (the extraction queue is a standard queue: no group, no dedup id).
     pub fn message(&self) -> OutgoingMessage {
         OutgoingMessage {
-            body: serde_json::to_string(self).expect("a job serialises"),
+            body: to_json(self),
             group_id: None,
             dedup_id: None,
             attributes: vec![],
@@ -118,6 +118,16 @@ impl QueueMessage for ExtractionJob {
     }
 }
 
+/// A message body as JSON. Every type that crosses a queue is plain data (string map keys, no
+/// hand-written `Serialize`), for which serde_json cannot fail.
+#[allow(
+    clippy::expect_used,
+    reason = "plain data with string keys always serialises"
+)]
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serialises")
+}
+
 /// Reads an extraction job (which must also say `"kind": "extract"`).
 pub fn parse_extraction_job(body: &str) -> Result<ExtractionJob, WireError> {
     let job: ExtractionJob = parse(body)?;
@@ -130,7 +140,7 @@ pub fn parse_extraction_job(body: &str) -> Result<ExtractionJob, WireError> {
 /// The SQS message for an inbound envelope. If the envelope with its raw JSON would not fit in
 /// one SQS message, the raw part is dropped (`raw_omitted: true`) rather than losing the message.
 pub fn inbound_message(mut env: InboundEnvelope, scope: OrderingScope) -> OutgoingMessage {
-    let mut body = serde_json::to_string(&env).expect("envelope serialises");
+    let mut body = to_json(&env);
     if body.len() > MAX_BATCH_BYTES - 1024 {
         tracing::warn!(
             provider_message_id = %env.provider_message_id,
@@ -139,7 +149,7 @@ pub fn inbound_message(mut env: InboundEnvelope, scope: OrderingScope) -> Outgoi
         );
         env.raw = None;
         env.raw_omitted = true;
-        body = serde_json::to_string(&env).expect("envelope serialises");
+        body = to_json(&env);
     }
     OutgoingMessage {
         group_id: Some(message_group_id(
@@ -170,7 +180,7 @@ pub fn status_message(ev: &StatusEvent) -> OutgoingMessage {
         StatusEvent::ChannelError(e) => ("channel_error", e.channel),
     };
     OutgoingMessage {
-        body: serde_json::to_string(ev).expect("status serialises"),
+        body: to_json(ev),
         group_id: None,
         dedup_id: None,
         attributes: vec![

@@ -247,6 +247,12 @@ impl Input {
     }
 }
 
+/// A value the reads above accepted, after [`Input::finish`]. `None` here would mean a read
+/// forgot to report its field; that is still a 422 naming the field, never a panic.
+pub fn checked<T>(value: Option<T>, field: &str) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::field(field, "is required"))
+}
+
 /// Where the tenant's webhook may point: `https://` with a DNS host name (no IP literal, no
 /// `localhost`, no user info), so deliveries cannot be aimed at the functions' own network by
 /// address. (A name that resolves to a private address is not caught here.)
@@ -272,6 +278,15 @@ pub fn is_public_https_url(s: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_value_no_read_reported_is_a_422_naming_its_field() {
+        assert_eq!(checked(Some(5), "amount").ok(), Some(5));
+        let Err(ApiError::Invalid(f)) = checked::<i64>(None, "amount") else {
+            panic!("422 expected")
+        };
+        assert_eq!(f.get("amount").map(String::as_str), Some("is required"));
+    }
 
     #[test]
     fn refuses_nul_characters() {

@@ -10,6 +10,10 @@
 //! 409 state conflict, 422 invalid fields, 429 with `Retry-After`. One log line per request
 //! with route, status and key prefix; never a key, secret or message text.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 pub mod config;
 pub mod routes;
 
@@ -188,12 +192,12 @@ impl Reply {
 }
 
 fn json_response(status: StatusCode, body: &Json) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(Body::from(body.to_string()))
-        .expect("response")
+    shared::response::json_no_store(status, body)
+}
+
+/// A tenant route reached with a key of no tenant.
+fn no_tenant() -> ApiError {
+    ApiError::Forbidden("this route needs a tenant key".into())
 }
 
 /// One request, as the handlers see it.
@@ -206,9 +210,10 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The caller's tenant (tenant routes are only dispatched to tenant keys).
-    pub fn tenant(&self) -> TenantId {
-        self.who.tenant.expect("tenant route with a tenant key")
+    /// The caller's tenant (tenant routes are only dispatched to tenant keys, so a key without
+    /// one never gets here; if it did, it would be refused, not abort the instance).
+    pub fn tenant(&self) -> Result<TenantId, ApiError> {
+        self.who.tenant.ok_or_else(no_tenant)
     }
 
     /// Path parameter `i` as a UUID; anything else names nothing (404).
@@ -454,7 +459,7 @@ impl App {
                 ))
             }
             Access::Tenant(required) => {
-                let tenant = who.tenant.expect("tenant key");
+                let tenant = who.tenant.ok_or_else(no_tenant)?;
                 if !who.may(tenant, required) {
                     return Err(ApiError::Forbidden(format!(
                         "this route needs the {} role",
@@ -514,24 +519,41 @@ fn render(reply: Reply) -> Response<Body> {
     match reply {
         Reply::Json(status, body) => json_response(status, &body),
         Reply::Csv(text, next) => {
-            let mut b = Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
-                .header(
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"leads.csv\"",
-                )
-                .header(header::CACHE_CONTROL, "no-store");
+            let mut resp = shared::response::with_headers(
+                StatusCode::OK,
+                &[
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"leads.csv\"",
+                    ),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                Body::from(text),
+            );
             if let Some(n) = next {
-                b = b.header("x-next-cursor", n);
+                // The cursor is this API's own base64url, so it is always a valid header value.
+                match HeaderValue::from_str(&n) {
+                    Ok(v) => {
+                        resp.headers_mut().insert("x-next-cursor", v);
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            outcome = "failed",
+                            reason = "bad_cursor",
+                            "export cursor is not a header value"
+                        );
+                        return ApiError::Internal.response();
+                    }
+                }
             }
-            b.body(Body::from(text)).expect("response")
+            resp
         }
-        Reply::Yaml(text) => Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/yaml")
-            .body(Body::from(text))
-            .expect("response"),
+        Reply::Yaml(text) => shared::response::with_headers(
+            StatusCode::OK,
+            &[(header::CONTENT_TYPE, "application/yaml")],
+            Body::from(text),
+        ),
     }
 }
 

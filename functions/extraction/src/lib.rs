@@ -9,6 +9,10 @@
 //! in Postgres, so a duplicate job or a job whose messages were already read makes no model call.
 //! `incomplete` and `refusal` answers are recorded and the window is passed, never retried.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 mod config;
 pub mod tenant_webhook;
 

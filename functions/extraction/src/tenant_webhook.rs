@@ -27,6 +27,10 @@ pub struct NotDelivered {
 }
 
 impl WebhookSender {
+    #[allow(
+        clippy::expect_used,
+        reason = "built once at start-up; fails only when the TLS backend cannot start"
+    )]
     pub fn new(timeout: Duration) -> Self {
         Self {
             http: shared::netguard::http_client()

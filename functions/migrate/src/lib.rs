@@ -14,6 +14,10 @@
 //! A failed migration answers FAILED: CloudFormation rolls the stack back to the previous
 //! template, and the schema is as before the failing migration.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 use std::future::Future;
 
 use aws_lambda_events::event::cloudformation::{

@@ -52,10 +52,7 @@ impl CrashPoints {
     #[cfg(any(feature = "failpoints", debug_assertions))]
     pub fn arm(&self, point: &str, times: u32) {
         assert!(POINTS.contains(&point), "no crash point {point}");
-        self.armed
-            .lock()
-            .expect("crash points")
-            .insert(point.to_owned(), times);
+        shared::lock(&self.armed).insert(point.to_owned(), times);
     }
 
     /// Whether the unit must stop at `point` now (an armed test point); aborts the process
@@ -72,7 +69,7 @@ impl CrashPoints {
                     std::process::abort();
                 }
             }
-            let mut armed = self.armed.lock().expect("crash points");
+            let mut armed = shared::lock(&self.armed);
             if let Some(n) = armed.get_mut(point) {
                 if *n > 0 {
                     *n -= 1;
@@ -97,7 +94,7 @@ static INVOCATION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None
 pub fn set_invocation(request_id: &str) {
     #[cfg(any(feature = "failpoints", debug_assertions))]
     {
-        *INVOCATION.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_id.to_owned());
+        *shared::lock(&INVOCATION) = Some(request_id.to_owned());
     }
     #[cfg(not(any(feature = "failpoints", debug_assertions)))]
     let _ = request_id;
@@ -110,7 +107,7 @@ pub fn set_invocation(request_id: &str) {
 #[cfg(any(feature = "failpoints", debug_assertions))]
 fn report_exit(point: &str) {
     use std::io::{Read, Write};
-    let id = INVOCATION.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let id = shared::lock(&INVOCATION).clone();
     let (Ok(api), Some(id)) = (std::env::var("AWS_LAMBDA_RUNTIME_API"), id) else {
         return;
     };

@@ -5,6 +5,10 @@
 //! the turn engine (`shared::turn`): model → send part by part → record + charge (one
 //! statement) → extraction job. Every step's state is stored before the side effect after it.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 mod config;
 pub mod crash;
 
@@ -171,7 +175,7 @@ impl Parsed {
     }
 
     fn key(&self, m: &SqsMessage) -> Option<String> {
-        let map = self.0.lock().expect("parsed lock");
+        let map = shared::lock(&self.0);
         map.get(m.message_id.as_deref()?).map(conversation_key)
     }
 
@@ -181,7 +185,7 @@ impl Parsed {
         let taken = m
             .message_id
             .as_deref()
-            .and_then(|id| self.0.lock().expect("parsed lock").remove(id));
+            .and_then(|id| shared::lock(&self.0).remove(id));
         match taken {
             Some(env) => Ok(env),
             None => parse_envelope(m),
@@ -265,13 +269,7 @@ impl Processor {
         loop {
             tokio::time::sleep(period).await;
             self.keep_invisible(&receipts).await;
-            let tokens: Vec<uuid::Uuid> = self
-                .leases
-                .lock()
-                .expect("lease set")
-                .iter()
-                .copied()
-                .collect();
+            let tokens: Vec<uuid::Uuid> = shared::lock(&self.leases).iter().copied().collect();
             if let Err(e) = turn_store::renew(&self.deps.db, &tokens, self.tuning.turn_lease).await
             {
                 warn!(error = %e, "turn leases not renewed; another delivery may resume them");
@@ -354,7 +352,7 @@ impl Processor {
             report = work => report,
             () = self.heartbeat(in_flight) => unreachable!("the heartbeat never ends"),
         };
-        self.leases.lock().expect("lease set").clear();
+        shared::lock(&self.leases).clear();
         // Records that can never succeed go to the DLQ explicitly (kept, alarmed, not blocking).
         let mut response = report.response;
         let metrics = &self.deps.metrics;
@@ -694,7 +692,7 @@ impl Processor {
         for round in 0..3 {
             let open = match turn_store::claim(db, tenant, conv.id, &terms).await? {
                 Claim::Open(open) => {
-                    self.leases.lock().expect("lease set").insert(open.lease);
+                    shared::lock(&self.leases).insert(open.lease);
                     open
                 }
                 Claim::Busy { lease_left } => {

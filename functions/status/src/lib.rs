@@ -11,6 +11,10 @@
 //! processor waits a bounded time for the echo of an unanswered send, so a status held back
 //! for minutes by a brief outage would make it send the reply a second time.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 mod config;
 
 use std::sync::Mutex;
@@ -238,7 +242,7 @@ impl StatusProcessor {
     /// Drops expired parked statuses, at most once per `SWEEP_EVERY` per container.
     async fn sweep(&self) {
         {
-            let mut last = self.last_sweep.lock().expect("sweep lock");
+            let mut last = shared::lock(&self.last_sweep);
             if last.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
                 return;
             }

@@ -14,6 +14,10 @@
 //! rejection has a JSON body `{"error": reason}` and one log line with the reason; no token,
 //! secret or message text is logged. Nothing is queued unless the whole request is valid.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 pub mod config;
 
 use std::sync::Arc;
@@ -437,15 +441,17 @@ impl App {
 pub const WIDGET_JS: &str = include_str!("../widget/widget.js");
 
 fn widget() -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        )
-        .header(header::CACHE_CONTROL, "public, max-age=300")
-        .body(Body::Text(WIDGET_JS.to_owned()))
-        .expect("valid response")
+    shared::response::with_headers(
+        StatusCode::OK,
+        &[
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        Body::Text(WIDGET_JS.to_owned()),
+    )
 }
 
 fn now_secs() -> i64 {
@@ -453,25 +459,22 @@ fn now_secs() -> i64 {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(Body::Text(body.to_string()))
-        .expect("valid response")
+    shared::response::json_no_store(status, body)
 }
 
 fn preflight() -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::NO_CONTENT)
-        .header("access-control-allow-methods", "GET, POST, OPTIONS")
-        .header(
-            "access-control-allow-headers",
-            "authorization, content-type, x-correlation-id",
-        )
-        .header("access-control-max-age", "600")
-        .body(Body::Empty)
-        .expect("valid response")
+    shared::response::with_headers(
+        StatusCode::NO_CONTENT,
+        &[
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "authorization, content-type, x-correlation-id",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+        Body::Empty,
+    )
 }
 
 fn with_cors(mut resp: Response<Body>, origin: Option<&str>) -> Response<Body> {

@@ -4,6 +4,10 @@
 //! status queue) → 200. It never touches Postgres or OpenAI. Every rejection enqueues nothing and
 //! writes one log line with the reason; no body, secret or message text is ever logged.
 
+// No panics on data: request, queue or database values are matched, never unwrapped; the few
+// start-up and plain-data cases carry an `allow` with their reason.
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::unwrap_used))]
+
 pub mod config;
 
 use std::sync::Arc;

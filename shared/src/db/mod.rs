@@ -304,6 +304,11 @@ pub(crate) async fn json_row(
 /// Helpers for tests against a real server (`DATABASE_URL`, set by `make test`); feature
 /// `testing`, which only dev-dependencies turn on, so no function binary carries them.
 #[cfg(any(test, feature = "testing"))]
+#[allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test set-up: a failure here should stop the test, loudly"
+)]
 pub mod testing {
     use super::*;
 

@@ -75,6 +75,10 @@ fn phase_str(p: Phase) -> &'static str {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "plain data with string keys always serialises"
+)]
 fn state_json(turn: &Turn) -> Json {
     serde_json::to_value(turn).expect("a turn serialises")
 }

@@ -173,12 +173,12 @@ impl Fields {
 }
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let rows = agents::list_json(ctx.app.db(), ctx.tenant()).await?;
+    let rows = agents::list_json(ctx.app.db(), ctx.tenant()?).await?;
     Ok(Reply::ok(json!({"data": rows})))
 }
 
 async fn one(ctx: &Ctx<'_>, id: Uuid) -> Result<Json, ApiError> {
-    agents::get_json(ctx.app.db(), ctx.tenant(), id)
+    agents::get_json(ctx.app.db(), ctx.tenant()?, id)
         .await?
         .ok_or(ApiError::NotFound)
 }
@@ -190,7 +190,7 @@ pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// Writes every field of `f` to agent `id`: inserts it when `seen` is `None`, else updates it
 /// only if its `updated_at` is still `seen` (409 otherwise: another change came in between).
 async fn save(ctx: &Ctx<'_>, id: Uuid, f: &Fields, seen: Option<&str>) -> Result<(), ApiError> {
-    if !agents::save(ctx.app.db(), ctx.tenant(), id, &f.stored(), seen).await? {
+    if !agents::save(ctx.app.db(), ctx.tenant()?, id, &f.stored(), seen).await? {
         return Err(super::concurrent());
     }
     Ok(())
@@ -232,7 +232,7 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let seen = cur["updated_at"].as_str().unwrap_or_default();
     save(ctx, id, &f, Some(seen)).await?;
     if reactivate {
-        agents::set_active(ctx.app.db(), ctx.tenant(), id, true).await?;
+        agents::set_active(ctx.app.db(), ctx.tenant()?, id, true).await?;
     }
     tracing::info!(agent = %id, "agent updated");
     Ok(Reply::ok(one(ctx, id).await?))
@@ -243,7 +243,7 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn deactivate(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
     one(ctx, id).await?;
-    let users = agents::active_channels_using(ctx.app.db(), ctx.tenant(), id).await?;
+    let users = agents::active_channels_using(ctx.app.db(), ctx.tenant()?, id).await?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(
             "agent_in_use",
@@ -257,7 +257,7 @@ pub async fn deactivate(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             ),
         ));
     }
-    agents::set_active(ctx.app.db(), ctx.tenant(), id, false).await?;
+    agents::set_active(ctx.app.db(), ctx.tenant()?, id, false).await?;
     tracing::info!(agent = %id, "agent deactivated");
     Ok(Reply::ok(one(ctx, id).await?))
 }

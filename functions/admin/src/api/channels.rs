@@ -13,11 +13,11 @@ use uuid::Uuid;
 use super::{concurrent, path_tenant};
 use shared::webchat::is_origin;
 
-use crate::input::Input;
+use crate::input::{checked, Input};
 use crate::{ApiError, Ctx, Reply};
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let rows = channels::list_json(ctx.app.db(), ctx.tenant()).await?;
+    let rows = channels::list_json(ctx.app.db(), ctx.tenant()?).await?;
     Ok(Reply::ok(json!({"data": rows})))
 }
 
@@ -28,7 +28,7 @@ async fn one(ctx: &Ctx<'_>, tenant: TenantId, id: Uuid) -> Result<Json, ApiError
 }
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    Ok(Reply::ok(one(ctx, ctx.tenant(), ctx.id(0)?).await?))
+    Ok(Reply::ok(one(ctx, ctx.tenant()?, ctx.id(0)?).await?))
 }
 
 fn numeric_id(i: &mut Input, field: &str, v: &Option<String>) {
@@ -72,7 +72,7 @@ fn origins_ok(i: &mut Input, origins: &Option<Vec<String>>) {
 /// secret: the deployment's default Graph token is the operator's, and reaches accounts the
 /// tenant may not own.
 pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    create_for(ctx, ctx.tenant(), false).await
+    create_for(ctx, ctx.tenant()?, false).await
 }
 
 /// `POST /v1/tenants/{id}/channels` (platform): the operator registers an account for a
@@ -157,12 +157,12 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
             .map_err(|e| conflict(e.into()))?
         }
         other => {
-            let ch = other.and_then(Channel::parse).expect("validated channel");
+            let ch = checked(other.and_then(Channel::parse), "channel")?;
             channels::create_channel_account(
                 db,
                 tenant,
                 ch,
-                account.as_deref().expect("validated"),
+                checked(account.as_deref(), "provider_account_id")?,
                 agent_id,
                 secret.as_deref(),
             )
@@ -176,7 +176,7 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
 }
 
 pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let tenant = ctx.tenant();
+    let tenant = ctx.tenant()?;
     let id = ctx.id(0)?;
     let cur = one(ctx, tenant, id).await?;
     let channel = cur["channel"].as_str().unwrap_or_default().to_owned();
@@ -274,7 +274,7 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// Soft delete: the account stops being answered (messages to it are acknowledged and logged
 /// as `unknown_channel_account`) once the processor's routing cache expires.
 pub async fn deactivate(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let tenant = ctx.tenant();
+    let tenant = ctx.tenant()?;
     let id = ctx.id(0)?;
     if !channels::deactivate(ctx.app.db(), tenant, id).await? {
         return Err(ApiError::NotFound);

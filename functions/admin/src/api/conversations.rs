@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::keyset;
-use crate::input::Input;
+use crate::input::{checked, Input};
 use crate::{page, ApiError, Ctx, Reply};
 
 /// WhatsApp's customer-service window and Instagram's standard window.
@@ -59,7 +59,7 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         updated_since: since,
         before: (k1, k2),
     };
-    let rows = conversations::list_json(ctx.app.db(), ctx.tenant(), &filter, limit + 1).await?;
+    let rows = conversations::list_json(ctx.app.db(), ctx.tenant()?, &filter, limit + 1).await?;
     Ok(Reply::ok(page(rows, limit)))
 }
 
@@ -79,7 +79,7 @@ fn looks_like_rfc3339(s: &str) -> bool {
 }
 
 async fn one(ctx: &Ctx<'_>, id: Uuid) -> Result<Json, ApiError> {
-    let mut v = conversations::get_json(ctx.app.db(), ctx.tenant(), id)
+    let mut v = conversations::get_json(ctx.app.db(), ctx.tenant()?, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     if let Some(o) = v.as_object_mut() {
@@ -99,7 +99,7 @@ pub async fn messages(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let (k1, _) = keyset(ctx)?;
     one(ctx, id).await?;
     let rows =
-        messages::page_json(ctx.app.db(), ctx.tenant(), id, k1.as_deref(), limit + 1).await?;
+        messages::page_json(ctx.app.db(), ctx.tenant()?, id, k1.as_deref(), limit + 1).await?;
     Ok(Reply::ok(page(rows, limit)))
 }
 
@@ -113,8 +113,8 @@ pub async fn set_mode(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         i.bad("mode", "is required: ai or human");
     }
     i.finish()?;
-    let mode = mode.expect("validated");
-    let tenant = ctx.tenant();
+    let mode = checked(mode, "mode")?;
+    let tenant = ctx.tenant()?;
     let Some(switch) =
         conversations::switch_mode(ctx.app.db(), tenant, id, &mode, ctx.who.key_id).await?
     else {
@@ -153,12 +153,12 @@ pub async fn send(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
     let mut i = Input::parse(ctx.body)?;
     let text = i.required_str("text", 1, 4096);
-    let tenant = ctx.tenant();
+    let tenant = ctx.tenant()?;
     let target = conversations::reply_target(ctx.app.db(), tenant, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     i.finish()?;
-    let text = text.expect("validated");
+    let text = checked(text, "text")?;
     let channel = Channel::parse(&target.channel).ok_or(ApiError::Internal)?;
     let account = target.provider_account_id;
     let secret = target.access_token_secret;

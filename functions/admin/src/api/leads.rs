@@ -24,7 +24,7 @@ const MAX_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 
 async fn rows(ctx: &Ctx<'_>, limit: i64) -> Result<Vec<Json>, ApiError> {
     let before = keyset(ctx)?;
-    Ok(leads::list_json(ctx.app.db(), ctx.tenant(), before, limit + 1).await?)
+    Ok(leads::list_json(ctx.app.db(), ctx.tenant()?, before, limit + 1).await?)
 }
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
@@ -34,10 +34,10 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
-    let mut lead = leads::get_json(ctx.app.db(), ctx.tenant(), id)
+    let mut lead = leads::get_json(ctx.app.db(), ctx.tenant()?, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let history = leads::history_json(ctx.app.db(), ctx.tenant(), id).await?;
+    let history = leads::history_json(ctx.app.db(), ctx.tenant()?, id).await?;
     if let Some(o) = lead.as_object_mut() {
         o.remove("_k");
         o.insert("history".into(), json!(history));

@@ -5,7 +5,7 @@ use shared::db::apikeys::{self, Role};
 use shared::db::{credits, tenants, TenantId};
 
 use super::{keyset, path_tenant};
-use crate::input::{is_public_https_url, Input};
+use crate::input::{checked, is_public_https_url, Input};
 use crate::{page, ApiError, Ctx, Reply};
 
 pub async fn me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
@@ -44,7 +44,7 @@ pub async fn create_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let name = i.required_str("name", 1, 200);
     let key_name = i.str("owner_key_name", 1, 100);
     i.finish()?;
-    let name = name.expect("validated");
+    let name = checked(name, "name")?;
     let tenant = tenants::create_tenant(ctx.app.db(), &name).await?;
     let key_name = key_name.unwrap_or_else(|| "owner".to_owned());
     let key = apikeys::issue(ctx.app.db(), Some(tenant), Role::Owner, &key_name).await?;
@@ -83,7 +83,7 @@ pub async fn top_up(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     match credits::top_up(
         ctx.app.db(),
         tenant,
-        amount.expect("validated"),
+        checked(amount, "amount")?,
         "top_up",
         reference.as_deref(),
     )
@@ -118,8 +118,8 @@ async fn new_key(ctx: &Ctx<'_>, tenant: TenantId) -> Result<Reply, ApiError> {
     let role = i.choice("role", &["owner", "agent", "viewer"]);
     i.finish()?;
     let (name, role) = (
-        name.expect("validated"),
-        Role::parse(&role.expect("validated")).expect("a tenant role"),
+        checked(name, "name")?,
+        checked(role.as_deref().and_then(Role::parse), "role")?,
     );
     let key = apikeys::issue(ctx.app.db(), Some(tenant), role, &name).await?;
     tracing::info!(tenant = %tenant, prefix = %key.prefix, role = role.as_str(), "API key issued");
@@ -127,18 +127,18 @@ async fn new_key(ctx: &Ctx<'_>, tenant: TenantId) -> Result<Reply, ApiError> {
 }
 
 pub async fn list_keys(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let rows = apikeys::list_json(ctx.app.db(), ctx.tenant()).await?;
+    let rows = apikeys::list_json(ctx.app.db(), ctx.tenant()?).await?;
     Ok(Reply::ok(json!({"data": rows})))
 }
 
 pub async fn create_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    new_key(ctx, ctx.tenant()).await
+    new_key(ctx, ctx.tenant()?).await
 }
 
 /// Takes effect on the next request (keys are not cached).
 pub async fn revoke_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
-    if !apikeys::revoke(ctx.app.db(), Some(ctx.tenant()), id).await? {
+    if !apikeys::revoke(ctx.app.db(), Some(ctx.tenant()?), id).await? {
         return Err(ApiError::NotFound);
     }
     tracing::info!(key_id = %id, "API key revoked");
@@ -146,7 +146,7 @@ pub async fn revoke_key(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 }
 
 pub async fn credits(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let row = credits::account_json(ctx.app.db(), ctx.tenant())
+    let row = credits::account_json(ctx.app.db(), ctx.tenant()?)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Reply::ok(row))
@@ -156,12 +156,12 @@ pub async fn credits(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn ledger(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let limit = ctx.limit()?;
     let (k1, _) = keyset(ctx)?;
-    let rows = credits::ledger_json(ctx.app.db(), ctx.tenant(), k1.as_deref(), limit + 1).await?;
+    let rows = credits::ledger_json(ctx.app.db(), ctx.tenant()?, k1.as_deref(), limit + 1).await?;
     Ok(Reply::ok(page(rows, limit)))
 }
 
 pub async fn get_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let row = tenants::webhook_json(ctx.app.db(), ctx.tenant())
+    let row = tenants::webhook_json(ctx.app.db(), ctx.tenant()?)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Reply::ok(row))
@@ -180,7 +180,7 @@ pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let candidate = format!("whsec_{}", hex::encode(shared::random_bytes::<32>()));
     let shown = tenants::set_webhook_url(
         ctx.app.db(),
-        ctx.tenant(),
+        ctx.tenant()?,
         url.as_deref().unwrap_or_default(),
         rotate,
         &candidate,
@@ -196,6 +196,6 @@ pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 }
 
 pub async fn delete_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    tenants::set_tenant_webhook(ctx.app.db(), ctx.tenant(), None, None).await?;
+    tenants::set_tenant_webhook(ctx.app.db(), ctx.tenant()?, None, None).await?;
     Ok(Reply::ok(json!({"url": null})))
 }
