@@ -23,18 +23,27 @@ pub mod config;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lambda_http::http::{header, HeaderValue, Method, StatusCode};
-use lambda_http::{Body, Request, RequestExt, Response};
+use std::ops::Deref;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::any;
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::cache::TtlCache;
 use shared::db::webchat::{site_by_key, visitor_messages, WebchatSite};
 use shared::db::Db;
+use shared::http::{first_query_value, CorrelationId};
 use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
 use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKey, VisitorClaims};
 use shared::wire::inbound_message;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 pub use config::{Config, Settings};
 use shared::ratelimit::RateLimiter;
@@ -44,7 +53,19 @@ pub const PAGE: i64 = 50;
 /// How often a long poll looks for new messages.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
 
-pub struct App {
+/// The function: what [`Inner`] holds, shared by every request its [`App::router`] serves.
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+impl Deref for App {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The function's configuration, clients and caches.
+pub struct Inner {
     settings: Settings,
     db: Db,
     key: TokenKey,
@@ -57,21 +78,26 @@ pub struct App {
 /// A refused request: status, stable reason, and seconds for `Retry-After`.
 struct Refusal(StatusCode, &'static str, Option<u64>);
 
-type Outcome = Result<Response<Body>, Refusal>;
+type Outcome = Result<Response, Refusal>;
 
-enum Route<'a> {
-    Sessions(&'a str),
-    Messages(&'a str),
+/// What a handler reads of its request.
+struct Call<'a> {
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    body: &'a [u8],
 }
 
-fn route(path: &str) -> Option<Route<'_>> {
+/// The path the routes are matched on: `…/widget.js` is the widget wherever it is served from,
+/// and anything before a `v1` segment is a prefix (cargo lambda watch serves under
+/// `/lambda-url/<fn>/`); empty segments do not count.
+fn routed_path(path: &str) -> String {
+    if path.ends_with("/widget.js") {
+        return "/widget.js".to_owned();
+    }
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    // Anything before `v1` is a prefix (cargo lambda watch serves under /lambda-url/<fn>/).
-    let at = segs.iter().position(|s| *s == "v1")?;
-    match &segs[at..] {
-        ["v1", "sites", site, "sessions"] => Some(Route::Sessions(site)),
-        ["v1", "sites", site, "messages"] => Some(Route::Messages(site)),
-        _ => None,
+    match segs.iter().position(|s| *s == "v1") {
+        Some(at) => format!("/{}", segs[at..].join("/")),
+        None => path.to_owned(),
     }
 }
 
@@ -114,7 +140,7 @@ impl App {
         sdk: &aws_config::SdkConfig,
         metrics: Metrics,
     ) -> Self {
-        Self {
+        Self(Arc::new(Inner {
             metrics,
             publisher: QueuePublisher::new(
                 aws_sdk_sqs::Client::new(sdk),
@@ -128,7 +154,7 @@ impl App {
             settings,
             db,
             key,
-        }
+        }))
     }
 
     /// Running metric totals (tests read them).
@@ -136,71 +162,61 @@ impl App {
         &self.metrics
     }
 
-    /// Handles one HTTP request. Never fails: every outcome is a response. One EMF document
-    /// per request: `Sessions`, `MessagesAccepted`, `Polls`, `Refusals` by `Reason`.
-    pub async fn handle(&self, req: Request) -> Response<Body> {
-        let resp = self.route_request(req).await;
-        self.metrics.flush();
-        resp
+    /// The routes, matched on [`routed_path`]: `GET /widget.js`; `/v1/sites/{site}/sessions`
+    /// (`POST`) and `/v1/sites/{site}/messages` (`POST` sends, `GET` polls), each also answering
+    /// `OPTIONS` (the preflight); anything else 404 `no_such_route`. The site and the origin are
+    /// checked ([`AllowedSite`]) before the method, so a wrong method on a site's route is 405
+    /// only for an allowed origin. Every request runs in a span with its correlation id (not
+    /// echoed), and ends with one EMF document (`Sessions`, `MessagesAccepted`, `Polls`,
+    /// `Refusals` by `Reason`).
+    pub fn router(&self) -> Router {
+        let routes = Router::new()
+            .route("/widget.js", any(widget_route))
+            .route("/v1/sites/{site}/sessions", any(sessions_route))
+            .route("/v1/sites/{site}/messages", any(messages_route))
+            .fallback(no_route)
+            .with_state(self.clone());
+        let on_routed_path = tower::util::MapRequestLayer::new(|mut req: Request| {
+            let path = routed_path(req.uri().path());
+            let routed = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            if let Ok(uri) = routed.parse::<Uri>() {
+                *req.uri_mut() = uri;
+            }
+            req
+        });
+        Router::new()
+            .fallback_service(tower::Layer::layer(&on_routed_path, routes))
+            .layer(DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                flush_metrics,
+            ))
+            .layer(axum::middleware::from_fn(shared::http::correlate))
     }
 
-    async fn route_request(&self, req: Request) -> Response<Body> {
-        let correlation_id = shared::telemetry::correlation_id(
-            req.headers()
-                .get("x-correlation-id")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let span = tracing::info_span!("webchat", correlation_id = %correlation_id);
-        async {
-            if req.method() == Method::GET && req.uri().path().ends_with("/widget.js") {
-                return widget();
-            }
-            let Some(route) = route(req.uri().path()) else {
-                return self.refuse(&Refusal(StatusCode::NOT_FOUND, "no_such_route", None), None);
-            };
-            let site_key = match route {
-                Route::Sessions(s) | Route::Messages(s) => s,
-            };
-            let origin = req
-                .headers()
-                .get(header::ORIGIN)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let site = match self.site(site_key).await {
-                Ok(Some(site)) => site,
-                Ok(None) => {
-                    return self.refuse(&Refusal(StatusCode::NOT_FOUND, "unknown_site", None), None)
-                }
-                Err(r) => return self.refuse(&r, None),
-            };
-            if !origin_allowed(origin.as_deref(), &site.allowed_origins) {
-                return self.refuse(
-                    &Refusal(StatusCode::FORBIDDEN, "origin_not_allowed", None),
-                    None,
-                );
-            }
-            let allowed_origin = origin.as_deref();
-            let outcome = match (req.method().clone(), route) {
-                (Method::OPTIONS, _) => Ok(preflight()),
-                (Method::POST, Route::Sessions(_)) => self.start_session(&req, &site).await,
-                (Method::POST, Route::Messages(_)) => self.send(&req, &site, &correlation_id).await,
-                (Method::GET, Route::Messages(_)) => self.poll(&req, &site).await,
-                _ => Err(Refusal(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    None,
-                )),
-            };
-            match outcome {
-                Ok(resp) => with_cors(resp, allowed_origin),
-                Err(r) => self.refuse(&r, allowed_origin),
-            }
+    /// Handles one request as Lambda does (tests call this). Never fails: every outcome is a
+    /// response.
+    pub async fn handle(
+        &self,
+        req: lambda_http::Request,
+    ) -> lambda_http::Response<lambda_http::Body> {
+        shared::http::call(self.router(), req).await
+    }
+}
+
+impl Inner {
+    /// The answer to a request that passed the site and origin checks: CORS for its origin.
+    fn answer(&self, outcome: Outcome, site: &AllowedSite) -> Response {
+        match outcome {
+            Ok(resp) => with_cors(resp, site.origin.as_deref()),
+            Err(r) => self.refuse(&r, site.origin.as_deref()),
         }
-        .instrument(span)
-        .await
     }
 
-    fn refuse(&self, r: &Refusal, origin: Option<&str>) -> Response<Body> {
+    fn refuse(&self, r: &Refusal, origin: Option<&str>) -> Response {
         self.metrics
             .count_by("Refusals", "Reason", r.1.to_owned(), 1);
         refused(r, origin)
@@ -232,10 +248,10 @@ impl App {
 
     fn body_json<T: serde::de::DeserializeOwned + Default>(
         &self,
-        req: &Request,
+        req: &Call<'_>,
         optional: bool,
     ) -> Result<T, Refusal> {
-        let body: &[u8] = req.body().as_ref();
+        let body = req.body;
         if body.len() > self.settings.max_body_bytes {
             return Err(Refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -249,9 +265,9 @@ impl App {
         serde_json::from_slice(body).map_err(|_| Refusal(StatusCode::BAD_REQUEST, "bad_json", None))
     }
 
-    fn claims(&self, req: &Request, site: &WebchatSite) -> Result<VisitorClaims, Refusal> {
+    fn claims(&self, req: &Call<'_>, site: &WebchatSite) -> Result<VisitorClaims, Refusal> {
         let token = req
-            .headers()
+            .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -280,7 +296,7 @@ impl App {
             })
     }
 
-    async fn start_session(&self, req: &Request, site: &WebchatSite) -> Outcome {
+    async fn start_session(&self, req: &Call<'_>, site: &WebchatSite) -> Outcome {
         let body: SessionRequest = self.body_json(req, true)?;
         let now = now_secs();
         let previous = body
@@ -347,7 +363,7 @@ impl App {
         ))
     }
 
-    async fn send(&self, req: &Request, site: &WebchatSite, correlation_id: &str) -> Outcome {
+    async fn send(&self, req: &Call<'_>, site: &WebchatSite, correlation_id: &str) -> Outcome {
         let claims = self.claims(req, site)?;
         let body: MessageRequest = match self.body_json::<Option<MessageRequest>>(req, false)? {
             Some(b) => b,
@@ -397,11 +413,10 @@ impl App {
         Ok(json_response(StatusCode::ACCEPTED, &json!({"id": id})))
     }
 
-    async fn poll(&self, req: &Request, site: &WebchatSite) -> Outcome {
+    async fn poll(&self, req: &Call<'_>, site: &WebchatSite) -> Outcome {
         let claims = self.claims(req, site)?;
-        let params = req.query_string_parameters();
         let number = |name: &str, max: i64| -> Result<i64, Refusal> {
-            match params.first(name) {
+            match first_query_value(req.query, name).as_deref() {
                 None => Ok(0),
                 Some(v) => v
                     .parse::<i64>()
@@ -436,11 +451,123 @@ impl App {
     }
 }
 
+/// A request's site, found and open to the request's origin. Refused otherwise (404
+/// `unknown_site`, 403 `origin_not_allowed`, 503 when the lookup fails), without CORS and
+/// before anything else of the request is read.
+pub struct AllowedSite {
+    site: Arc<WebchatSite>,
+    origin: Option<String>,
+}
+
+impl FromRequestParts<App> for AllowedSite {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Response> {
+        // A key that does not decode names no site.
+        let key = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map(|Path(key)| key)
+            .unwrap_or_default();
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let site = match app.site(&key).await {
+            Ok(Some(site)) => site,
+            Ok(None) => {
+                return Err(app.refuse(&Refusal(StatusCode::NOT_FOUND, "unknown_site", None), None))
+            }
+            Err(r) => return Err(app.refuse(&r, None)),
+        };
+        if !origin_allowed(origin.as_deref(), &site.allowed_origins) {
+            return Err(app.refuse(
+                &Refusal(StatusCode::FORBIDDEN, "origin_not_allowed", None),
+                None,
+            ));
+        }
+        Ok(Self { site, origin })
+    }
+}
+
+fn method_not_allowed() -> Refusal {
+    Refusal(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+}
+
+fn no_such_route(app: &Inner) -> Response {
+    app.refuse(&Refusal(StatusCode::NOT_FOUND, "no_such_route", None), None)
+}
+
+/// `GET` serves the widget; any other method is no route.
+async fn widget_route(State(app): State<App>, method: Method) -> Response {
+    if method == Method::GET {
+        widget()
+    } else {
+        no_such_route(&app)
+    }
+}
+
+async fn no_route(State(app): State<App>) -> Response {
+    no_such_route(&app)
+}
+
+/// `POST` issues a visitor token; `OPTIONS` is the preflight.
+async fn sessions_route(
+    State(app): State<App>,
+    site: AllowedSite,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req = Call {
+        headers: &headers,
+        query: None,
+        body: &body,
+    };
+    let outcome = match method {
+        Method::OPTIONS => Ok(preflight()),
+        Method::POST => app.start_session(&req, &site.site).await,
+        _ => Err(method_not_allowed()),
+    };
+    app.answer(outcome, &site)
+}
+
+/// `POST` sends a message, `GET` polls for the conversation; `OPTIONS` is the preflight.
+async fn messages_route(
+    State(app): State<App>,
+    site: AllowedSite,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req = Call {
+        headers: &headers,
+        query: query.as_deref(),
+        body: &body,
+    };
+    let outcome = match method {
+        Method::OPTIONS => Ok(preflight()),
+        Method::POST => app.send(&req, &site.site, &correlation_id).await,
+        Method::GET => app.poll(&req, &site.site).await,
+        _ => Err(method_not_allowed()),
+    };
+    app.answer(outcome, &site)
+}
+
+/// One EMF document per request, after its answer.
+async fn flush_metrics(State(app): State<App>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    app.metrics.flush();
+    resp
+}
+
 /// The embeddable widget (functions/webchat/widget/widget.js), served by the function itself
 /// so the `<script src>` and the endpoints share one base URL.
 pub const WIDGET_JS: &str = include_str!("../widget/widget.js");
 
-fn widget() -> Response<Body> {
+fn widget() -> Response {
     shared::response::with_headers(
         StatusCode::OK,
         &[
@@ -450,7 +577,7 @@ fn widget() -> Response<Body> {
             ),
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
-        Body::Text(WIDGET_JS.to_owned()),
+        Body::from(WIDGET_JS),
     )
 }
 
@@ -458,11 +585,11 @@ fn now_secs() -> i64 {
     shared::now_ms() / 1000
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+fn json_response(status: StatusCode, body: &Value) -> Response {
     shared::response::json_no_store(status, body)
 }
 
-fn preflight() -> Response<Body> {
+fn preflight() -> Response {
     shared::response::with_headers(
         StatusCode::NO_CONTENT,
         &[
@@ -473,11 +600,11 @@ fn preflight() -> Response<Body> {
             ),
             (header::ACCESS_CONTROL_MAX_AGE, "600"),
         ],
-        Body::Empty,
+        Body::empty(),
     )
 }
 
-fn with_cors(mut resp: Response<Body>, origin: Option<&str>) -> Response<Body> {
+fn with_cors(mut resp: Response, origin: Option<&str>) -> Response {
     let headers = resp.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static("Origin"));
     if let Some(v) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
@@ -490,7 +617,7 @@ fn with_cors(mut resp: Response<Body>, origin: Option<&str>) -> Response<Body> {
     resp
 }
 
-fn refused(r: &Refusal, origin: Option<&str>) -> Response<Body> {
+fn refused(r: &Refusal, origin: Option<&str>) -> Response {
     let Refusal(status, reason, retry_after) = r;
     warn!(
         outcome = "rejected",
@@ -511,23 +638,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_are_found_behind_any_prefix() {
-        assert!(matches!(
-            route("/v1/sites/s1/sessions"),
-            Some(Route::Sessions("s1"))
-        ));
-        assert!(matches!(
-            route("/lambda-url/webchat/v1/sites/s1/messages"),
-            Some(Route::Messages("s1"))
-        ));
-        for bad in [
-            "/",
-            "/v1",
-            "/v1/sites/s1",
-            "/v1/sites/s1/other",
-            "/v1/sites/s1/messages/x",
+    fn routes_are_matched_behind_any_prefix() {
+        for (path, routed) in [
+            ("/v1/sites/s1/sessions", "/v1/sites/s1/sessions"),
+            (
+                "/lambda-url/webchat/v1/sites/s1/messages",
+                "/v1/sites/s1/messages",
+            ),
+            ("//v1//sites/s1/messages/", "/v1/sites/s1/messages"),
+            ("/lambda-url/webchat/widget.js", "/widget.js"),
+            ("/v1/sites/s1/widget.js", "/widget.js"),
+            ("/", "/"),
+            ("/elsewhere", "/elsewhere"),
+            ("/v1/sites/s1/messages/x", "/v1/sites/s1/messages/x"),
         ] {
-            assert!(route(bad).is_none(), "{bad}");
+            assert_eq!(routed_path(path), routed, "{path}");
         }
     }
 }
