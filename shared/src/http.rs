@@ -6,15 +6,18 @@
 //!   extensions ([`CorrelationId`]) and in a span around everything the request logs
 //!   (`span.correlation_id`); [`correlate_and_echo`] also echoes it on the response,
 //!   whatever the response is (the webhook does, so Meta's retries can be traced);
+//! - [`Call`]: what a handler reads of a request (method, query, headers, the whole body and
+//!   the correlation id), as one extractor;
 //! - [`first_query_value`]: a query parameter as Meta and browsers send it (percent- and
 //!   plus-decoded, the first of repeated names wins);
 //! - [`call`]: runs a router on a `lambda_http` request and gives back a `lambda_http`
 //!   response, what the functions' `handle` (and so every test) goes through.
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -50,6 +53,50 @@ async fn correlated(mut req: Request, next: Next) -> (String, Response) {
     let span = tracing::info_span!("request", correlation_id = %id);
     let resp = next.run(req).instrument(span).await;
     (id, resp)
+}
+
+/// What a handler reads of a request. The body is read whole, with no limit of axum's: each
+/// function checks its own limit and answers it in its own words.
+pub struct Call {
+    pub method: Method,
+    /// The raw query string, if the URI has one.
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// As [`correlate`] settled it (a new one if that layer did not run).
+    pub correlation_id: String,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Call {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let correlation_id = match parts.extensions.get::<CorrelationId>() {
+            Some(CorrelationId(id)) => id.clone(),
+            None => crate::telemetry::correlation_id(None),
+        };
+        // Lambda hands the function the whole body at once, so reading it fails only if the
+        // connection did (a local server): nothing was read, nothing to answer but 400.
+        let body = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                tracing::warn!(
+                    outcome = "rejected",
+                    reason = "body_unreadable",
+                    "request body could not be read"
+                );
+                return Err(StatusCode::BAD_REQUEST.into_response());
+            }
+        };
+        Ok(Self {
+            method: parts.method,
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+            correlation_id,
+        })
+    }
 }
 
 /// The first value of query parameter `name` in `query` (percent- and plus-decoded).
@@ -98,6 +145,41 @@ mod tests {
         assert_eq!(first_query_value(q, "d").as_deref(), Some(""));
         assert_eq!(first_query_value(q, "e"), None);
         assert_eq!(first_query_value(None, "a"), None);
+    }
+
+    #[tokio::test]
+    async fn a_call_holds_the_request_as_the_handler_needs_it() {
+        let router = axum::Router::new()
+            .route(
+                "/{*path}",
+                axum::routing::any(|call: Call| async move {
+                    format!(
+                        "{} {:?} {} {} {}",
+                        call.method,
+                        call.query,
+                        call.headers["x-k"].to_str().unwrap_or_default(),
+                        String::from_utf8_lossy(&call.body),
+                        call.correlation_id
+                    )
+                }),
+            )
+            .layer(axum::middleware::from_fn(correlate));
+        let req = lambda_http::http::Request::builder()
+            .method("PUT")
+            .uri("/a/b?x=1&y=2")
+            .header("x-k", "v")
+            .header(CORRELATION_HEADER, "trace-2")
+            .body(lambda_http::Body::Text("hello".into()))
+            .unwrap();
+        let resp = call(router, req).await;
+        assert!(
+            !resp.headers().contains_key(CORRELATION_HEADER),
+            "not echoed"
+        );
+        assert_eq!(
+            resp.body().as_ref(),
+            br#"PUT Some("x=1&y=2") v hello trace-2"#
+        );
     }
 
     #[tokio::test]

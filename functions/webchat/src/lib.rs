@@ -25,20 +25,20 @@ use std::time::{Duration, Instant};
 
 use std::ops::Deref;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, RawQuery, Request, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::any;
-use axum::{Extension, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::cache::TtlCache;
 use shared::db::webchat::{site_by_key, visitor_messages, WebchatSite};
 use shared::db::Db;
-use shared::http::{first_query_value, CorrelationId};
+use shared::http::{first_query_value, Call};
 use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
 use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKey, VisitorClaims};
@@ -79,13 +79,6 @@ pub struct Inner {
 struct Refusal(StatusCode, &'static str, Option<u64>);
 
 type Outcome = Result<Response, Refusal>;
-
-/// What a handler reads of its request.
-struct Call<'a> {
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-    body: &'a [u8],
-}
 
 /// The path the routes are matched on: `…/widget.js` is the widget wherever it is served from,
 /// and anything before a `v1` segment is a prefix (cargo lambda watch serves under
@@ -248,10 +241,10 @@ impl Inner {
 
     fn body_json<T: serde::de::DeserializeOwned + Default>(
         &self,
-        req: &Call<'_>,
+        req: &Call,
         optional: bool,
     ) -> Result<T, Refusal> {
-        let body = req.body;
+        let body: &[u8] = &req.body;
         if body.len() > self.settings.max_body_bytes {
             return Err(Refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -265,7 +258,7 @@ impl Inner {
         serde_json::from_slice(body).map_err(|_| Refusal(StatusCode::BAD_REQUEST, "bad_json", None))
     }
 
-    fn claims(&self, req: &Call<'_>, site: &WebchatSite) -> Result<VisitorClaims, Refusal> {
+    fn claims(&self, req: &Call, site: &WebchatSite) -> Result<VisitorClaims, Refusal> {
         let token = req
             .headers
             .get(header::AUTHORIZATION)
@@ -296,7 +289,7 @@ impl Inner {
             })
     }
 
-    async fn start_session(&self, req: &Call<'_>, site: &WebchatSite) -> Outcome {
+    async fn start_session(&self, req: &Call, site: &WebchatSite) -> Outcome {
         let body: SessionRequest = self.body_json(req, true)?;
         let now = now_secs();
         let previous = body
@@ -363,7 +356,7 @@ impl Inner {
         ))
     }
 
-    async fn send(&self, req: &Call<'_>, site: &WebchatSite, correlation_id: &str) -> Outcome {
+    async fn send(&self, req: &Call, site: &WebchatSite, correlation_id: &str) -> Outcome {
         let claims = self.claims(req, site)?;
         let body: MessageRequest = match self.body_json::<Option<MessageRequest>>(req, false)? {
             Some(b) => b,
@@ -413,10 +406,10 @@ impl Inner {
         Ok(json_response(StatusCode::ACCEPTED, &json!({"id": id})))
     }
 
-    async fn poll(&self, req: &Call<'_>, site: &WebchatSite) -> Outcome {
+    async fn poll(&self, req: &Call, site: &WebchatSite) -> Outcome {
         let claims = self.claims(req, site)?;
         let number = |name: &str, max: i64| -> Result<i64, Refusal> {
-            match first_query_value(req.query, name).as_deref() {
+            match first_query_value(req.query.as_deref(), name).as_deref() {
                 None => Ok(0),
                 Some(v) => v
                     .parse::<i64>()
@@ -512,19 +505,8 @@ async fn no_route(State(app): State<App>) -> Response {
 }
 
 /// `POST` issues a visitor token; `OPTIONS` is the preflight.
-async fn sessions_route(
-    State(app): State<App>,
-    site: AllowedSite,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let req = Call {
-        headers: &headers,
-        query: None,
-        body: &body,
-    };
-    let outcome = match method {
+async fn sessions_route(State(app): State<App>, site: AllowedSite, req: Call) -> Response {
+    let outcome = match req.method {
         Method::OPTIONS => Ok(preflight()),
         Method::POST => app.start_session(&req, &site.site).await,
         _ => Err(method_not_allowed()),
@@ -533,23 +515,10 @@ async fn sessions_route(
 }
 
 /// `POST` sends a message, `GET` polls for the conversation; `OPTIONS` is the preflight.
-async fn messages_route(
-    State(app): State<App>,
-    site: AllowedSite,
-    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
-    method: Method,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let req = Call {
-        headers: &headers,
-        query: query.as_deref(),
-        body: &body,
-    };
-    let outcome = match method {
+async fn messages_route(State(app): State<App>, site: AllowedSite, req: Call) -> Response {
+    let outcome = match req.method {
         Method::OPTIONS => Ok(preflight()),
-        Method::POST => app.send(&req, &site.site, &correlation_id).await,
+        Method::POST => app.send(&req, &site.site, &req.correlation_id).await,
         Method::GET => app.poll(&req, &site.site).await,
         _ => Err(method_not_allowed()),
     };

@@ -13,15 +13,14 @@ pub mod config;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::{Extension, Router};
+use axum::Router;
 use secrecy::ExposeSecret;
 use shared::envelope::InboundEnvelope;
-use shared::http::{first_query_value, CorrelationId};
+use shared::http::{first_query_value, Call};
 use shared::meta::{parse_webhook, Parsed};
 use shared::queue::{QueuePublisher, RetryPolicy};
 use shared::secrets::{MetaSecretSource, MetaSecrets};
@@ -270,17 +269,13 @@ fn is_unsupported(e: &InboundEnvelope) -> bool {
 
 /// `GET` is the verification (from the query string the URI carries), `POST` a delivery (over
 /// its raw bytes: the signature covers exactly those); anything else 405.
-async fn dispatch(
-    State(app): State<App>,
-    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
-    method: Method,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match method {
-        Method::GET => app.verify(query.as_deref()).await,
-        Method::POST => app.deliver(&headers, &body, &correlation_id).await,
+async fn dispatch(State(app): State<App>, call: Call) -> Response {
+    match call.method {
+        Method::GET => app.verify(call.query.as_deref()).await,
+        Method::POST => {
+            app.deliver(&call.headers, &call.body, &call.correlation_id)
+                .await
+        }
         method => {
             warn!(method = %method, outcome = "rejected", reason = "method_not_allowed", "webhook rejected");
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
