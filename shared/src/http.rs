@@ -99,6 +99,33 @@ impl<S: Send + Sync> FromRequest<S> for Call {
     }
 }
 
+/// `path` from its first `v1` segment on, empty segments dropped (`/lambda-url/admin//v1//me/`
+/// → `/v1/me`): what the web chat and admin routes are matched on, so that any prefix before
+/// `v1` (cargo lambda watch serves under `/lambda-url/<fn>/`) stays invisible. `None`: no such
+/// segment.
+pub fn from_v1(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let at = segs.iter().position(|s| *s == "v1")?;
+    Some(format!("/{}", segs[at..].join("/")))
+}
+
+/// `routes`, matched on `rewrite(path)` instead of the request's path (the query kept). The
+/// rewrite runs before routing, which a layer on `routes` itself could not do.
+pub fn routed_on(routes: axum::Router, rewrite: fn(&str) -> String) -> axum::Router {
+    let layer = tower::util::MapRequestLayer::new(move |mut req: Request| {
+        let path = rewrite(req.uri().path());
+        let routed = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        if let Ok(uri) = routed.parse() {
+            *req.uri_mut() = uri;
+        }
+        req
+    });
+    axum::Router::new().fallback_service(tower::Layer::layer(&layer, routes))
+}
+
 /// The first value of query parameter `name` in `query` (percent- and plus-decoded).
 pub fn first_query_value(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
@@ -135,6 +162,36 @@ pub async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_read_from_their_first_v1_segment() {
+        for (path, routed) in [
+            ("/v1/me", Some("/v1/me")),
+            ("/lambda-url/admin//v1//me/", Some("/v1/me")),
+            ("/v1/v1/me", Some("/v1/v1/me")),
+            ("/x/v1", Some("/v1")),
+            ("/V1/me", None),
+            ("/", None),
+        ] {
+            assert_eq!(from_v1(path).as_deref(), routed, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_path_is_routed_and_keeps_its_query() {
+        let routes = axum::Router::new().route(
+            "/v1/x",
+            axum::routing::get(|call: Call| async move { format!("{:?}", call.query) }),
+        );
+        let router = routed_on(routes, |p| from_v1(p).unwrap_or_else(|| p.to_owned()));
+        let req = lambda_http::http::Request::builder()
+            .uri("/prefix/v1/x/?a=1")
+            .body(lambda_http::Body::Empty)
+            .unwrap();
+        let resp = call(router, req).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.body().as_ref(), br#"Some("a=1")"#);
+    }
 
     #[test]
     fn the_first_of_repeated_parameters_wins_and_values_are_decoded() {

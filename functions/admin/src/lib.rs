@@ -21,11 +21,19 @@ mod api;
 mod input;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use lambda_http::http::{header, HeaderValue, StatusCode};
-use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value as Json};
 use shared::db::apikeys::{self, Principal, Role};
 use shared::db::{Db, DbError, TenantId};
@@ -33,7 +41,7 @@ use shared::graph::{GraphClient, GraphTokens};
 use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
 use shared::ratelimit::RateLimiter;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 pub use config::{Config, Settings};
 use routes::Access;
@@ -44,7 +52,19 @@ pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 /// Largest page a list returns (`limit` defaults to 50).
 pub const MAX_PAGE: i64 = 200;
 
-pub struct App {
+/// The API: what [`Inner`] holds, shared by every request its [`App::router`] serves.
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+impl Deref for App {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The API's configuration and clients.
+pub struct Inner {
     settings: Settings,
     db: Db,
     limiter: RateLimiter,
@@ -111,7 +131,7 @@ impl ApiError {
         }
     }
 
-    fn response(&self) -> Response<Body> {
+    fn response(&self) -> Response {
         let mut body = json!({"error": self.code()});
         let message = match self {
             ApiError::Unauthorized => {
@@ -191,7 +211,7 @@ impl Reply {
     }
 }
 
-fn json_response(status: StatusCode, body: &Json) -> Response<Body> {
+fn json_response(status: StatusCode, body: &Json) -> Response {
     shared::response::json_no_store(status, body)
 }
 
@@ -202,7 +222,7 @@ fn no_tenant() -> ApiError {
 
 /// One request, as the handlers see it.
 pub struct Ctx<'a> {
-    pub app: &'a App,
+    pub app: &'a Inner,
     pub who: &'a Principal,
     pub params: Vec<String>,
     pub query: BTreeMap<String, String>,
@@ -303,7 +323,7 @@ impl App {
         tokens: GraphTokens,
         metrics: Metrics,
     ) -> Self {
-        Self {
+        Self(Arc::new(Inner {
             limiter: RateLimiter::new(
                 aws_sdk_dynamodb::Client::new(sdk),
                 settings.limits_table.clone(),
@@ -320,9 +340,107 @@ impl App {
             db,
             tokens,
             metrics,
-        }
+        }))
     }
 
+    /// The routes of [`routes::ROUTES`], matched on the path from its first `v1` segment (any
+    /// prefix before it, empty segments ignored): an unknown path 404, a known path with
+    /// another method 405 (no `Allow` header), both before the key is read. Every request runs
+    /// in a span with its correlation id (not echoed) and ends with one log line (route,
+    /// status, key prefix) and one EMF document (`Requests` by `Status`).
+    pub fn router(&self) -> Router {
+        let mut paths: Vec<&'static str> = Vec::new();
+        for spec in routes::ROUTES {
+            if !paths.contains(&spec.path) {
+                paths.push(spec.path);
+            }
+        }
+        let mut routes = Router::new();
+        for template in paths {
+            routes = routes.route(
+                template,
+                any(move |State(app): State<App>, req: Request| async move {
+                    app.serve_route(template, req).await
+                }),
+            );
+        }
+        let routes = routes
+            .fallback(|| async { served(None, None, Err(ApiError::NotFound)) })
+            .with_state(self.clone());
+        shared::http::routed_on(routes, routed_path)
+            .layer(DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(self.clone(), account))
+            .layer(axum::middleware::from_fn(shared::http::correlate))
+    }
+
+    /// Handles one request as Lambda does (tests call this). Never fails: every outcome is a
+    /// response.
+    pub async fn handle(
+        &self,
+        req: lambda_http::Request,
+    ) -> lambda_http::Response<lambda_http::Body> {
+        shared::http::call(self.router(), req).await
+    }
+}
+
+/// The path the routes are matched on: from the first `v1` segment, empty segments dropped;
+/// a path with no `v1` segment is left as it is (and matches nothing).
+fn routed_path(path: &str) -> String {
+    shared::http::from_v1(path).unwrap_or_else(|| path.to_owned())
+}
+
+/// What [`account`] logs of a request, left on its response by the handler.
+#[derive(Clone)]
+struct Served {
+    route: Option<&'static str>,
+    key: Option<String>,
+}
+
+/// The answer for a result, carrying what the log line needs.
+fn served(
+    route: Option<&'static str>,
+    key: Option<String>,
+    result: Result<Reply, ApiError>,
+) -> Response {
+    let mut resp = match result {
+        Ok(reply) => render(reply),
+        Err(e) => {
+            let r = e.response();
+            if r.status().is_server_error() {
+                warn!(error = e.code(), "request failed");
+            }
+            r
+        }
+    };
+    resp.extensions_mut().insert(Served { route, key });
+    resp
+}
+
+/// One log line and one EMF document per request, after its answer.
+async fn account(State(app): State<App>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let served = resp.extensions().get::<Served>().cloned();
+    let (route, key) = match &served {
+        Some(s) => (s.route, s.key.as_deref()),
+        None => (None, None),
+    };
+    info!(
+        method = %method,
+        route = route.unwrap_or("unmatched"),
+        key = key.unwrap_or("-"),
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "admin request"
+    );
+    app.metrics
+        .count_by("Requests", "Status", resp.status().as_u16().to_string(), 1);
+    app.metrics.flush();
+    resp
+}
+
+impl Inner {
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -348,66 +466,40 @@ impl App {
         &self.metrics
     }
 
-    /// Handles one HTTP request. Never fails: every outcome is a response. EMF: `Requests` by
-    /// `Status`.
-    pub async fn handle(&self, req: Request) -> Response<Body> {
-        let correlation_id = shared::telemetry::correlation_id(
-            req.headers()
-                .get("x-correlation-id")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let span = tracing::info_span!("admin", correlation_id = %correlation_id);
-        let started = std::time::Instant::now();
-        let resp = async {
-            let method = req.method().as_str().to_owned();
-            let (route, key, result) = self.serve(&req).await;
-            let resp = match result {
-                Ok(reply) => render(reply),
-                Err(e) => {
-                    let r = e.response();
-                    if r.status().is_server_error() {
-                        warn!(error = e.code(), "request failed");
-                    }
-                    r
-                }
-            };
-            info!(
-                method = %method,
-                route = route.unwrap_or("unmatched"),
-                key = key.as_deref().unwrap_or("-"),
-                status = resp.status().as_u16(),
-                ms = started.elapsed().as_millis() as u64,
-                "admin request"
-            );
-            resp
-        }
-        .instrument(span)
-        .await;
-        self.metrics
-            .count_by("Requests", "Status", resp.status().as_u16().to_string(), 1);
-        self.metrics.flush();
-        resp
+    /// A request on the route path `template`: its method's route, the key, the role, the
+    /// handler.
+    async fn serve_route(&self, template: &'static str, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        let Some((spec, params)) =
+            routes::find_method(template, parts.method.as_str(), parts.uri.path())
+        else {
+            return served(None, None, Err(ApiError::MethodNotAllowed));
+        };
+        // Lambda hands over the whole body at once; a body that cannot be read is none.
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let (route, key, result) = self.serve(&parts, &body, spec, params).await;
+        served(route, key, result)
     }
 
     /// (route template, key prefix, result).
     async fn serve(
         &self,
-        req: &Request,
+        req: &Parts,
+        body: &[u8],
+        spec: &'static routes::RouteSpec,
+        params: Vec<String>,
     ) -> (
         Option<&'static str>,
         Option<String>,
         Result<Reply, ApiError>,
     ) {
-        let found = routes::find(req.method().as_str(), req.uri().path());
-        let (spec, params) = match found {
-            Ok(x) => x,
-            Err(e) => return (None, None, Err(e)),
-        };
         if spec.access == Access::Public {
             return (Some(spec.path), None, Ok(Reply::Yaml(OPENAPI_YAML)));
         }
         let presented = req
-            .headers()
+            .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
@@ -429,13 +521,14 @@ impl App {
             Err(e) => return (Some(spec.path), None, Err(e.into())),
         };
         let prefix = presented.get(..12).map(str::to_owned);
-        let result = self.authorised(req, spec, params, &who).await;
+        let result = self.authorised(req, body, spec, params, &who).await;
         (Some(spec.path), prefix, result)
     }
 
     async fn authorised(
         &self,
-        req: &Request,
+        req: &Parts,
+        body: &[u8],
         spec: &'static routes::RouteSpec,
         params: Vec<String>,
         who: &Principal,
@@ -468,7 +561,6 @@ impl App {
                 }
             }
         }
-        let body = req.body().as_ref();
         if body.len() > self.settings.max_body_bytes {
             return Err(ApiError::BadRequest(
                 "body_too_large",
@@ -479,7 +571,7 @@ impl App {
             ));
         }
         let query = req
-            .uri()
+            .uri
             .query()
             .map(|q| {
                 form_pairs(q)
@@ -499,10 +591,9 @@ impl App {
 }
 
 /// The caller's address as the Function URL saw it (none in tests and local invokes).
-fn source_ip(req: &Request) -> Option<String> {
+fn source_ip(req: &Parts) -> Option<String> {
     use lambda_http::request::RequestContext;
-    use lambda_http::RequestExt;
-    match req.request_context_ref()? {
+    match req.extensions.get::<RequestContext>()? {
         RequestContext::ApiGatewayV2(c) => c.http.source_ip.clone(),
         _ => None,
     }
@@ -515,7 +606,7 @@ fn form_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn render(reply: Reply) -> Response<Body> {
+fn render(reply: Reply) -> Response {
     match reply {
         Reply::Json(status, body) => json_response(status, &body),
         Reply::Csv(text, next) => {

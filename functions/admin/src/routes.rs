@@ -3,8 +3,6 @@
 
 use shared::db::apikeys::Role;
 
-use crate::ApiError;
-
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -199,42 +197,26 @@ pub const ROUTES: &[RouteSpec] = &[
     r("DELETE", "/v1/webhook", Tenant(Owner), Op::DeleteWebhook),
 ];
 
-/// The route for `method` and `path` and its path parameters. Anything before `/v1` is a
-/// prefix (cargo lambda watch serves under `/lambda-url/<fn>/`). Unknown path → 404; known
-/// path, other method → 405.
-pub fn find(method: &str, path: &str) -> Result<(&'static RouteSpec, Vec<String>), ApiError> {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let Some(at) = segs.iter().position(|s| *s == "v1") else {
-        return Err(ApiError::NotFound);
-    };
-    let segs = &segs[at..];
-    let mut path_known = false;
-    for spec in ROUTES {
-        let tpl: Vec<&str> = spec.path.split('/').filter(|s| !s.is_empty()).collect();
-        if tpl.len() != segs.len() {
-            continue;
-        }
-        let mut params = Vec::new();
-        let matched = tpl.iter().zip(segs).all(|(t, s)| {
-            if t.starts_with('{') {
-                params.push((*s).to_owned());
-                true
-            } else {
-                t == s
-            }
-        });
-        if matched {
-            path_known = true;
-            if spec.method == method {
-                return Ok((spec, params));
-            }
-        }
-    }
-    Err(if path_known {
-        ApiError::MethodNotAllowed
-    } else {
-        ApiError::NotFound
-    })
+/// The route of `template` (a path of [`ROUTES`], as the router matched it) for `method`, and
+/// its path parameters: the raw segments of `path` where the template has `{name}` (not
+/// percent-decoded: an id is what the client wrote). `None`: the path takes no such method.
+pub fn find_method(
+    template: &str,
+    method: &str,
+    path: &str,
+) -> Option<(&'static RouteSpec, Vec<String>)> {
+    let spec = ROUTES
+        .iter()
+        .find(|r| r.path == template && r.method == method)?;
+    let segs = path.split('/').filter(|s| !s.is_empty());
+    let params = template
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .zip(segs)
+        .filter(|(t, _)| t.starts_with('{'))
+        .map(|(_, s)| s.to_owned())
+        .collect();
+    Some((spec, params))
 }
 
 #[cfg(test)]
@@ -242,16 +224,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_routes_with_params_behind_any_prefix() {
-        let (spec, params) = find("GET", "/lambda-url/admin/v1/agents/abc").unwrap();
-        assert_eq!((spec.op, params), (Op::GetAgent, vec!["abc".to_owned()]));
-        assert_eq!(find("GET", "/v1/leads.csv").unwrap().0.op, Op::ExportLeads);
-        assert!(matches!(
-            find("POST", "/v1/credits"),
-            Err(ApiError::MethodNotAllowed)
-        ));
-        assert!(matches!(find("GET", "/v1/nope"), Err(ApiError::NotFound)));
-        assert!(matches!(find("GET", "/agents"), Err(ApiError::NotFound)));
+    fn finds_a_paths_method_and_its_raw_parameters() {
+        let (spec, params) =
+            find_method("/v1/agents/{agent_id}", "GET", "/v1/agents/a%62c").unwrap();
+        assert_eq!((spec.op, params), (Op::GetAgent, vec!["a%62c".to_owned()]));
+        let (spec, params) = find_method(
+            "/v1/conversations/{conversation_id}/messages",
+            "POST",
+            "/v1/conversations/c1/messages",
+        )
+        .unwrap();
+        assert_eq!((spec.op, params), (Op::SendMessage, vec!["c1".to_owned()]));
+        assert_eq!(
+            find_method("/v1/leads.csv", "GET", "/v1/leads.csv")
+                .unwrap()
+                .0
+                .op,
+            Op::ExportLeads
+        );
+        assert!(find_method("/v1/credits", "POST", "/v1/credits").is_none());
+        assert!(find_method("/v1/me", "HEAD", "/v1/me").is_none());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::ops::Deref;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::any;
@@ -87,11 +87,7 @@ fn routed_path(path: &str) -> String {
     if path.ends_with("/widget.js") {
         return "/widget.js".to_owned();
     }
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match segs.iter().position(|s| *s == "v1") {
-        Some(at) => format!("/{}", segs[at..].join("/")),
-        None => path.to_owned(),
-    }
+    shared::http::from_v1(path).unwrap_or_else(|| path.to_owned())
 }
 
 #[derive(Deserialize, Default)]
@@ -169,19 +165,7 @@ impl App {
             .route("/v1/sites/{site}/messages", any(messages_route))
             .fallback(no_route)
             .with_state(self.clone());
-        let on_routed_path = tower::util::MapRequestLayer::new(|mut req: Request| {
-            let path = routed_path(req.uri().path());
-            let routed = match req.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            if let Ok(uri) = routed.parse::<Uri>() {
-                *req.uri_mut() = uri;
-            }
-            req
-        });
-        Router::new()
-            .fallback_service(tower::Layer::layer(&on_routed_path, routes))
+        shared::http::routed_on(routes, routed_path)
             .layer(DefaultBodyLimit::disable())
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
