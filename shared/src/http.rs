@@ -6,8 +6,11 @@
 //!   extensions ([`CorrelationId`]) and in a span around everything the request logs
 //!   (`span.correlation_id`); [`correlate_and_echo`] also echoes it on the response,
 //!   whatever the response is (the webhook does, so Meta's retries can be traced);
-//! - [`Call`]: what a handler reads of a request (method, query, headers, the whole body and
-//!   the correlation id), as one extractor;
+//! - [`Problem`]: the one error type of the three: a status and one JSON shape,
+//!   `{"error": code}` with an optional `message` and details, `Cache-Control: no-store`, and
+//!   `Retry-After` when the caller should wait;
+//! - [`Call`]: what a handler reads of a request (method, URI, headers, extensions, the whole
+//!   body and the correlation id), as one extractor;
 //! - [`first_query_value`]: a query parameter as Meta and browsers send it (percent- and
 //!   plus-decoded, the first of repeated names wins);
 //! - [`call`]: runs a router on a `lambda_http` request and gives back a `lambda_http`
@@ -55,13 +58,86 @@ async fn correlated(mut req: Request, next: Next) -> (String, Response) {
     (id, resp)
 }
 
+/// A refused or failed request as every function answers it: `status`, and the JSON body
+/// `{"error": code, "message": text?, ...details}` (keys in name order), no-store, with
+/// `Retry-After: secs` when set. `code` is stable (clients and logs branch on it); `message`
+/// is for people and never holds secrets, message text or phone numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    status: StatusCode,
+    code: std::borrow::Cow<'static, str>,
+    message: Option<String>,
+    details: serde_json::Map<String, serde_json::Value>,
+    retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: None,
+            details: serde_json::Map::new(),
+            retry_after: None,
+        }
+    }
+
+    /// With a `message` for people.
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// With one more body field (`error` and `message` are the problem's own).
+    pub fn detail(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.details.insert(name.to_owned(), value);
+        self
+    }
+
+    /// With `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = self.details;
+        body.insert(
+            "error".to_owned(),
+            serde_json::Value::from(self.code.as_ref()),
+        );
+        if let Some(m) = self.message {
+            body.insert("message".to_owned(), serde_json::Value::from(m));
+        }
+        let mut resp: Response =
+            crate::response::json_no_store(self.status, &serde_json::Value::Object(body));
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
 /// What a handler reads of a request. The body is read whole, with no limit of axum's: each
 /// function checks its own limit and answers it in its own words.
 pub struct Call {
     pub method: Method,
-    /// The raw query string, if the URI has one.
-    pub query: Option<String>,
+    /// As routed (a router behind [`routed_on`] sees the rewritten path).
+    pub uri: axum::http::Uri,
     pub headers: HeaderMap,
+    /// What the runtime and the layers put there (the Function URL's request context).
+    pub extensions: axum::http::Extensions,
     pub body: Bytes,
     /// As [`correlate`] settled it (a new one if that layer did not run).
     pub correlation_id: String,
@@ -86,16 +162,26 @@ impl<S: Send + Sync> FromRequest<S> for Call {
                     reason = "body_unreadable",
                     "request body could not be read"
                 );
-                return Err(StatusCode::BAD_REQUEST.into_response());
+                return Err(
+                    Problem::new(StatusCode::BAD_REQUEST, "body_unreadable").into_response()
+                );
             }
         };
         Ok(Self {
             method: parts.method,
-            query: parts.uri.query().map(str::to_owned),
+            uri: parts.uri,
             headers: parts.headers,
+            extensions: parts.extensions,
             body,
             correlation_id,
         })
+    }
+}
+
+impl Call {
+    /// The raw query string, if the URI has one.
+    pub fn query(&self) -> Option<&str> {
+        self.uri.query()
     }
 }
 
@@ -163,6 +249,43 @@ pub async fn call(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_problem_has_one_shape() {
+        let resp = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            .message("wait")
+            .detail("fields", serde_json::json!({"a": "b"}))
+            .retry_after(7)
+            .into_response();
+        assert_eq!(resp.status(), 429);
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("content-type", "application/json"),
+                ("cache-control", "no-store"),
+                ("retry-after", "7")
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"error":"rate_limited","fields":{"a":"b"},"message":"wait"}"#
+        );
+        let bare = Problem::new(StatusCode::NOT_FOUND, "unknown_site").into_response();
+        assert!(!bare.headers().contains_key("retry-after"));
+        let body = axum::body::to_bytes(bare.into_body(), 1 << 10)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":"unknown_site"}"#);
+    }
+
     #[test]
     fn paths_are_read_from_their_first_v1_segment() {
         for (path, routed) in [
@@ -181,7 +304,7 @@ mod tests {
     async fn a_rewritten_path_is_routed_and_keeps_its_query() {
         let routes = axum::Router::new().route(
             "/v1/x",
-            axum::routing::get(|call: Call| async move { format!("{:?}", call.query) }),
+            axum::routing::get(|call: Call| async move { format!("{:?}", call.query()) }),
         );
         let router = routed_on(routes, |p| from_v1(p).unwrap_or_else(|| p.to_owned()));
         let req = lambda_http::http::Request::builder()
@@ -213,7 +336,7 @@ mod tests {
                     format!(
                         "{} {:?} {} {} {}",
                         call.method,
-                        call.query,
+                        call.query(),
                         call.headers["x-k"].to_str().unwrap_or_default(),
                         String::from_utf8_lossy(&call.body),
                         call.correlation_id

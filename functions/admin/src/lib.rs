@@ -18,7 +18,10 @@ pub mod config;
 pub mod routes;
 
 mod api;
+mod extract;
 mod input;
+
+use extract::{Caller, Matched};
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -26,18 +29,18 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value as Json};
-use shared::db::apikeys::{self, Principal, Role};
+use shared::db::apikeys::{Principal, Role};
 use shared::db::{Db, DbError, TenantId};
 use shared::graph::{GraphClient, GraphTokens};
+use shared::http::{Call, Problem};
 use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
 use shared::ratelimit::RateLimiter;
@@ -131,39 +134,34 @@ impl ApiError {
         }
     }
 
-    fn response(&self) -> Response {
-        let mut body = json!({"error": self.code()});
-        let message = match self {
+    /// The problem this error answers as (the one JSON error shape of every function).
+    fn problem(&self) -> Problem {
+        let problem = Problem::new(self.status(), self.code());
+        match self {
             ApiError::Unauthorized => {
-                "send a valid API key as `Authorization: Bearer aak_…`".to_owned()
+                problem.message("send a valid API key as `Authorization: Bearer aak_…`")
             }
             ApiError::Forbidden(m) | ApiError::BadRequest(_, m) | ApiError::Conflict(_, m) => {
-                m.clone()
+                problem.message(m.clone())
             }
-            ApiError::NotFound => "no such resource".to_owned(),
-            ApiError::MethodNotAllowed => "this path does not take that method".to_owned(),
-            ApiError::Invalid(fields) => {
-                body["fields"] = json!(fields);
-                "some fields are invalid".to_owned()
-            }
-            ApiError::Limited(secs) => format!("too many requests for this key; retry in {secs} s"),
+            ApiError::NotFound => problem.message("no such resource"),
+            ApiError::MethodNotAllowed => problem.message("this path does not take that method"),
+            ApiError::Invalid(fields) => problem
+                .message("some fields are invalid")
+                .detail("fields", json!(fields)),
+            ApiError::Limited(secs) => problem
+                .message(format!("too many requests for this key; retry in {secs} s"))
+                .retry_after(*secs),
             ApiError::Upstream(m, code, sent) => {
-                if let Some(c) = code {
-                    body["provider_code"] = json!(c);
+                let problem = problem.message(m.clone()).detail("sent", sent.clone());
+                match code {
+                    Some(c) => problem.detail("provider_code", json!(c)),
+                    None => problem,
                 }
-                body["sent"] = sent.clone();
-                m.clone()
             }
-            ApiError::Unavailable => "a dependency is unavailable; retry shortly".to_owned(),
-            ApiError::Internal => "internal error".to_owned(),
-        };
-        body["message"] = json!(message);
-        let mut resp = json_response(self.status(), &body);
-        if let ApiError::Limited(secs) = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            ApiError::Unavailable => problem.message("a dependency is unavailable; retry shortly"),
+            ApiError::Internal => problem.message("internal error"),
         }
-        resp
     }
 }
 
@@ -357,12 +355,14 @@ impl App {
         }
         let mut routes = Router::new();
         for template in paths {
-            routes = routes.route(
-                template,
-                any(move |State(app): State<App>, req: Request| async move {
-                    app.serve_route(template, req).await
-                }),
-            );
+            let public = routes::ROUTES
+                .iter()
+                .any(|r| r.path == template && r.access == Access::Public);
+            routes = if public {
+                routes.route(template, any(openapi))
+            } else {
+                routes.route(template, any(keyed))
+            };
         }
         let routes = routes
             .fallback(|| async { served(None, None, Err(ApiError::NotFound)) })
@@ -389,6 +389,16 @@ fn routed_path(path: &str) -> String {
     shared::http::from_v1(path).unwrap_or_else(|| path.to_owned())
 }
 
+/// The OpenAPI document: no key.
+async fn openapi(route: Matched) -> Response {
+    served(Some(route.spec.path), None, Ok(Reply::Yaml(OPENAPI_YAML)))
+}
+
+/// Every other route: the route, then the key, then the request.
+async fn keyed(State(app): State<App>, route: Matched, caller: Caller, call: Call) -> Response {
+    app.serve(route, caller, call).await
+}
+
 /// What [`account`] logs of a request, left on its response by the handler.
 #[derive(Clone)]
 struct Served {
@@ -405,7 +415,7 @@ fn served(
     let mut resp = match result {
         Ok(reply) => render(reply),
         Err(e) => {
-            let r = e.response();
+            let r = e.problem().into_response();
             if r.status().is_server_error() {
                 warn!(error = e.code(), "request failed");
             }
@@ -466,78 +476,25 @@ impl Inner {
         &self.metrics
     }
 
-    /// A request on the route path `template`: its method's route, the key, the role, the
-    /// handler.
-    async fn serve_route(&self, template: &'static str, req: Request) -> Response {
-        let (parts, body) = req.into_parts();
-        let Some((spec, params)) =
-            routes::find_method(template, parts.method.as_str(), parts.uri.path())
-        else {
-            return served(None, None, Err(ApiError::MethodNotAllowed));
-        };
-        // Lambda hands over the whole body at once; a body that cannot be read is none.
-        let body = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .unwrap_or_default();
-        let (route, key, result) = self.serve(&parts, &body, spec, params).await;
-        served(route, key, result)
+    fn limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
-    /// (route template, key prefix, result).
-    async fn serve(
-        &self,
-        req: &Parts,
-        body: &[u8],
-        spec: &'static routes::RouteSpec,
-        params: Vec<String>,
-    ) -> (
-        Option<&'static str>,
-        Option<String>,
-        Result<Reply, ApiError>,
-    ) {
-        if spec.access == Access::Public {
-            return (Some(spec.path), None, Ok(Reply::Yaml(OPENAPI_YAML)));
-        }
-        let presented = req
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
-        let Some(presented) = presented else {
-            return (Some(spec.path), None, Err(ApiError::Unauthorized));
-        };
-        if let Some(ip) = source_ip(req) {
-            let limit = self.settings.per_ip_per_minute;
-            if let Err(retry_after) = self.limiter.check(&format!("ip#{ip}"), limit).await {
-                return (Some(spec.path), None, Err(ApiError::Limited(retry_after)));
-            }
-        }
-        let who = match apikeys::authenticate(&self.db, presented).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return (Some(spec.path), None, Err(ApiError::Unauthorized)),
-            Err(e) => return (Some(spec.path), None, Err(e.into())),
-        };
-        let prefix = presented.get(..12).map(str::to_owned);
-        let result = self.authorised(req, body, spec, params, &who).await;
-        (Some(spec.path), prefix, result)
+    /// A keyed request: the role its route needs, the body limit, the handler.
+    async fn serve(&self, route: Matched, caller: Caller, call: Call) -> Response {
+        let result = self
+            .authorised(&call, route.spec, route.params, &caller.who)
+            .await;
+        served(Some(route.spec.path), caller.prefix, result)
     }
 
     async fn authorised(
         &self,
-        req: &Parts,
-        body: &[u8],
+        req: &Call,
         spec: &'static routes::RouteSpec,
         params: Vec<String>,
         who: &Principal,
     ) -> Result<Reply, ApiError> {
-        let key = format!("k#{}", who.key_id.simple());
-        self.limiter
-            .check(&key, self.settings.per_key_per_minute)
-            .await
-            .map_err(ApiError::Limited)?;
         match spec.access {
             Access::Public | Access::AnyKey => {}
             Access::Platform if who.role == Role::Platform => {}
@@ -561,6 +518,7 @@ impl Inner {
                 }
             }
         }
+        let body: &[u8] = &req.body;
         if body.len() > self.settings.max_body_bytes {
             return Err(ApiError::BadRequest(
                 "body_too_large",
@@ -571,7 +529,6 @@ impl Inner {
             ));
         }
         let query = req
-            .uri
             .query()
             .map(|q| {
                 form_pairs(q)
@@ -587,15 +544,6 @@ impl Inner {
             body,
         };
         api::dispatch(spec.op, &ctx).await
-    }
-}
-
-/// The caller's address as the Function URL saw it (none in tests and local invokes).
-fn source_ip(req: &Parts) -> Option<String> {
-    use lambda_http::request::RequestContext;
-    match req.extensions.get::<RequestContext>()? {
-        RequestContext::ApiGatewayV2(c) => c.http.source_ip.clone(),
-        _ => None,
     }
 }
 
@@ -634,7 +582,7 @@ fn render(reply: Reply) -> Response {
                             reason = "bad_cursor",
                             "export cursor is not a header value"
                         );
-                        return ApiError::Internal.response();
+                        return ApiError::Internal.problem().into_response();
                     }
                 }
             }

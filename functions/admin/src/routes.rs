@@ -200,6 +200,11 @@ pub const ROUTES: &[RouteSpec] = &[
 /// The route of `template` (a path of [`ROUTES`], as the router matched it) for `method`, and
 /// its path parameters: the raw segments of `path` where the template has `{name}` (not
 /// percent-decoded: an id is what the client wrote). `None`: the path takes no such method.
+/// The template `path` names, as the table holds it.
+pub fn template(path: &str) -> Option<&'static str> {
+    ROUTES.iter().find(|r| r.path == path).map(|r| r.path)
+}
+
 pub fn find_method(
     template: &str,
     method: &str,
@@ -222,6 +227,24 @@ pub fn find_method(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_either_public_or_keyed_for_every_method() {
+        // The router serves a path with one handler: the public one reads no key.
+        for spec in ROUTES {
+            let public = |r: &RouteSpec| r.access == Access::Public;
+            assert!(
+                ROUTES
+                    .iter()
+                    .filter(|r| r.path == spec.path)
+                    .all(|r| public(r) == public(spec)),
+                "{}",
+                spec.path
+            );
+        }
+        assert_eq!(template("/v1/me"), Some("/v1/me"));
+        assert_eq!(template("/v1/nowhere"), None);
+    }
 
     #[test]
     fn finds_a_paths_method_and_its_raw_parameters() {

@@ -11,8 +11,10 @@
 //!
 //! Every response to a browser carries CORS headers only for the site's allowed origins; a
 //! request from any other origin (or none) is refused before anything else is read. Every
-//! rejection has a JSON body `{"error": reason}` and one log line with the reason; no token,
-//! secret or message text is logged. Nothing is queued unless the whole request is valid.
+//! rejection is a [`shared::http::Problem`], JSON `{"error": reason}`, and one log line with
+//! the reason; no token, secret or message text is logged. Nothing is queued unless the whole
+//! request is valid. The site and origin ([`AllowedSite`]) and the visitor's token
+//! ([`Visitor`]) are extractors, checked in that order before a handler reads the body.
 
 // No panics on data: request, queue or database values are matched, never unwrapped; the few
 // start-up and plain-data cases carry an `allow` with their reason.
@@ -28,9 +30,9 @@ use std::ops::Deref;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use serde::Deserialize;
@@ -38,7 +40,7 @@ use serde_json::{json, Value};
 use shared::cache::TtlCache;
 use shared::db::webchat::{site_by_key, visitor_messages, WebchatSite};
 use shared::db::Db;
-use shared::http::{first_query_value, Call};
+use shared::http::{first_query_value, Call, Problem};
 use shared::metrics::Metrics;
 use shared::queue::QueuePublisher;
 use shared::webchat::{identity_matches, origin_allowed, visitor_message, TokenKey, VisitorClaims};
@@ -75,10 +77,8 @@ pub struct Inner {
     metrics: Metrics,
 }
 
-/// A refused request: status, stable reason, and seconds for `Retry-After`.
-struct Refusal(StatusCode, &'static str, Option<u64>);
-
-type Outcome = Result<Response, Refusal>;
+/// A request's answer, or the problem it met (`error` is the stable reason).
+type Outcome = Result<Response, Problem>;
 
 /// The path the routes are matched on: `…/widget.js` is the widget wherever it is served from,
 /// and anything before a `v1` segment is a prefix (cargo lambda watch serves under
@@ -189,17 +189,17 @@ impl Inner {
     fn answer(&self, outcome: Outcome, site: &AllowedSite) -> Response {
         match outcome {
             Ok(resp) => with_cors(resp, site.origin.as_deref()),
-            Err(r) => self.refuse(&r, site.origin.as_deref()),
+            Err(p) => self.refuse(p, site.origin.as_deref()),
         }
     }
 
-    fn refuse(&self, r: &Refusal, origin: Option<&str>) -> Response {
+    fn refuse(&self, problem: Problem, origin: Option<&str>) -> Response {
         self.metrics
-            .count_by("Refusals", "Reason", r.1.to_owned(), 1);
-        refused(r, origin)
+            .count_by("Refusals", "Reason", problem.code().to_owned(), 1);
+        refused(problem, origin)
     }
 
-    async fn site(&self, key: &str) -> Result<Option<Arc<WebchatSite>>, Refusal> {
+    async fn site(&self, key: &str) -> Result<Option<Arc<WebchatSite>>, Problem> {
         if key.is_empty() || key.len() > 128 {
             return Ok(None);
         }
@@ -214,11 +214,10 @@ impl Inner {
             }
             Err(e) => {
                 tracing::error!(error = %e, "site lookup failed");
-                Err(Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    Some(5),
-                ))
+                Err(
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+                        .retry_after(5),
+                )
             }
         }
     }
@@ -227,49 +226,43 @@ impl Inner {
         &self,
         req: &Call,
         optional: bool,
-    ) -> Result<T, Refusal> {
+    ) -> Result<T, Problem> {
         let body: &[u8] = &req.body;
         if body.len() > self.settings.max_body_bytes {
-            return Err(Refusal(
+            return Err(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                None,
             ));
         }
         if optional && body.iter().all(u8::is_ascii_whitespace) {
             return Ok(T::default());
         }
-        serde_json::from_slice(body).map_err(|_| Refusal(StatusCode::BAD_REQUEST, "bad_json", None))
+        serde_json::from_slice(body).map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "bad_json"))
     }
 
-    fn claims(&self, req: &Call, site: &WebchatSite) -> Result<VisitorClaims, Refusal> {
-        let token = req
-            .headers
+    fn claims(&self, headers: &HeaderMap, site: &WebchatSite) -> Result<VisitorClaims, Problem> {
+        let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(Refusal(StatusCode::UNAUTHORIZED, "token_missing", None))?;
+            .ok_or(Problem::new(StatusCode::UNAUTHORIZED, "token_missing"))?;
         let claims = self
             .key
             .verify(token.trim(), &site.site_key, now_secs())
-            .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.reason(), None))?;
+            .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, e.reason()))?;
         // A site that starts requiring identity stops anonymous tokens issued before at once.
         if site.require_identity && claims.idn.is_none() {
-            return Err(Refusal(StatusCode::UNAUTHORIZED, "identity_required", None));
+            return Err(Problem::new(StatusCode::UNAUTHORIZED, "identity_required"));
         }
         Ok(claims)
     }
 
-    async fn limit(&self, key: String, limit: u32) -> Result<(), Refusal> {
+    async fn limit(&self, key: String, limit: u32) -> Result<(), Problem> {
         self.limiter
             .check(&key, limit)
             .await
             .map_err(|retry_after| {
-                Refusal(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    Some(retry_after),
-                )
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited").retry_after(retry_after)
             })
     }
 
@@ -282,27 +275,20 @@ impl Inner {
             .and_then(|t| self.key.verify(t, &site.site_key, now).ok());
         let identity = match (&body.identifier, &body.identifier_hash) {
             (Some(id), Some(hash)) => {
-                let secret = site.identity_secret.as_deref().ok_or(Refusal(
+                let secret = site.identity_secret.as_deref().ok_or(Problem::new(
                     StatusCode::BAD_REQUEST,
                     "identity_not_enabled",
-                    None,
                 ))?;
                 if !identity_matches(secret.as_bytes(), id, hash) {
-                    return Err(Refusal(StatusCode::UNAUTHORIZED, "identity_mismatch", None));
+                    return Err(Problem::new(StatusCode::UNAUTHORIZED, "identity_mismatch"));
                 }
                 Some(id.clone())
             }
             (None, None) => None,
-            _ => {
-                return Err(Refusal(
-                    StatusCode::BAD_REQUEST,
-                    "identity_incomplete",
-                    None,
-                ))
-            }
+            _ => return Err(Problem::new(StatusCode::BAD_REQUEST, "identity_incomplete")),
         };
         if site.require_identity && identity.is_none() {
-            return Err(Refusal(StatusCode::UNAUTHORIZED, "identity_required", None));
+            return Err(Problem::new(StatusCode::UNAUTHORIZED, "identity_required"));
         }
         // A visitor keeps their conversation across reloads, and an anonymous visitor who logs
         // in keeps it too. A token of a verified customer never carries over to anyone else:
@@ -340,11 +326,17 @@ impl Inner {
         ))
     }
 
-    async fn send(&self, req: &Call, site: &WebchatSite, correlation_id: &str) -> Outcome {
-        let claims = self.claims(req, site)?;
+    async fn send(
+        &self,
+        req: &Call,
+        site: &WebchatSite,
+        visitor: Result<Visitor, Problem>,
+    ) -> Outcome {
+        let correlation_id = req.correlation_id.as_str();
+        let claims = visitor?.0;
         let body: MessageRequest = match self.body_json::<Option<MessageRequest>>(req, false)? {
             Some(b) => b,
-            None => return Err(Refusal(StatusCode::BAD_REQUEST, "bad_json", None)),
+            None => return Err(Problem::new(StatusCode::BAD_REQUEST, "bad_json")),
         };
         let env = visitor_message(
             &claims,
@@ -359,7 +351,7 @@ impl Inner {
             } else {
                 StatusCode::BAD_REQUEST
             };
-            Refusal(status, e.reason(), None)
+            Problem::new(status, e.reason())
         })?;
         self.limit(
             format!("v#{}#{}", site.site_key, claims.vid),
@@ -379,27 +371,31 @@ impl Inner {
             .await
         {
             tracing::error!(error = %e, outcome = "failed", reason = "queue_unavailable", "web chat message not queued");
-            return Err(Refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                Some(2),
-            ));
+            return Err(
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+                    .retry_after(2),
+            );
         }
         info!(outcome = "accepted", "web chat message queued");
         self.metrics.count("MessagesAccepted", 1);
         Ok(json_response(StatusCode::ACCEPTED, &json!({"id": id})))
     }
 
-    async fn poll(&self, req: &Call, site: &WebchatSite) -> Outcome {
-        let claims = self.claims(req, site)?;
-        let number = |name: &str, max: i64| -> Result<i64, Refusal> {
-            match first_query_value(req.query.as_deref(), name).as_deref() {
+    async fn poll(
+        &self,
+        req: &Call,
+        site: &WebchatSite,
+        visitor: Result<Visitor, Problem>,
+    ) -> Outcome {
+        let claims = visitor?.0;
+        let number = |name: &str, max: i64| -> Result<i64, Problem> {
+            match first_query_value(req.query(), name).as_deref() {
                 None => Ok(0),
                 Some(v) => v
                     .parse::<i64>()
                     .ok()
                     .filter(|n| (0..=max).contains(n))
-                    .ok_or(Refusal(StatusCode::BAD_REQUEST, "bad_query", None)),
+                    .ok_or(Problem::new(StatusCode::BAD_REQUEST, "bad_query")),
             }
         };
         let after = number("after", i64::MAX)?;
@@ -410,11 +406,8 @@ impl Inner {
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "reading the conversation failed");
-                    Refusal(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "temporarily_unavailable",
-                        Some(2),
-                    )
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+                        .retry_after(2)
                 })?;
             if !messages.is_empty() || Instant::now() + POLL_EVERY > deadline {
                 self.metrics.count("Polls", 1);
@@ -453,26 +446,44 @@ impl FromRequestParts<App> for AllowedSite {
         let site = match app.site(&key).await {
             Ok(Some(site)) => site,
             Ok(None) => {
-                return Err(app.refuse(&Refusal(StatusCode::NOT_FOUND, "unknown_site", None), None))
+                return Err(app.refuse(Problem::new(StatusCode::NOT_FOUND, "unknown_site"), None))
             }
-            Err(r) => return Err(app.refuse(&r, None)),
+            Err(p) => return Err(app.refuse(p, None)),
         };
         if !origin_allowed(origin.as_deref(), &site.allowed_origins) {
             return Err(app.refuse(
-                &Refusal(StatusCode::FORBIDDEN, "origin_not_allowed", None),
+                Problem::new(StatusCode::FORBIDDEN, "origin_not_allowed"),
                 None,
             ));
         }
+        parts.extensions.insert(Arc::clone(&site));
         Ok(Self { site, origin })
     }
 }
 
-fn method_not_allowed() -> Refusal {
-    Refusal(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+/// The visitor a request's token names (`Authorization: Bearer <token>`), checked against the
+/// request's site: [`AllowedSite`] runs first and leaves the site in the request. Refused 401
+/// (`token_missing`, the token's own reason, `identity_required`). Routes that also answer
+/// without a token take it as a `Result` and look only where a token is needed.
+pub struct Visitor(VisitorClaims);
+
+impl FromRequestParts<App> for Visitor {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Problem> {
+        match parts.extensions.get::<Arc<WebchatSite>>() {
+            Some(site) => app.claims(&parts.headers, site).map(Visitor),
+            None => Err(Problem::new(StatusCode::NOT_FOUND, "unknown_site")),
+        }
+    }
+}
+
+fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
 }
 
 fn no_such_route(app: &Inner) -> Response {
-    app.refuse(&Refusal(StatusCode::NOT_FOUND, "no_such_route", None), None)
+    app.refuse(Problem::new(StatusCode::NOT_FOUND, "no_such_route"), None)
 }
 
 /// `GET` serves the widget; any other method is no route.
@@ -499,11 +510,16 @@ async fn sessions_route(State(app): State<App>, site: AllowedSite, req: Call) ->
 }
 
 /// `POST` sends a message, `GET` polls for the conversation; `OPTIONS` is the preflight.
-async fn messages_route(State(app): State<App>, site: AllowedSite, req: Call) -> Response {
+async fn messages_route(
+    State(app): State<App>,
+    site: AllowedSite,
+    visitor: Result<Visitor, Problem>,
+    req: Call,
+) -> Response {
     let outcome = match req.method {
         Method::OPTIONS => Ok(preflight()),
-        Method::POST => app.send(&req, &site.site, &req.correlation_id).await,
-        Method::GET => app.poll(&req, &site.site).await,
+        Method::POST => app.send(&req, &site.site, visitor).await,
+        Method::GET => app.poll(&req, &site.site, visitor).await,
         _ => Err(method_not_allowed()),
     };
     app.answer(outcome, &site)
@@ -570,20 +586,14 @@ fn with_cors(mut resp: Response, origin: Option<&str>) -> Response {
     resp
 }
 
-fn refused(r: &Refusal, origin: Option<&str>) -> Response {
-    let Refusal(status, reason, retry_after) = r;
+fn refused(problem: Problem, origin: Option<&str>) -> Response {
     warn!(
         outcome = "rejected",
-        status = status.as_u16(),
-        reason,
+        status = problem.status().as_u16(),
+        reason = problem.code(),
         "web chat request refused"
     );
-    let mut resp = json_response(*status, &json!({"error": reason}));
-    if let Some(secs) = retry_after {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
-    }
-    with_cors(resp, origin)
+    with_cors(problem.into_response(), origin)
 }
 
 #[cfg(test)]

@@ -271,7 +271,7 @@ fn is_unsupported(e: &InboundEnvelope) -> bool {
 /// its raw bytes: the signature covers exactly those); anything else 405.
 async fn dispatch(State(app): State<App>, call: Call) -> Response {
     match call.method {
-        Method::GET => app.verify(call.query.as_deref()).await,
+        Method::GET => app.verify(call.query()).await,
         Method::POST => {
             app.deliver(&call.headers, &call.body, &call.correlation_id)
                 .await
@@ -299,12 +299,8 @@ fn secrets_failure(e: &shared::secrets::SecretsError) -> Response {
     text(StatusCode::INTERNAL_SERVER_ERROR, "temporarily unavailable")
 }
 
-/// A refusal: `{"error": message}` as JSON.
+/// A refusal: the message as the problem's `error` (Meta shows it in the app dashboard's
+/// delivery log).
 fn text(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "error": message }).to_string(),
-    )
-        .into_response()
+    shared::http::Problem::new(status, message.to_owned()).into_response()
 }

@@ -173,11 +173,14 @@ fn answer(resp: &Response<Body>) -> (StatusCode, Vec<(String, String)>, String) 
     (resp.status(), headers, body_text(resp))
 }
 
-/// What [`answer`] gives for a refusal: `{"error":"<message>"}` as JSON, nothing else.
+/// What [`answer`] gives for a refusal: `{"error":"<message>"}` as JSON that no cache keeps.
 fn refusal(status: StatusCode, message: &str) -> (StatusCode, Vec<(String, String)>, String) {
     (
         status,
-        vec![("content-type".into(), "application/json".into())],
+        vec![
+            ("cache-control".into(), "no-store".into()),
+            ("content-type".into(), "application/json".into()),
+        ],
         format!(r#"{{"error":"{message}"}}"#),
     )
 }
