@@ -25,6 +25,7 @@ pub mod aws;
 pub mod bootstrap;
 pub mod breaker;
 pub mod cache;
+pub mod checked;
 pub mod config;
 pub mod credits;
 pub mod db;

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value as Json};
 
+use shared::checked::FromField;
+
 use crate::ApiError;
 
 pub struct Input {
@@ -59,24 +61,39 @@ impl Input {
 
     /// A string of `min..=max` characters (trimmed).
     fn check_str(&mut self, field: &str, v: Json, min: usize, max: usize) -> Option<String> {
-        match v {
-            Json::String(s) => {
-                let s = s.trim().to_owned();
-                let n = s.chars().count();
-                if s.contains('\0') {
-                    self.bad(field, "must not contain NUL characters");
-                    None
-                } else if n < min || n > max {
-                    self.bad(field, format!("must be {min} to {max} characters"));
-                    None
-                } else {
-                    Some(s)
-                }
-            }
-            _ => {
-                self.bad(field, "must be a string");
+        self.read(field, shared::checked::text(v, min, max))
+    }
+
+    fn read<T>(&mut self, field: &str, parsed: Result<T, String>) -> Option<T> {
+        match parsed {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.bad(field, message);
                 None
             }
+        }
+    }
+
+    /// A value of a parsing type; absent or null is "is required".
+    pub fn required<T: FromField>(&mut self, field: &str) -> Option<T> {
+        match self.take(field) {
+            None | Some(Json::Null) => {
+                self.bad(field, "is required");
+                None
+            }
+            Some(v) => self.read(field, T::from_field(v)),
+        }
+    }
+
+    /// A value of a parsing type if given; null is refused.
+    pub fn optional<T: FromField>(&mut self, field: &str) -> Option<T> {
+        match self.take(field) {
+            None => None,
+            Some(Json::Null) => {
+                self.bad(field, "must not be null");
+                None
+            }
+            Some(v) => self.read(field, T::from_field(v)),
         }
     }
 
@@ -253,27 +270,6 @@ pub fn checked<T>(value: Option<T>, field: &str) -> Result<T, ApiError> {
     value.ok_or_else(|| ApiError::field(field, "is required"))
 }
 
-/// Where the tenant's webhook may point: `https://` with a DNS host name (no IP literal, no
-/// `localhost`, no user info), so deliveries cannot be aimed at the functions' own network by
-/// address. (A name that resolves to a private address is not caught here.)
-pub fn is_public_https_url(s: &str) -> bool {
-    let Ok(u) = url::Url::parse(s) else {
-        return false;
-    };
-    let host_ok = match u.host() {
-        Some(url::Host::Domain(d)) => {
-            let d = d.to_ascii_lowercase();
-            d.contains('.') && d != "localhost" && !d.ends_with(".localhost")
-        }
-        _ => false,
-    };
-    u.scheme() == "https"
-        && host_ok
-        && u.username().is_empty()
-        && u.password().is_none()
-        && s.len() <= 2000
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +282,36 @@ mod tests {
             panic!("422 expected")
         };
         assert_eq!(f.get("amount").map(String::as_str), Some("is required"));
+    }
+
+    #[test]
+    fn parsing_types_read_required_and_optional_fields() {
+        use shared::checked::{Credits, MetaId};
+        let body = json!({"a": 5, "b": null, "c": "12ab", "d": "7", "e": null});
+        let mut i = Input::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(i.required::<Credits>("a").map(Credits::get), Some(5));
+        assert_eq!(i.required::<Credits>("b"), None);
+        assert_eq!(i.required::<MetaId>("c"), None);
+        assert_eq!(i.required::<MetaId>("absent"), None);
+        assert_eq!(
+            i.optional::<MetaId>("d").map(|m| m.as_str().to_owned()),
+            Some("7".into())
+        );
+        assert_eq!(i.optional::<MetaId>("e"), None);
+        assert_eq!(i.optional::<MetaId>("also_absent"), None);
+        let Err(ApiError::Invalid(f)) = i.finish() else {
+            panic!("422 expected")
+        };
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            f,
+            [
+                ("absent", "is required"),
+                ("b", "is required"),
+                ("c", "must be the numeric id Meta shows"),
+                ("e", "must not be null"),
+            ]
+        );
     }
 
     #[test]
@@ -326,25 +352,5 @@ mod tests {
             Err(ApiError::BadRequest("malformed_json", _))
         ));
         assert!(Input::parse(b"").unwrap().finish().is_ok());
-    }
-
-    #[test]
-    fn webhook_urls() {
-        assert!(is_public_https_url("https://crm.example.com/hook?x=1"));
-        for bad in [
-            "http://crm.example.com/hook",
-            "https://127.0.0.1/x",
-            "https://0x7f.1/x",
-            "https://[::1]/x",
-            "https://169.254.169.254/latest",
-            "https://localhost/x",
-            "https://api.localhost/x",
-            "https://user:pw@crm.example.com/x",
-            "https://intranet/x",
-            "ftp://x.example",
-            "not a url",
-        ] {
-            assert!(!is_public_https_url(bad), "{bad}");
-        }
     }
 }

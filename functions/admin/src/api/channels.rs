@@ -5,6 +5,7 @@
 //! them within that time.
 
 use serde_json::{json, Value as Json};
+use shared::checked::MetaId;
 use shared::db::webchat::{create_site, NewSite};
 use shared::db::{channels, TenantId};
 use shared::envelope::Channel;
@@ -29,14 +30,6 @@ async fn one(ctx: &Ctx<'_>, tenant: TenantId, id: Uuid) -> Result<Json, ApiError
 
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::ok(one(ctx, ctx.tenant()?, ctx.id(0)?).await?))
-}
-
-fn numeric_id(i: &mut Input, field: &str, v: &Option<String>) {
-    if let Some(v) = v {
-        if !v.chars().all(|c| c.is_ascii_digit()) {
-            i.bad(field, "must be the numeric id Meta shows");
-        }
-    }
 }
 
 /// The token secret's name must be `<prefix><provider account id>` when the deployment
@@ -93,11 +86,9 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
     let (mut origins, mut identity_secret, mut require_identity) = (None, None, false);
     match channel.as_deref() {
         Some("whatsapp") | Some("instagram") => {
-            account = i.required_str("provider_account_id", 1, 40);
-            numeric_id(&mut i, "provider_account_id", &account);
+            account = i.required::<MetaId>("provider_account_id");
             if channel.as_deref() == Some("whatsapp") {
-                waba = i.required_str("waba_id", 1, 40);
-                numeric_id(&mut i, "waba_id", &waba);
+                waba = i.required::<MetaId>("waba_id");
             }
             secret = i.str("access_token_secret", 1, 512);
             if secret.is_none() && !operator {
@@ -108,7 +99,7 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
                 );
             }
             if let Some(a) = &account {
-                check_secret_name(ctx, &mut i, secret.as_deref(), a);
+                check_secret_name(ctx, &mut i, secret.as_deref(), a.as_str());
             }
         }
         Some(_) => {
@@ -162,7 +153,7 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
                 db,
                 tenant,
                 ch,
-                checked(account.as_deref(), "provider_account_id")?,
+                checked(account.as_ref(), "provider_account_id")?.as_str(),
                 agent_id,
                 secret.as_deref(),
             )
@@ -170,7 +161,8 @@ async fn create_for(ctx: &Ctx<'_>, tenant: TenantId, operator: bool) -> Result<R
             .map_err(|e| conflict(e.into()))?
         }
     };
-    channels::set_names(db, tenant, id, display_name.as_deref(), waba.as_deref()).await?;
+    let waba = waba.as_ref().map(MetaId::as_str);
+    channels::set_names(db, tenant, id, display_name.as_deref(), waba).await?;
     tracing::info!(channel_account = %id, channel = channel.as_deref().unwrap_or(""), "channel account created");
     Ok(Reply::created(one(ctx, tenant, id).await?))
 }
@@ -237,10 +229,8 @@ pub async fn update(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             secret = s;
         }
         if channel == "whatsapp" {
-            if let Some(w) = i.str("waba_id", 1, 40) {
-                let w = Some(w);
-                numeric_id(&mut i, "waba_id", &w);
-                waba = w;
+            if let Some(w) = i.optional::<MetaId>("waba_id") {
+                waba = Some(w.as_str().to_owned());
             }
         }
     }

@@ -5,8 +5,9 @@ use shared::db::apikeys::{self, Role};
 use shared::db::{credits, tenants, TenantId};
 
 use super::{keyset, path_tenant};
-use crate::input::{checked, is_public_https_url, Input};
+use crate::input::{checked, Input};
 use crate::{page, ApiError, Ctx, Reply};
+use shared::checked::{Credits, PublicHttpsUrl};
 
 pub async fn me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let tenant = match ctx.who.tenant {
@@ -73,17 +74,14 @@ pub async fn deactivate_tenant(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn top_up(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let id = ctx.id(0)?;
     let mut i = Input::parse(ctx.body)?;
-    if !i.has("amount") {
-        i.bad("amount", "is required");
-    }
-    let amount = i.int("amount", 1, 1_000_000_000_000);
+    let amount = i.required::<Credits>("amount");
     let reference = i.str("reference", 1, 200);
     i.finish()?;
     let tenant = TenantId::from_trusted(id);
     match credits::top_up(
         ctx.app.db(),
         tenant,
-        checked(amount, "amount")?,
+        checked(amount, "amount")?.get(),
         "top_up",
         reference.as_deref(),
     )
@@ -171,23 +169,21 @@ pub async fn get_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// shown in this response only.
 pub async fn set_webhook(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let mut i = Input::parse(ctx.body)?;
-    let url = i.required_str("url", 1, 2000);
-    if url.as_deref().is_some_and(|u| !is_public_https_url(u)) {
-        i.bad("url", "must be an https:// URL with a public host name");
-    }
+    let url = i.required::<PublicHttpsUrl>("url");
     let rotate = i.bool("rotate_secret").unwrap_or(false);
     i.finish()?;
+    let url = checked(url, "url")?;
     let candidate = format!("whsec_{}", hex::encode(shared::random_bytes::<32>()));
     let shown = tenants::set_webhook_url(
         ctx.app.db(),
         ctx.tenant()?,
-        url.as_deref().unwrap_or_default(),
+        url.as_str(),
         rotate,
         &candidate,
     )
     .await?
     .ok_or(ApiError::NotFound)?;
-    let mut out = json!({"url": url});
+    let mut out = json!({"url": url.as_str()});
     if shown {
         out["secret"] = json!(candidate);
         out["note"] = json!("the signing secret is shown once: store it now");
