@@ -13,8 +13,9 @@
 //!   body and the correlation id), as one extractor;
 //! - [`first_query_value`]: a query parameter as Meta and browsers send it (percent- and
 //!   plus-decoded, the first of repeated names wins);
-//! - [`call`]: runs a router on a `lambda_http` request and gives back a `lambda_http`
-//!   response, what the functions' `handle` (and so every test) goes through.
+//! - [`Routed`]: a function that is one router: `lambda_http::run` serves its `router()`,
+//!   tests call its `handle` ([`call`]: the router on one `lambda_http` request, collected
+//!   into a `lambda_http` response).
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
@@ -217,6 +218,21 @@ pub fn first_query_value(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
+}
+
+/// A function that is one axum router.
+pub trait Routed {
+    /// Every route of the function, with its layers: what `lambda_http::run` serves.
+    fn router(&self) -> axum::Router;
+
+    /// One request through the router, as Lambda runs it (tests call this). Never fails:
+    /// every outcome is a response.
+    fn handle(
+        &self,
+        req: lambda_http::Request,
+    ) -> impl std::future::Future<Output = lambda_http::Response<lambda_http::Body>> + Send {
+        call(self.router(), req)
+    }
 }
 
 /// Runs `router` on one `lambda_http` request (as `lambda_http::run` does in Lambda) and

@@ -340,13 +340,15 @@ impl App {
             metrics,
         }))
     }
+}
 
+impl shared::http::Routed for App {
     /// The routes of [`routes::ROUTES`], matched on the path from its first `v1` segment (any
     /// prefix before it, empty segments ignored): an unknown path 404, a known path with
     /// another method 405 (no `Allow` header), both before the key is read. Every request runs
     /// in a span with its correlation id (not echoed) and ends with one log line (route,
     /// status, key prefix) and one EMF document (`Requests` by `Status`).
-    pub fn router(&self) -> Router {
+    fn router(&self) -> Router {
         let mut paths: Vec<&'static str> = Vec::new();
         for spec in routes::ROUTES {
             if !paths.contains(&spec.path) {
@@ -371,15 +373,6 @@ impl App {
             .layer(DefaultBodyLimit::disable())
             .layer(axum::middleware::from_fn_with_state(self.clone(), account))
             .layer(axum::middleware::from_fn(shared::http::correlate))
-    }
-
-    /// Handles one request as Lambda does (tests call this). Never fails: every outcome is a
-    /// response.
-    pub async fn handle(
-        &self,
-        req: lambda_http::Request,
-    ) -> lambda_http::Response<lambda_http::Body> {
-        shared::http::call(self.router(), req).await
     }
 }
 

@@ -16,6 +16,7 @@ use lambda_http::Request;
 use serde_json::{json, Value};
 use shared::db::apikeys::Role;
 use shared::db::{agents, channels, conversations, credits, messages, Db, DbConfig};
+use shared::http::Routed;
 use uuid::Uuid;
 
 /// A response as (status, every header sorted by name, exact body text). Comparing the text

@@ -150,7 +150,9 @@ impl App {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+}
 
+impl shared::http::Routed for App {
     /// The routes, matched on [`routed_path`]: `GET /widget.js`; `/v1/sites/{site}/sessions`
     /// (`POST`) and `/v1/sites/{site}/messages` (`POST` sends, `GET` polls), each also answering
     /// `OPTIONS` (the preflight); anything else 404 `no_such_route`. The site and the origin are
@@ -158,7 +160,7 @@ impl App {
     /// only for an allowed origin. Every request runs in a span with its correlation id (not
     /// echoed), and ends with one EMF document (`Sessions`, `MessagesAccepted`, `Polls`,
     /// `Refusals` by `Reason`).
-    pub fn router(&self) -> Router {
+    fn router(&self) -> Router {
         let routes = Router::new()
             .route("/widget.js", any(widget_route))
             .route("/v1/sites/{site}/sessions", any(sessions_route))
@@ -172,15 +174,6 @@ impl App {
                 flush_metrics,
             ))
             .layer(axum::middleware::from_fn(shared::http::correlate))
-    }
-
-    /// Handles one request as Lambda does (tests call this). Never fails: every outcome is a
-    /// response.
-    pub async fn handle(
-        &self,
-        req: lambda_http::Request,
-    ) -> lambda_http::Response<lambda_http::Body> {
-        shared::http::call(self.router(), req).await
     }
 }
 

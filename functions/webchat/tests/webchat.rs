@@ -12,6 +12,7 @@ use shared::db::testing::TestDb;
 use shared::db::webchat::{create_site, NewSite};
 use shared::db::{conversations, tenants, Db, DbConfig, TenantId};
 use shared::envelope::{Channel, InboundEnvelope};
+use shared::http::Routed;
 use shared::webchat::{identifier_hash, TokenKey, VisitorClaims, TOKEN_VERSION};
 use webchat::{App, Settings};
 

@@ -83,14 +83,16 @@ impl App {
             config,
         })))
     }
+}
 
+impl shared::http::Routed for App {
     /// The routes: `GET` (Meta's verification) and `POST` (deliveries) on any path (the
     /// Function URL's root, or whatever path the operator gave Meta); any other method,
     /// `HEAD` included, gets 405 with no `Allow` header (what [`dispatch`] decides, rather than
     /// axum's method routing, which would answer `HEAD` as a `GET`).
     /// Bodies are limited by the handler itself (`MAX_BODY_BYTES`, Meta's 3 MiB by default),
     /// not by axum's default limit.
-    pub fn router(&self) -> Router {
+    fn router(&self) -> Router {
         Router::new()
             .route("/", any(dispatch))
             .route("/{*path}", any(dispatch))
@@ -98,16 +100,9 @@ impl App {
             .layer(axum::middleware::from_fn(shared::http::correlate_and_echo))
             .with_state(self.clone())
     }
+}
 
-    /// Handles one request as Lambda does (tests call this). Never fails: every outcome is a
-    /// response.
-    pub async fn handle(
-        &self,
-        req: lambda_http::Request,
-    ) -> lambda_http::Response<lambda_http::Body> {
-        shared::http::call(self.router(), req).await
-    }
-
+impl App {
     /// Meta's subscription handshake.
     async fn verify(&self, query: Option<&str>) -> Response {
         let mode = first_query_value(query, "hub.mode");

@@ -1,6 +1,7 @@
 //! Lambda wiring only: `webhook::App` as the Function URL's handler.
 
 use lambda_http::{run, Error};
+use shared::http::Routed;
 
 // Many small allocations per request (envelope strings); mimalloc is faster than glibc's here.
 #[global_allocator]

@@ -13,6 +13,7 @@ use local_aws::{Stack, Template};
 use serde_json::{json, Value};
 use shared::config::EnvReader;
 use shared::envelope::{Channel, Content, InboundEnvelope, StatusEvent};
+use shared::http::Routed;
 use shared::ordering::dedup_id;
 use shared::queue::RetryPolicy;
 use shared::signature::SignatureKey;

@@ -15,6 +15,7 @@ use shared::db::apikeys::{self, Role};
 use shared::db::testing::TestDb;
 use shared::db::{conversations, messages, Db, DbConfig, TenantId};
 use shared::graph::GraphTokens;
+use shared::http::Routed;
 use shared::secrets::SecretCache;
 use uuid::Uuid;
 use wiremock::matchers::{method, path_regex};
