@@ -2,13 +2,15 @@
 //! for the platform operator (tenants, top-ups) and for each tenant (channel accounts, agents,
 //! credits, conversations, leads, human handoff, outbound webhook, API keys).
 //!
-//! Every request: API key (`Authorization: Bearer aak_…`) → rate limit per key → route → role
-//! check → handler. The routes, with the role each needs, are [`routes::ROUTES`]; the OpenAPI
-//! document (`openapi.yaml`, served at `GET /v1/openapi.yaml`) is checked against that table by
-//! a test. Errors are JSON `{"error": code, "message": text}` (plus `fields` on 422): 401 no or
-//! bad key, 403 role, 404 unknown id *or another tenant's id* (existence is never revealed),
-//! 409 state conflict, 422 invalid fields, 429 with `Retry-After`. One log line per request
-//! with route, status and key prefix; never a key, secret or message text.
+//! Every request: route and method ([`extract::Matched`]) → API key (`Authorization: Bearer
+//! aak_…`) and the rate limits per address and per key ([`extract::Caller`]) → role check →
+//! body limit → handler. The routes, with the role each needs, are [`routes::ROUTES`]; the
+//! OpenAPI document (`openapi.yaml`, served at `GET /v1/openapi.yaml`) is checked against that
+//! table by a test. Errors are [`shared::http::Problem`]s, JSON `{"error": code, "message":
+//! text}` (plus `fields` on 422): 401 no or bad key, 403 role, 404 unknown id *or another
+//! tenant's id* (existence is never revealed), 409 state conflict, 422 invalid fields, 429
+//! with `Retry-After`. One log line per request with route, status and key prefix; never a
+//! key, secret or message text.
 
 // No panics on data: request, queue or database values are matched, never unwrapped; the few
 // start-up and plain-data cases carry an `allow` with their reason.
