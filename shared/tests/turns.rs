@@ -503,6 +503,45 @@ async fn a_send_does_not_start_once_a_human_took_over() {
 }
 
 #[tokio::test]
+async fn a_send_does_not_start_after_a_handoff_and_back_either() {
+    let t = TestDb::new().await;
+    let fx = tenant(&t.db, 100).await;
+    let conv = conversation(&t.db, &fx, "c1").await;
+    inbound(&t.db, &fx, conv, "wamid.a").await;
+    let p = Policy::default();
+    let fresh = Turn::new(Via::Whatsapp, &p);
+    let claim_terms = terms(&fresh, 10, Duration::from_secs(60));
+    let o = open(
+        turns::claim(&t.db, fx.tenant, conv, &claim_terms)
+            .await
+            .unwrap(),
+    );
+    let state = answered(o.turn.clone(), &p);
+    // A switch to the mode it already has is no change.
+    conversations::set_conversation_mode(&t.db, fx.tenant, conv, "ai")
+        .await
+        .unwrap();
+    assert_eq!(
+        turns::save(&t.db, fx.tenant, &o, &state, true)
+            .await
+            .unwrap(),
+        Saved::Saved
+    );
+    for mode in ["human", "ai"] {
+        conversations::set_conversation_mode(&t.db, fx.tenant, conv, mode)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        turns::save(&t.db, fx.tenant, &o, &state, true)
+            .await
+            .unwrap(),
+        Saved::HumanMode,
+        "the turn opened before the handoff"
+    );
+}
+
+#[tokio::test]
 async fn an_echoed_tag_names_the_message_that_reached_meta() {
     let t = TestDb::new().await;
     let fx = tenant(&t.db, 0).await;

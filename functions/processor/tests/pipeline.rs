@@ -1613,6 +1613,39 @@ async fn a_handoff_during_the_model_call_stops_the_reply() {
 }
 
 #[tokio::test]
+async fn an_answer_left_unsent_through_a_handoff_and_back_is_never_sent() {
+    // The delivery died with the answer stored; before it came again an operator took the
+    // conversation over and handed it back. The answer predates what the operator said: it
+    // is dropped (its tokens charged), and the next customer message gets a turn of its own.
+    let h = harness().await;
+    answer_with(&h.openai, "Respuesta de antes.").await;
+    h.processor.crash_points().arm("after_model", 1);
+    let rec = wa_record(WA_A, "1", "wamid.before", "hola");
+    assert!(!h.run(vec![rec.clone()]).await.is_empty());
+    h.sql("UPDATE conversations SET mode = 'human', mode_changed_at = now()")
+        .await;
+    h.sql("UPDATE conversations SET mode = 'ai', mode_changed_at = now()")
+        .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    h.run_until_done(vec![rec], 3).await;
+    assert!(h.sends().await.is_empty(), "the old answer is not sent");
+    assert_eq!(h.outcomes().await, [Some("human_mode".to_owned())]);
+    assert_eq!(h.ledger_replies().await, 1, "its tokens are charged");
+
+    h.openai.reset().await;
+    answer_with(&h.openai, "Respuesta de ahora.").await;
+    assert!(h
+        .run(vec![wa_record(WA_A, "1", "wamid.after", "¿siguen ahí?")])
+        .await
+        .is_empty());
+    assert_eq!(h.sends().await, ["Respuesta de ahora."]);
+    assert_eq!(
+        h.outcomes().await,
+        [Some("human_mode".to_owned()), Some("replied".to_owned())]
+    );
+}
+
+#[tokio::test]
 async fn a_web_chat_reply_is_not_lost_when_its_record_fails() {
     let h = harness().await;
     answer_with(&h.openai, "Hola visitante").await;

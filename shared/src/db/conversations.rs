@@ -105,8 +105,9 @@ pub async fn get_conversation(
     Ok(row.as_ref().map(conversation_from))
 }
 
-/// Switches a conversation between `ai` and `human`. Returns whether a row changed.
-/// (Tests only: feature `testing`.)
+/// Switches a conversation between `ai` and `human` (a change stamps `mode_changed_at`, as
+/// [`switch_mode`] does, by no key). Returns whether a row matched. (Tests only: feature
+/// `testing`.)
 #[cfg(any(test, feature = "testing"))]
 pub async fn set_conversation_mode(
     db: &Db,
@@ -122,7 +123,9 @@ pub async fn set_conversation_mode(
     let c = db.client().await?;
     let n = c
         .execute(
-            "UPDATE conversations SET mode = $3 WHERE user_id = $1 AND id = $2",
+            "UPDATE conversations SET mode = $3,
+                    mode_changed_at = CASE WHEN mode <> $3 THEN now() ELSE mode_changed_at END
+              WHERE user_id = $1 AND id = $2",
             &[&tenant.0, &conversation_id, &mode],
         )
         .await?;

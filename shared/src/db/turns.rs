@@ -245,13 +245,16 @@ pub enum Saved {
     Saved,
     /// Another invocation holds the turn now: stop without side effects.
     LeaseLost,
-    /// `require_ai` was asked and the conversation is in human mode: nothing written.
+    /// `require_ai` was asked and the conversation is in human mode, or was since the turn
+    /// opened: nothing written.
     HumanMode,
 }
 
 /// Stores the turn's state under the lease. With `require_ai`, only while the conversation is
-/// in AI mode (the check and the write are one statement, so a handoff either happened before
-/// it, and the send does not start, or after it).
+/// in AI mode and has not changed mode since the turn opened (the check and the write are one
+/// statement, so a handoff either happened before it, and the send does not start, or after
+/// it). A turn that waited through a handoff and a hand-back is stopped too: its answer was
+/// written before the operator's part of the conversation.
 pub async fn save(
     db: &Db,
     tenant: TenantId,
@@ -264,13 +267,15 @@ pub async fn save(
         .query_one(
             "WITH t AS (
                SELECT t.id, t.lease_token = $3 AS ours,
-                      (SELECT c.mode FROM conversations c
-                        WHERE c.user_id = t.user_id AND c.id = t.conversation_id) AS mode
+                      (SELECT c.mode = 'ai'
+                              AND (c.mode_changed_at IS NULL OR c.mode_changed_at <= t.created_at)
+                         FROM conversations c
+                        WHERE c.user_id = t.user_id AND c.id = t.conversation_id) AS ai_throughout
                  FROM turns t WHERE t.user_id = $1 AND t.id = $2 FOR UPDATE),
              upd AS (
                UPDATE turns SET state = $4::jsonb, phase = $5::text
                 WHERE id = (SELECT id FROM t) AND (SELECT ours FROM t)
-                  AND (NOT $6::bool OR (SELECT mode FROM t) = 'ai')
+                  AND (NOT $6::bool OR (SELECT ai_throughout FROM t))
                RETURNING id)
              SELECT EXISTS (SELECT 1 FROM upd), COALESCE((SELECT ours FROM t), false)",
             &[
