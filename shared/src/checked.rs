@@ -49,8 +49,8 @@ impl FromField for MetaId {
 
 /// Where a tenant's webhook may point: `https://` with a DNS host name (no IP literal, no
 /// `localhost`, no user info), at most 2,000 characters, so deliveries cannot be aimed at the
-/// functions' own network by address. (A name that resolves to a private address is caught at
-/// delivery, by `netguard`.)
+/// functions' own network by address. (A name that resolves to a private address is not
+/// caught here.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicHttpsUrl(String);
 

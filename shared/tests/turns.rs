@@ -542,6 +542,49 @@ async fn a_send_does_not_start_after_a_handoff_and_back_either() {
 }
 
 #[tokio::test]
+async fn a_turn_taken_over_before_its_answer_asks_afresh_after_a_hand_back() {
+    // Released while still asking (a model error the processor retries), then a handoff and
+    // a hand-back: the turn that resumes asks the model now, so its answer may go out.
+    let t = TestDb::new().await;
+    let fx = tenant(&t.db, 100).await;
+    let conv = conversation(&t.db, &fx, "c1").await;
+    inbound(&t.db, &fx, conv, "wamid.a").await;
+    let p = Policy::default();
+    let fresh = Turn::new(Via::Whatsapp, &p);
+    let claim_terms = terms(&fresh, 10, Duration::from_secs(60));
+    let first = open(
+        turns::claim(&t.db, fx.tenant, conv, &claim_terms)
+            .await
+            .unwrap(),
+    );
+    turns::release(&t.db, fx.tenant, &first).await.unwrap();
+    for mode in ["human", "ai"] {
+        conversations::set_conversation_mode(&t.db, fx.tenant, conv, mode)
+            .await
+            .unwrap();
+    }
+    inbound(&t.db, &fx, conv, "wamid.b").await;
+    let again = open(
+        turns::claim(&t.db, fx.tenant, conv, &claim_terms)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.id, first.id, "the same turn, resumed");
+    assert_eq!(
+        again.covered.len(),
+        1,
+        "it takes in the message after the hand-back"
+    );
+    let state = answered(again.turn.clone(), &p);
+    assert_eq!(
+        turns::save(&t.db, fx.tenant, &again, &state, true)
+            .await
+            .unwrap(),
+        Saved::Saved
+    );
+}
+
+#[tokio::test]
 async fn an_echoed_tag_names_the_message_that_reached_meta() {
     let t = TestDb::new().await;
     let fx = tenant(&t.db, 0).await;

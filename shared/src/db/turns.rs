@@ -125,7 +125,9 @@ async fn claim_once(
                 FOR UPDATE),
              taken AS (
                UPDATE turns t SET lease_token = $3,
-                      lease_until = now() + $4::float8 * interval '1 second'
+                      lease_until = now() + $4::float8 * interval '1 second',
+                      asking_since = CASE WHEN t.phase = 'asking' THEN now()
+                                          ELSE t.asking_since END
                  FROM open
                 WHERE t.id = open.id AND (open.lease_until IS NULL OR open.lease_until <= now())
                RETURNING t.id, t.state, t.phase, t.hold),
@@ -251,10 +253,11 @@ pub enum Saved {
 }
 
 /// Stores the turn's state under the lease. With `require_ai`, only while the conversation is
-/// in AI mode and has not changed mode since the turn opened (the check and the write are one
-/// statement, so a handoff either happened before it, and the send does not start, or after
-/// it). A turn that waited through a handoff and a hand-back is stopped too: its answer was
-/// written before the operator's part of the conversation.
+/// in AI mode and has not changed mode since the turn last started asking the model (the check
+/// and the write are one statement, so a handoff either happened before it, and the send does
+/// not start, or after it). An answer that waited through a handoff and a hand-back is
+/// stopped too: it was written before the operator's part of the conversation. (A turn taken
+/// over before it had an answer starts asking afresh, so it answers what came after.)
 pub async fn save(
     db: &Db,
     tenant: TenantId,
@@ -268,7 +271,8 @@ pub async fn save(
             "WITH t AS (
                SELECT t.id, t.lease_token = $3 AS ours,
                       (SELECT c.mode = 'ai'
-                              AND (c.mode_changed_at IS NULL OR c.mode_changed_at <= t.created_at)
+                              AND (c.mode_changed_at IS NULL
+                                   OR c.mode_changed_at <= COALESCE(t.asking_since, t.created_at))
                          FROM conversations c
                         WHERE c.user_id = t.user_id AND c.id = t.conversation_id) AS ai_throughout
                  FROM turns t WHERE t.user_id = $1 AND t.id = $2 FOR UPDATE),
