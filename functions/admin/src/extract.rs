@@ -1,8 +1,8 @@
 //! What the admin routes extract before their handler runs, in this order: [`Matched`] (the
 //! route of the path and method; 405 otherwise), then [`Caller`] (the API key behind the
 //! request, rate-limited by address and by key; 401 / 429 / 503 otherwise). A refusal is the
-//! answer as [`served`](crate::served) logs it: the route, and the key prefix once the key is
-//! known.
+//! answer as [`served`](crate::served) logs it: the route (which `Matched` leaves in the
+//! request), and the key prefix once the key is known.
 
 use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
@@ -29,7 +29,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Matched {
             .map(MatchedPath::as_str)
             .unwrap_or_default();
         match routes::find_method(template, parts.method.as_str(), parts.uri.path()) {
-            Some((spec, params)) => Ok(Self { spec, params }),
+            Some((spec, params)) => {
+                // For the extractors after this one (what their refusals are logged under).
+                parts.extensions.insert(spec);
+                Ok(Self { spec, params })
+            }
             None => Err(served(None, None, Err(ApiError::MethodNotAllowed))),
         }
     }
@@ -48,8 +52,8 @@ impl FromRequestParts<App> for Caller {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Response> {
         let route = parts
             .extensions
-            .get::<MatchedPath>()
-            .and_then(|m| routes::template(m.as_str()));
+            .get::<&'static RouteSpec>()
+            .map(|spec| spec.path);
         let refuse = |prefix: Option<String>, e: ApiError| served(route, prefix, Err(e));
         let Some(presented) = bearer(&parts.headers) else {
             return Err(refuse(None, ApiError::Unauthorized));
