@@ -461,24 +461,41 @@ async fn no_credits_opens_nothing_and_the_minimum_balance_counts() {
     ));
 }
 
+/// A tenant with 100 credits and one conversation with one inbound message (`wamid.a`).
+async fn one_message(db: &Db) -> (Fx, Uuid) {
+    let fx = tenant(db, 100).await;
+    let conv = conversation(db, &fx, "c1").await;
+    inbound(db, &fx, conv, "wamid.a").await;
+    (fx, conv)
+}
+
+/// The conversation's turn, claimed as the processor claims it (a fresh WhatsApp turn, 10
+/// credits held, a 60 s lease).
+async fn claim_turn(db: &Db, fx: &Fx, conv: Uuid) -> OpenTurn {
+    let fresh = Turn::new(Via::Whatsapp, &Policy::default());
+    let claim_terms = terms(&fresh, 10, Duration::from_secs(60));
+    open(
+        turns::claim(db, fx.tenant, conv, &claim_terms)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Switches the conversation through `modes`, in order.
+async fn switch_modes(db: &Db, fx: &Fx, conv: Uuid, modes: &[&str]) {
+    for mode in modes {
+        conversations::set_conversation_mode(db, fx.tenant, conv, mode)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_send_does_not_start_once_a_human_took_over() {
     let t = TestDb::new().await;
-    let fx = tenant(&t.db, 100).await;
-    let conv = conversation(&t.db, &fx, "c1").await;
-    inbound(&t.db, &fx, conv, "wamid.a").await;
+    let (fx, conv) = one_message(&t.db).await;
     let p = Policy::default();
-    let fresh = Turn::new(Via::Whatsapp, &p);
-    let o = open(
-        turns::claim(
-            &t.db,
-            fx.tenant,
-            conv,
-            &terms(&fresh, 10, Duration::from_secs(60)),
-        )
-        .await
-        .unwrap(),
-    );
+    let o = claim_turn(&t.db, &fx, conv).await;
     let state = answered(o.turn.clone(), &p);
     assert!(
         conversations::set_conversation_mode(&t.db, fx.tenant, conv, "human")
@@ -505,33 +522,18 @@ async fn a_send_does_not_start_once_a_human_took_over() {
 #[tokio::test]
 async fn a_send_does_not_start_after_a_handoff_and_back_either() {
     let t = TestDb::new().await;
-    let fx = tenant(&t.db, 100).await;
-    let conv = conversation(&t.db, &fx, "c1").await;
-    inbound(&t.db, &fx, conv, "wamid.a").await;
-    let p = Policy::default();
-    let fresh = Turn::new(Via::Whatsapp, &p);
-    let claim_terms = terms(&fresh, 10, Duration::from_secs(60));
-    let o = open(
-        turns::claim(&t.db, fx.tenant, conv, &claim_terms)
-            .await
-            .unwrap(),
-    );
-    let state = answered(o.turn.clone(), &p);
+    let (fx, conv) = one_message(&t.db).await;
+    let o = claim_turn(&t.db, &fx, conv).await;
+    let state = answered(o.turn.clone(), &Policy::default());
     // A switch to the mode it already has is no change.
-    conversations::set_conversation_mode(&t.db, fx.tenant, conv, "ai")
-        .await
-        .unwrap();
+    switch_modes(&t.db, &fx, conv, &["ai"]).await;
     assert_eq!(
         turns::save(&t.db, fx.tenant, &o, &state, true)
             .await
             .unwrap(),
         Saved::Saved
     );
-    for mode in ["human", "ai"] {
-        conversations::set_conversation_mode(&t.db, fx.tenant, conv, mode)
-            .await
-            .unwrap();
-    }
+    switch_modes(&t.db, &fx, conv, &["human", "ai"]).await;
     assert_eq!(
         turns::save(&t.db, fx.tenant, &o, &state, true)
             .await
@@ -546,36 +548,19 @@ async fn a_turn_taken_over_before_its_answer_asks_afresh_after_a_hand_back() {
     // Released while still asking (a model error the processor retries), then a handoff and
     // a hand-back: the turn that resumes asks the model now, so its answer may go out.
     let t = TestDb::new().await;
-    let fx = tenant(&t.db, 100).await;
-    let conv = conversation(&t.db, &fx, "c1").await;
-    inbound(&t.db, &fx, conv, "wamid.a").await;
-    let p = Policy::default();
-    let fresh = Turn::new(Via::Whatsapp, &p);
-    let claim_terms = terms(&fresh, 10, Duration::from_secs(60));
-    let first = open(
-        turns::claim(&t.db, fx.tenant, conv, &claim_terms)
-            .await
-            .unwrap(),
-    );
+    let (fx, conv) = one_message(&t.db).await;
+    let first = claim_turn(&t.db, &fx, conv).await;
     turns::release(&t.db, fx.tenant, &first).await.unwrap();
-    for mode in ["human", "ai"] {
-        conversations::set_conversation_mode(&t.db, fx.tenant, conv, mode)
-            .await
-            .unwrap();
-    }
+    switch_modes(&t.db, &fx, conv, &["human", "ai"]).await;
     inbound(&t.db, &fx, conv, "wamid.b").await;
-    let again = open(
-        turns::claim(&t.db, fx.tenant, conv, &claim_terms)
-            .await
-            .unwrap(),
-    );
+    let again = claim_turn(&t.db, &fx, conv).await;
     assert_eq!(again.id, first.id, "the same turn, resumed");
     assert_eq!(
         again.covered.len(),
         1,
         "it takes in the message after the hand-back"
     );
-    let state = answered(again.turn.clone(), &p);
+    let state = answered(again.turn.clone(), &Policy::default());
     assert_eq!(
         turns::save(&t.db, fx.tenant, &again, &state, true)
             .await
